@@ -66,9 +66,9 @@ def make_tiny_model(arch: str = "llama", vocab_size: int | None = None, seed: in
 
     tokenizer = tokenizer or make_tiny_tokenizer()
     vocab_size = vocab_size or len(tokenizer)
-    dims = {**TINY_DIMS, **overrides}
     common = dict(vocab_size=vocab_size, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  bos_token_id=None, tie_word_embeddings=False, torch_dtype="float32", **dims)
+                  bos_token_id=None, tie_word_embeddings=False, torch_dtype="float32", **TINY_DIMS)
+    common.update(overrides)
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -93,3 +93,30 @@ if __name__ == "__main__":  # python tests/tiny_models.py OUT_DIR: a tiny SDSAT 
     m, t = make_tiny_model()
     add_sat_tokens(m, t, num_sat=3)
     print(save_model_dir(m, t, sys.argv[1]))
+
+
+def train_tiny_sdsat(out_dir, num_sat: int = 4, arch: str = "llama", steps: int = 120, seed: int = 0):
+    """A tiny model fully fine-tuned with SATs on one short passage, so that its SAT drafts match its
+    own predictions often (~0.5 teacher-forced agreement): enough for decoding tests to see accepted
+    drafts. Returns the exported HF directory (run/model)."""
+    from sdsat_vllm.training.data import DataConfig, stdlib_root
+    from sdsat_vllm.training.trainer import TrainConfig, train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    passage = tiny_training_passage()
+    (out_dir / "train.txt").write_text((passage + "\n") * 40)
+    (out_dir / "heldout.txt").write_text(passage)
+    model, tokenizer = make_tiny_model(arch, seed=seed)
+    cfg = TrainConfig(model=f"tiny-{arch}", output_dir=str(out_dir / "run"), mode="full", num_sat=num_sat,
+                      blocks_per_seq=12, batch_size=8, steps=steps, dtype="fp32", lr=1e-2, sat_lr=1e-2,
+                      warmup_steps=5, eval_every=steps, eval_batches=2, log_every=steps, save_every=steps, seed=seed,
+                      data=DataConfig(sources=(str(out_dir / "train.txt"), str(out_dir / "heldout.txt")), seq_len=96))
+    train(cfg, model=model, tokenizer=tokenizer, log=lambda *_: None)
+    return out_dir / "run" / "model"
+
+
+def tiny_training_passage() -> str:
+    """The text the tiny trained model memorises; prompts taken from it get long accepted drafts."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return (root / "textwrap.py").read_text(encoding="utf-8")[:800]

@@ -1,0 +1,124 @@
+"""Training text: the interpreter's standard library source by default, or any text/JSONL files.
+
+Files are split into train and held-out by a stable hash of their path (the same split on every
+machine and every resume), tokenized with an EOS between files, packed into rows of seq_len tokens,
+and cached next to the run so a resumed run reads exactly the same tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".jsonl"}
+# Evaluation data must never become training data.
+FORBIDDEN_MARKERS = ("humaneval", "human_eval", "human-eval")
+
+
+@dataclass(slots=True, frozen=True)
+class DataConfig:
+    sources: tuple[str, ...] = ()  # files or directories; empty means the stdlib source
+    seq_len: int = 256
+    heldout_fraction: float = 0.05
+    max_train_tokens: int | None = 2_000_000  # tokenizing stops once the train split has this many
+    max_heldout_tokens: int = 100_000
+    shuffle_seed: int = 0  # order in which files are read (matters when max_train_tokens cuts the corpus)
+
+    def __post_init__(self):
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len must be >= 8, got {self.seq_len}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        for s in self.sources:
+            if any(m in str(s).lower() for m in FORBIDDEN_MARKERS):
+                raise ValueError(f"{s} looks like HumanEval, the evaluation set: never train on it")
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def corpus_files(cfg: DataConfig) -> list[Path]:
+    roots = [Path(s) for s in cfg.sources] or [stdlib_root()]
+    files: list[Path] = []
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"training data source {root} does not exist")
+        if root.is_file():
+            files.append(root)
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.suffix in TEXT_SUFFIXES and p.is_file() and "site-packages" not in p.parts:
+                files.append(p)
+    if not files:
+        raise ValueError(f"no text files ({sorted(TEXT_SUFFIXES)}) found in {[str(r) for r in roots]}")
+    return files
+
+
+def is_heldout(path: Path, fraction: float) -> bool:
+    """Stable split by path: the same files are held out on every machine and every run."""
+    digest = hashlib.sha256(path.as_posix().split("/lib/", 1)[-1].encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def read_texts(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        texts = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    row = json.loads(line)
+                    text = row.get("text", row.get("content")) if isinstance(row, dict) else None
+                    if not isinstance(text, str):
+                        raise ValueError(f"{path}:{i + 1}: a JSONL row needs a 'text' (or 'content') string field")
+                    texts.append(text)
+        return texts
+    return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+def pack_tokens(tokenizer, files: list[Path], seq_len: int, max_tokens: int | None, desc: str) -> torch.Tensor:
+    """[N, seq_len] rows of consecutive tokens (files joined with EOS); the ragged tail is dropped."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for path in tqdm(files, desc=desc, unit="file", leave=False):
+        for text in read_texts(path):
+            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if eos is not None:
+                ids.append(eos)
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"{desc}: only {len(ids)} tokens, fewer than one sequence of {seq_len}")
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train [N, L], heldout [N', L]) token rows, cached in cache_dir when given."""
+    key = hashlib.sha256(json.dumps([repr(cfg), tokenizer.name_or_path, len(tokenizer)]).encode()).hexdigest()[:16]
+    cache = cache_dir / f"data-{key}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        d = torch.load(cache)
+        return d["train"], d["heldout"]
+    files = corpus_files(cfg)
+    random.Random(cfg.shuffle_seed).shuffle(files)
+    train_files = [f for f in files if not is_heldout(f, cfg.heldout_fraction)]
+    heldout_files = [f for f in files if is_heldout(f, cfg.heldout_fraction)]
+    if not heldout_files:  # tiny corpora: hold out the last file so evaluation is never on train text
+        heldout_files, train_files = train_files[-1:], train_files[:-1]
+    if not train_files:
+        raise ValueError("need at least two source files: one to train on and one to hold out")
+    train = pack_tokens(tokenizer, train_files, cfg.seq_len, cfg.max_train_tokens, "tokenize train")
+    heldout = pack_tokens(tokenizer, heldout_files, cfg.seq_len, cfg.max_heldout_tokens, "tokenize held-out")
+    if cache is not None:
+        tmp = cache.with_suffix(".tmp")
+        torch.save({"train": train, "heldout": heldout}, tmp)
+        tmp.replace(cache)
+    return train, heldout

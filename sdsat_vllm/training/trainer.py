@@ -1,0 +1,393 @@
+"""SAT training (DESIGN.md 1.1) on transformers + peft.
+
+Modes
+- full:   every weight trains (the paper's setting).
+- lora:   peft LoRA on every linear layer + the SAT embedding rows; merged on export.
+- frozen: only the SAT embedding rows train, so standard-token logits stay those of the base
+          model and SDSAT is lossless against the ORIGINAL model. The standard tokens' K/V do
+          not depend on anything trainable, so they are computed once without grad and only the
+          SAT tokens are back-propagated: a step costs little more than a forward.
+
+Loss: CE(standard tokens) + sat_loss_weight * CE(SAT tokens). The number to watch is the SAT
+accuracy per offset j (logged per step and on held-out files): it predicts draft acceptance.
+
+A run lives in one output directory: train_config.json (the resolved config), log.jsonl,
+checkpoint/ (resumable: a session may be stopped at any time), and on completion model/ (an HF
+directory transformers and vLLM load as is) and adapter/ (small: LoRA + SAT rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import TRAIN_MODES, SDSATConfig, write_json_atomic
+from .data import DataConfig, load_datasets
+from .layout import IGNORE_INDEX, SATBatch, build_sat_batch, sample_insertion_points
+from .sat_setup import add_sat_tokens
+
+# Changing these between a checkpoint and a resume does not change what the run computes.
+RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "save_every", "log_every", "threads", "export"}
+
+
+@dataclass(slots=True, frozen=True)
+class TrainConfig:
+    model: str  # a known model name (see `sdsat fetch`), an HF directory or a GGUF file
+    output_dir: str
+    mode: str = "lora"
+    num_sat: int = 5
+    distinct_sats: bool = False  # K distinct SAT ids instead of one id repeated K times
+    blocks_per_seq: int = 24  # M SAT blocks appended to every training sequence
+    batch_size: int = 4
+    grad_accum: int = 1
+    steps: int = 1000
+    lr: float = 3e-4
+    sat_lr: float = 1e-3  # SAT embedding rows learn faster than the LoRA weights
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    sat_loss_weight: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    dtype: str = "bf16"  # compute dtype (autocast); master weights stay fp32
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_every: int = 100
+    eval_batches: int = 8
+    save_every: int = 50
+    log_every: int = 10
+    max_minutes: float | None = None  # checkpoint and stop cleanly after this much wall time
+    threads: int | None = None
+    export: bool = True
+
+    def __post_init__(self):
+        if self.mode not in TRAIN_MODES or self.mode == "gated":
+            raise ValueError(f"mode must be one of full, lora, frozen; got {self.mode!r}")
+        if self.dtype not in ("bf16", "fp32"):
+            raise ValueError(f"dtype must be bf16 or fp32, got {self.dtype!r}")
+        for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data.seq_len < self.num_sat + 2:
+            raise ValueError(f"seq_len {self.data.seq_len} is too short for K={self.num_sat}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        data = d.pop("data", {}) or {}
+        data["sources"] = tuple(data.get("sources", ()))
+        return cls(data=DataConfig(**data), **d)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+def load_base(name_or_path: str):
+    """(model in fp32, tokenizer, base_id, base_sha256, stored dtype) for a known name, HF directory
+    or GGUF file. Training keeps fp32 master weights; export casts back to the stored dtype."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import gguf_sha256, resolve_model
+
+    model_dir = resolve_model(name_or_path)
+    stored = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    stored = getattr(torch, stored) if isinstance(stored, str) else stored
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model, tokenizer, name_or_path, gguf_sha256(model_dir), stored
+
+
+def make_trainable(model, sdsat: SDSATConfig, cfg: TrainConfig):
+    """Wrap the model for its mode; returns (model, param_groups)."""
+    from peft import LoraConfig, TrainableTokensConfig, get_peft_model
+
+    sat_ids = sorted(sdsat.sat_id_set)
+    if cfg.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, [{"params": [p for p in model.parameters()], "lr": cfg.lr}]
+    emb_name = _embedding_module_name(model)
+    if cfg.mode == "frozen":
+        peft_cfg = TrainableTokensConfig(target_modules=[emb_name], token_indices=sat_ids)
+    else:
+        peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                              trainable_token_indices={emb_name: sat_ids})
+    model = get_peft_model(model, peft_cfg)
+    sat_params = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    other = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
+    groups = [{"params": sat_params, "lr": cfg.sat_lr}]
+    if other:
+        groups.append({"params": other, "lr": cfg.lr})
+    return model, groups
+
+
+def _embedding_module_name(model) -> str:
+    emb = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is emb:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("could not find the input embedding module")
+
+
+# ----------------------------------------------------------------------------------------------
+# loss
+
+
+@dataclass(slots=True)
+class StepStats:
+    loss: float
+    std_loss: float | None
+    sat_loss: float
+    sat_acc: list[float]  # per offset j = 1..K: SAT argmax == true token
+    sat_agree: list[float] | None = None  # per offset: SAT argmax == the model's own argmax (draft acceptance proxy)
+
+
+def _autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _per_offset_mean(hits: torch.Tensor, offsets: torch.Tensor, K: int) -> list[float]:
+    # hits: [N] float, offsets: [N] in 1..K
+    sums = torch.zeros(K + 1).index_add_(0, offsets.cpu(), hits.float().cpu())
+    counts = torch.zeros(K + 1).index_add_(0, offsets.cpu(), torch.ones_like(hits, dtype=torch.float).cpu())
+    return (sums[1:] / counts[1:].clamp(min=1)).tolist()
+
+
+def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool = False):
+    """(loss tensor, StepStats) for one laid-out batch."""
+    L, K = batch.num_standard, batch.num_sat
+    B = batch.input_ids.shape[0]
+    mask_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    sat_rows = slice(L, None)
+    std_logits = None
+    with _autocast(cfg.dtype):
+        if cfg.mode == "frozen":
+            # Standard tokens see nothing trainable: their K/V once, without grad.
+            with torch.no_grad():
+                std_out = model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
+                                use_cache=True, logits_to_keep=0 if with_agree else 1)
+            if with_agree:
+                std_logits = std_out.logits
+            sat_logits = model(input_ids=batch.input_ids[:, sat_rows], position_ids=batch.position_ids[:, sat_rows],
+                               attention_mask=batch.additive_mask(mask_dtype, sat_rows),
+                               past_key_values=std_out.past_key_values, use_cache=False).logits
+        else:
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                           attention_mask=batch.additive_mask(mask_dtype), use_cache=False).logits
+            std_logits, sat_logits = logits[:, :L], logits[:, L:]
+
+    sat_labels = batch.labels[:, L:]
+    sat_loss = F.cross_entropy(sat_logits.float().flatten(0, 1), sat_labels.flatten())
+    std_loss = None
+    loss = cfg.sat_loss_weight * sat_loss
+    if cfg.mode != "frozen":
+        std_loss = F.cross_entropy(std_logits.float().flatten(0, 1), batch.labels[:, :L].flatten(),
+                                   ignore_index=IGNORE_INDEX)
+        loss = loss + std_loss
+
+    with torch.no_grad():
+        offsets = batch.sat_offsets[L:].repeat(B)
+        pred = sat_logits.argmax(-1)  # [B, S]
+        acc = _per_offset_mean((pred == sat_labels).flatten(), offsets, K)
+        agree = None
+        if with_agree:
+            # SAT j of block p drafts x_{p+j+1}; the standard position p+j predicts the same token.
+            same_target = batch.position_ids[:, L:]
+            own = std_logits.argmax(-1).gather(1, same_target)
+            agree = _per_offset_mean((pred == own).flatten(), offsets, K)
+    stats = StepStats(loss.item(), None if std_loss is None else std_loss.item(), sat_loss.item(), acc, agree)
+    return loss, stats
+
+
+@torch.no_grad()
+def evaluate(model, rows: torch.Tensor, sdsat: SDSATConfig, cfg: TrainConfig, num_batches: int | None = None,
+             seed: int = 1234) -> dict:
+    """SAT accuracy and agreement per offset on held-out rows (fixed insertion points per seed)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    n = rows.shape[0] if num_batches is None else min(rows.shape[0], num_batches * cfg.batch_size)
+    K = sdsat.num_sat
+    acc_sum, agree_sum, loss_sum, batches = [0.0] * K, [0.0] * K, 0.0, 0
+    for start in range(0, n, cfg.batch_size):
+        ids = rows[start:start + cfg.batch_size]
+        pts = sample_insertion_points(ids.shape[0], ids.shape[1], cfg.blocks_per_seq, K, g)
+        _, st = sat_forward_loss(model, build_sat_batch(ids, pts, sdsat.sat_token_ids), cfg, with_agree=True)
+        acc_sum = [a + b for a, b in zip(acc_sum, st.sat_acc)]
+        agree_sum = [a + b for a, b in zip(agree_sum, st.sat_agree)]
+        loss_sum += st.sat_loss
+        batches += 1
+    model.train(was_training)
+    return {"sat_loss": loss_sum / batches, "sat_acc": [a / batches for a in acc_sum],
+            "sat_agree": [a / batches for a in agree_sum], "eval_rows": n}
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule, batches, checkpoints
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_for(step: int, micro: int, rows: torch.Tensor, sdsat: SDSATConfig, cfg: TrainConfig) -> SATBatch:
+    """The batch of (step, micro-step) is a pure function of the seed: a resumed run sees the same data."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 131 + micro)
+    n = rows.shape[0]
+    per_epoch = max(1, n // cfg.batch_size)
+    k = step * cfg.grad_accum + micro
+    epoch, slot = divmod(k, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    idx = perm[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
+    ids = rows[idx]
+    pts = sample_insertion_points(ids.shape[0], ids.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g)
+    return build_sat_batch(ids, pts, sdsat.sat_token_ids)
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, model, optimizer, step: int) -> None:
+    """Atomic: a stop in the middle leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    tmp = out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({n: t.contiguous() for n, t in _trainable_state(model).items()}, tmp / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json_atomic(tmp / "state.json", {"step": step, "time": time.time()})
+    final, old = out / "checkpoint", out / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, model, optimizer) -> int:
+    """Restore trainable weights and optimizer; returns the number of completed steps."""
+    from safetensors.torch import load_file
+
+    ckpt = out / "checkpoint"
+    state = load_file(ckpt / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = set(state) ^ {n for n, p in params.items() if p.requires_grad}
+    if missing:
+        raise RuntimeError(f"checkpoint in {ckpt} does not match this model/mode (differs in {sorted(missing)[:3]}...)")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
+    return json.loads((ckpt / "state.json").read_text())["step"]
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    saved_path = out / "train_config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+    if diff and (out / "checkpoint").exists():
+        raise ValueError(f"{out} holds a run with a different config ({', '.join(diff)}); "
+                         "use a new --output-dir or the same settings to resume")
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
+    """Train (or resume) the run in cfg.output_dir; returns that directory.
+
+    model/tokenizer may be given directly (tests pass tiny models); otherwise cfg.model is loaded.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume_config(out, cfg)
+    write_json_atomic(out / "train_config.json", cfg.to_dict())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    base_id, base_sha, serve_dtype = cfg.model, None, None
+    if model is None:
+        model, tokenizer, base_id, base_sha, serve_dtype = load_base(cfg.model)
+    serve_dtype = serve_dtype or model.dtype
+    sdsat = add_sat_tokens(model, tokenizer, cfg.num_sat, cfg.distinct_sats, cfg.mode, base_id, base_sha)
+    model, groups = make_trainable(model, sdsat, cfg)
+    model.train()
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    train_rows, heldout_rows = load_datasets(cfg.data, tokenizer, cache_dir=out)
+    start = load_checkpoint(out, model, optimizer) if (out / "checkpoint").exists() else 0
+    if start:
+        log(f"resuming {out} at step {start}/{cfg.steps}")
+
+    t0, tokens, last_save = time.time(), 0, start
+    stats = None
+    with open(out / "log.jsonl", "a") as logf, tqdm(total=cfg.steps, initial=start, desc="sat-train") as bar:
+        for step in range(start, cfg.steps):
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * lr_factor(step, cfg)
+            for micro in range(cfg.grad_accum):
+                batch = batch_for(step, micro, train_rows, sdsat, cfg)
+                loss, stats = sat_forward_loss(model, batch, cfg)
+                (loss / cfg.grad_accum).backward()
+                tokens += batch.input_ids.numel()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(sat_loss=f"{stats.sat_loss:.3f}", acc1=f"{stats.sat_acc[0]:.2f}")
+            done = step + 1
+            record = None
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                record = {"step": done, "lr": optimizer.param_groups[-1]["lr"], **dataclasses.asdict(stats),
+                          "tokens_per_s": tokens / (time.time() - t0)}
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                record = record or {"step": done}
+                record["eval"] = evaluate(model, heldout_rows, sdsat, cfg, cfg.eval_batches)
+            if record:
+                logf.write(json.dumps(record) + "\n")
+                logf.flush()
+            out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
+            if done % cfg.save_every == 0 or done == cfg.steps or out_of_time:
+                save_checkpoint(out, model, optimizer, done)
+                last_save = done
+            if out_of_time:
+                log(f"stopping after {cfg.max_minutes} min at step {done}; run again to resume")
+                return out
+    if last_save < cfg.steps:
+        save_checkpoint(out, model, optimizer, cfg.steps)
+    if cfg.export:
+        from .export import export_run
+
+        export_run(model, tokenizer, sdsat, cfg, out, serve_dtype)
+    return out
