@@ -721,8 +721,8 @@ def resolve_model(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name", nargs="?", default=DEFAULT_MODEL,
-        help=f"known model ({', '.join(KNOWN_MODELS)}; default {DEFAULT_MODEL}), a local .gguf file "
-        "or an HF directory",
+        help=f"known model ({', '.join(KNOWN_MODELS)}; default {DEFAULT_MODEL}), a trained SDSAT model "
+        "(smollm2-135m-sdsat: base + shipped adapter), a local .gguf file or an HF directory",
     )
     parser.add_argument("--cache-dir", default=None,
                         help=f"cache root (default ${CACHE_ENV} or {DEFAULT_CACHE})")
@@ -744,10 +744,18 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for s in KNOWN_MODELS.values():
             print(f"{s.name:22s} {s.upstream}  ({len(s.wheels)} wheel(s); {s.license})")
+        from .adapters import SHIPPED
+
+        for a in SHIPPED.values():
+            print(f"{a.name:22s} {a.base} + the shipped SDSAT adapter {a.adapter_dir}")
         return 0
     try:
         text = args.name
-        if text.strip().lower() in KNOWN_MODELS and not Path(text).expanduser().exists():
+        from .adapters import SHIPPED, resolve_sdsat_model
+
+        if text in SHIPPED:  # a trained SDSAT model: base model + shipped adapter, merged once
+            path = resolve_sdsat_model(text, cache_dir=args.cache_dir)
+        elif text.strip().lower() in KNOWN_MODELS and not Path(text).expanduser().exists():
             path = fetch(text, cache_dir=args.cache_dir, force=args.force, find_links=args.find_links)
         else:
             path = resolve_model(text, cache_dir=args.cache_dir, force=args.force)
