@@ -127,14 +127,8 @@ def test_metrics_count_forwards_tokens_and_sats():
 
 
 @pytest.fixture(scope="module")
-def trained(request):
-    """The lead's session fixture (tests/conftest.py), built on one thread if it is built here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model, tok, cfg = request.getfixturevalue("tiny_trained_sdsat")
-    finally:
-        torch.set_num_threads(before)
+def trained(tiny_trained_sdsat):
+    model, tok, cfg = tiny_trained_sdsat
     return SDSATGenerator(model, tok, cfg)
 
 
