@@ -139,3 +139,26 @@ def test_apply_adapter_rejects_a_directory_that_is_not_an_adapter(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an SDSAT adapter"):
         apply_adapter("smollm2-135m", tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_training_exports_in_the_base_dtype(tmp_path, corpus):
+    model, tok = make_tiny_model()  # stored in fp32; bf16 is the compute dtype only
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, dtype="bf16"), model=model, tokenizer=tok)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "run"))
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_sdsat_train_cli_maps_flags_to_the_config(tmp_path, corpus):
+    from sdsat_vllm.cli import main
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    rc = main(["train", "--model", str(base_dir), "--output-dir", str(tmp_path / "run"), "--mode", "frozen",
+               "--num-sat", "2", "--steps", "2", "--batch-size", "2", "--blocks-per-seq", "3", "--seq-len", "40",
+               "--dtype", "fp32", "--no-export", "--sources", *corpus])
+    assert rc == 0
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "train_config.json").read_text()))
+    assert (saved.mode, saved.num_sat, saved.steps, saved.export, saved.data.seq_len) == ("frozen", 2, 2, False, 40)
+    assert saved.data.sources == corpus
+    assert not (tmp_path / "run" / "model").exists()
