@@ -52,7 +52,12 @@ def export_run(model, tokenizer, sdsat: SDSATConfig, cfg, out: Path, dtype: torc
         adapter = out / "adapter"
         tmp = out / "adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        # save_embedding_layers=False: the resized vocabulary would otherwise make peft store the
+        # whole embedding and lm_head (hundreds of MB); the SAT rows are in trainable_tokens_delta.
+        model.save_pretrained(tmp, save_embedding_layers=False)
+        peft_cfg = json.loads((tmp / "adapter_config.json").read_text())
+        peft_cfg["base_model_name_or_path"] = cfg.model  # not this machine's cache path
+        write_json_atomic(tmp / "adapter_config.json", peft_cfg)
         write_json_atomic(tmp / ADAPTER_META, {"sdsat": sdsat.to_dict(), "train_config": cfg.to_dict(),
                                                 "distinct_sats": cfg.distinct_sats})
         shutil.rmtree(adapter, ignore_errors=True)
