@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     p.add_argument("--num-speculative-tokens", "-n", type=int, default=None,
                    help="drafts per step for sdsat and ngram (default: the model's K)")
+    p.add_argument("--sdsat-tokens", type=int, nargs="+", default=None,
+                   help="run sdsat once per value of n (rows 'sdsat-n<N>'); default: one run with -n")
     p.add_argument("--pard-tokens", type=int, default=None, help="drafts per round for pard (default: K+1, all SATs)")
     p.add_argument("--ngram-min", type=int, default=2)
     p.add_argument("--ngram-max", type=int, default=4)
@@ -99,8 +101,8 @@ def make_pard_dir(model_dir: Path, sat_id: int, work: Path) -> Path:
     return out
 
 
-def spec_config(method: str, args, k: int, pard_dir: Path | None):
-    n = args.num_speculative_tokens or k
+def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None = None):
+    n = n or args.num_speculative_tokens or k
     if method == "plain":
         return None
     if method == "ngram":
@@ -195,11 +197,16 @@ def main(argv=None) -> int:
     print(f"model {model_dir} (K={k}), {len(prompts)} HumanEval prompts, max_tokens={args.max_tokens}, "
           f"temperature={args.temperature}, batch sizes {args.batch_sizes}, engine {kw}", flush=True)
 
-    rows = []
+    runs = []
     for m in methods:
-        spec = spec_config(m, args, k, pard_dir)
-        print(f"[{m}] speculative_config={spec}", flush=True)
-        rows += run_method(m, spec, model_dir, prompts, sampling, args.batch_sizes, kw)
+        if m == "sdsat" and args.sdsat_tokens:
+            runs += [(f"sdsat-n{n}", spec_config(m, args, k, pard_dir, n)) for n in args.sdsat_tokens]
+        else:
+            runs.append((m, spec_config(m, args, k, pard_dir)))
+    rows = []
+    for name, spec in runs:
+        print(f"[{name}] speculative_config={spec}", flush=True)
+        rows += run_method(name, spec, model_dir, prompts, sampling, args.batch_sizes, kw)
 
     base = {r["batch_size"]: r for r in rows if r["method"] == "plain"}
     for r in rows:
@@ -209,7 +216,7 @@ def main(argv=None) -> int:
                                              if args.temperature == 0 else None)
 
     print()
-    hdr = f"{'method':<7} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  per-position acceptance   differ"
+    hdr = f"{'method':<9} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  per-position acceptance   differ"
     print(hdr)
     print("-" * len(hdr))
     for bs in args.batch_sizes:
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
             acc = f"{r['acceptance_rate']:.1%}" if r["acceptance_rate"] is not None else "-"
             per = ",".join(f"{x:.2f}" for x in r["acceptance_per_pos"]) if r["acceptance_per_pos"] else "-"
             diff = r["outputs_differing_from_plain"]
-            print(f"{r['method']:<7} {bs:>2} {r['output_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
+            print(f"{r['method']:<9} {bs:>2} {r['output_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
                   f"{r['speedup_vs_plain']:>7.2f}x {r['tau']:>5.2f} {acc:>7}  {per:<24} {'-' if diff is None else diff}")
 
     if args.out:
