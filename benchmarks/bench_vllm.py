@@ -29,6 +29,7 @@ acceptance rate and per-position acceptance, and (greedy) how many outputs diffe
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -131,6 +132,7 @@ def engine_kwargs(args) -> dict:
 def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
     from vllm import LLM, SamplingParams
 
+    from sdsat_vllm.vllm_plugin import shutdown_llm
     from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
 
     t0 = time.perf_counter()
@@ -162,13 +164,8 @@ def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
                              num_accepted_tokens=d.num_accepted_tokens, startup_s=startup,
                              token_ids=token_ids))
     finally:
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:
-            pass
+        shutdown_llm(llm)
         del llm
-        import gc
-
         gc.collect()
     return rows
 

@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from .vllm_plugin import shutdown_llm
+
 PROMPTS = [
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     'def is_prime(n: int) -> bool:\n    """Return True if n is a prime number."""\n',
@@ -85,10 +87,7 @@ def _run(model_dir: Path, spec: dict | None, prompts: list[str], sampling, kw: d
         wall = time.perf_counter() - t0
         stats = from_llm_metrics(llm.get_metrics()) - before
     finally:
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:
-            pass
+        shutdown_llm(llm)
         del llm
     ids = [list(o.outputs[0].token_ids) for o in outs]
     tokens = sum(len(i) for i in ids)

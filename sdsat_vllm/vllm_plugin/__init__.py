@@ -22,7 +22,7 @@ SHORT_NAME = "sdsat"
 #: The custom_class proposer vLLM builds in its workers (`speculative_config.model` after resolution).
 PROPOSER_PATH = "sdsat_vllm.vllm_plugin.proposer.SDSATProposer"
 
-__all__ = ["SHORT_NAME", "PROPOSER_PATH", "register"]
+__all__ = ["SHORT_NAME", "PROPOSER_PATH", "register", "shutdown_llm"]
 
 
 def register() -> None:
@@ -36,3 +36,15 @@ def register() -> None:
     from . import patches
 
     patches.install_all()
+
+
+def shutdown_llm(llm) -> None:
+    """Stop an `LLM`'s engine-core processes now rather than whenever it is garbage-collected:
+    the demo, the benchmarks and the tests start several engines in one process, and on a small
+    machine a lingering engine's workers slow the next one down."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None:
+        try:
+            engine_core.shutdown()
+        except Exception:  # already stopped, or died: nothing left to stop
+            pass

@@ -9,6 +9,8 @@ import socket
 import sysconfig
 from pathlib import Path
 
+from sdsat_vllm.vllm_plugin import shutdown_llm
+
 VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
 
 # tiny models, fp32, CPU: small KV space, low memory fraction, no compilation
@@ -62,13 +64,7 @@ def make_tiny_plain_dir(path, seed: int = 0) -> Path:
 
 def shutdown(llm) -> None:
     """Stop an LLM's engine processes now (tests start several engines in one session)."""
-    if llm is None:
-        return
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:
-        pass
-    del llm
+    shutdown_llm(llm)
     gc.collect()
 
 
