@@ -71,20 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_sdsat_dir(model: str | None) -> Path:
-    if model is None:
-        from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
-
-        model = DEFAULT_SDSAT_MODEL
-    try:
-        from sdsat_vllm.adapters import SHIPPED, resolve_sdsat_model
-
-        if model in SHIPPED:
-            return resolve_sdsat_model(model)
-    except ImportError:
-        pass
+    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
     from sdsat_vllm.models import resolve_model
 
-    return resolve_model(model)
+    return resolve_model(model or DEFAULT_SDSAT_MODEL)
 
 
 def make_pard_dir(model_dir: Path, sat_id: int, work: Path) -> Path:

@@ -36,13 +36,13 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdsat_vllm.adapters import SHIPPED, resolve_sdsat_model
+    from sdsat_vllm.models import resolve_model
     from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.training.data import DataConfig, load_datasets
     from sdsat_vllm.training.sat_setup import add_sat_tokens
     from sdsat_vllm.training.trainer import TrainConfig, evaluate, load_base
 
-    model_dir = resolve_sdsat_model(args.model) if args.model in SHIPPED else Path(args.model)
+    model_dir = resolve_model(args.model)
     sdsat = SDSATConfig.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     data = DataConfig(seq_len=args.seq_len, max_train_tokens=args.seq_len)  # only the held-out split is used

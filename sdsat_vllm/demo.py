@@ -52,17 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(name: str | None) -> Path:
-    from .adapters import DEFAULT_SDSAT_MODEL, SHIPPED, resolve_sdsat_model
+    from .adapters import DEFAULT_SDSAT_MODEL
     from .models import resolve_model as resolve_any
 
-    name = name or DEFAULT_SDSAT_MODEL
-    if name in SHIPPED:
-        adapter = SHIPPED[name].path
-        if not (adapter / "adapter_model.safetensors").is_file():
-            raise SystemExit(f"the shipped adapter {adapter} is missing from this checkout; pass --model DIR "
-                             "(an HF directory with the `sdsat` block, e.g. from `sdsat train`)")
-        return resolve_sdsat_model(name)
-    return resolve_any(name)
+    return resolve_any(name or DEFAULT_SDSAT_MODEL)
 
 
 def _engine_kwargs(args) -> dict:

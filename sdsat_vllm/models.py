@@ -615,9 +615,15 @@ def lookup(name: str) -> ModelSource:
     if source is None:
         raise ModelFetchError(
             f"unknown model {name!r}: not a known model name, a local HF directory or a .gguf file. "
-            f"Known models: {', '.join(KNOWN_MODELS)}"
+            f"Known models: {', '.join(KNOWN_MODELS)}; shipped SDSAT models: {', '.join(_shipped_names())}"
         )
     return source
+
+
+def _shipped_names() -> list[str]:
+    from .adapters import SHIPPED
+
+    return sorted(SHIPPED)
 
 
 # Conversion is injectable so that tests can avoid torch work.
@@ -697,8 +703,14 @@ def resolve_model(
 
     * a known name (see ``KNOWN_MODELS``) is fetched and converted once, then served from the cache;
     * a local HF directory (has ``config.json``) is returned as is;
-    * a local ``.gguf`` file is converted once into the cache (keyed by its sha256)."""
+    * a local ``.gguf`` file is converted once into the cache (keyed by its sha256);
+    * a shipped SDSAT model name (``sdsat_vllm.adapters.SHIPPED``) is built from its base model and
+      adapter once, then served from the cache."""
     text = os.fspath(name_or_path)
+    from .adapters import SHIPPED, resolve_sdsat_model
+
+    if text in SHIPPED and not Path(text).expanduser().exists():
+        return resolve_sdsat_model(text, cache_dir=cache_dir)
     if text.strip().lower() in KNOWN_MODELS and not Path(text).expanduser().exists():
         return fetch(text, cache_dir=cache_dir, force=force, progress=progress)
     path = Path(text).expanduser()
@@ -751,11 +763,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         text = args.name
-        from .adapters import SHIPPED, resolve_sdsat_model
-
-        if text in SHIPPED:  # a trained SDSAT model: base model + shipped adapter, merged once
-            path = resolve_sdsat_model(text, cache_dir=args.cache_dir)
-        elif text.strip().lower() in KNOWN_MODELS and not Path(text).expanduser().exists():
+        if text.strip().lower() in KNOWN_MODELS and not Path(text).expanduser().exists():
             path = fetch(text, cache_dir=args.cache_dir, force=args.force, find_links=args.find_links)
         else:
             path = resolve_model(text, cache_dir=args.cache_dir, force=args.force)

@@ -128,6 +128,8 @@ class SDSATGenerator:
         if sdsat_config is None and getattr(model.config, "sdsat", None):
             sdsat_config = SDSATConfig.from_hf_config(model.config)
         self.sdsat = sdsat_config  # None: a plain model, `ar` only
+        # every SAT id, masked out of every target distribution (computed once: used every step)
+        self._all_sat_ids: tuple[int, ...] = tuple(sorted(sdsat_config.sat_id_set)) if sdsat_config else ()
         impl = getattr(model.config, "_attn_implementation", None)
         if impl not in ("sdpa", "eager"):
             # tree modes need a custom 4-D mask with a KV cache, which sdpa and eager take exactly
@@ -139,10 +141,13 @@ class SDSATGenerator:
     @classmethod
     def from_pretrained(cls, model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                         attn_implementation: str = "sdpa") -> "SDSATGenerator":
-        """Load MODEL: a name known to `sdsat fetch`, an HF model directory, or a .gguf file."""
+        """Load MODEL: a name known to `sdsat fetch` (shipped SDSAT models included), an HF model
+        directory, or a .gguf file."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = resolve_model_path(model)
+        from ..models import resolve_model
+
+        path = resolve_model(model)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
         m = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(path)
@@ -313,10 +318,6 @@ class SDSATGenerator:
     # ------------------------------------------------------------------------------------------
     # Input checks
 
-    @property
-    def _all_sat_ids(self) -> tuple[int, ...]:
-        return tuple(sorted(self.sdsat.sat_id_set)) if self.sdsat else ()
-
     def _sat_ids(self, mode: str, num_sat: int | None) -> tuple[int, ...]:
         if self.sdsat is None:
             if mode != "ar":
@@ -368,21 +369,3 @@ class SDSATGenerator:
     def _sync(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize()
-
-
-def resolve_model_path(model: str):
-    """MODEL as a local HF directory: a shipped SDSAT model name (base + adapter, built once), a name
-    known to `sdsat fetch`, an HF directory or a .gguf file (through sdsat_vllm.models); the argument
-    itself as a path when those modules are not available."""
-    try:
-        from ..adapters import SHIPPED, resolve_sdsat_model
-
-        if model in SHIPPED:
-            return resolve_sdsat_model(model)
-    except ImportError:
-        pass
-    try:
-        from ..models import resolve_model
-    except ImportError:
-        return model
-    return resolve_model(model)

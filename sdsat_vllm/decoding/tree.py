@@ -68,10 +68,6 @@ class StepLayout:
     def block_start(self, b: int) -> int:
         return self.num_head + self.num_nodes + b * self.num_sat
 
-    def block_of_anchor(self, anchor: int) -> int:
-        """Block number attached to the given anchor layout index."""
-        return self.block_anchors.index(anchor)
-
     @property
     def is_chain(self) -> bool:
         """True when the layout is a plain causal sequence (no custom mask needed)."""
