@@ -6,10 +6,10 @@ import gc
 import importlib.util
 import os
 import socket
-import sysconfig
 from pathlib import Path
 
 from sdsat_vllm.vllm_plugin import shutdown_llm
+from tiny_models import tiny_training_passage as passage  # the text the trained fixture memorised
 
 VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
 
@@ -19,9 +19,6 @@ ENGINE_KW = dict(max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=Tr
 N_DRAFTS = 4  # the trained fixture has K=4
 
 
-def passage() -> str:
-    """The text the tiny trained model memorised (same as tiny_models.tiny_training_passage)."""
-    return (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text(encoding="utf-8")[:800]
 
 
 def mixed_prompts() -> list[tuple[str, int]]:
