@@ -34,7 +34,7 @@ d = {str(tmp_path)!r}
 open(d + '/a.txt', 'w').write(tiny_training_passage() * 4); open(d + '/b.txt', 'w').write(tiny_training_passage())
 m, t = make_tiny_model()
 train(TrainConfig(model='tiny', output_dir=d + '/run', num_sat=2, blocks_per_seq=2, batch_size=2, steps=1, dtype='fp32',
-                  data=DataConfig(sources=(d + '/a.txt', d + '/b.txt'), seq_len=32)), model=m, tokenizer=t)
+                  data=DataConfig(sources=(d + '/a.txt',), heldout_sources=(d + '/b.txt',), seq_len=32)), model=m, tokenizer=t)
 print('ok')
 """
     r = run_py(code)

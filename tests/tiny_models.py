@@ -120,8 +120,8 @@ def train_tiny_sdsat(out_dir, num_sat: int = 4, arch: str = "llama", steps: int 
         cfg = TrainConfig(model=f"tiny-{arch}", output_dir=str(run), mode="full", num_sat=num_sat,
                           blocks_per_seq=12, batch_size=8, steps=steps, dtype="fp32", lr=3e-3, sat_lr=3e-3,
                           warmup_steps=30, eval_every=steps, eval_batches=2, log_every=steps, save_every=steps,
-                          seed=attempt_seed, data=DataConfig(sources=(str(out_dir / "train.txt"),
-                                                                      str(out_dir / "heldout.txt")), seq_len=96))
+                          seed=attempt_seed, data=DataConfig(sources=(str(out_dir / "train.txt"),),
+                                                          heldout_sources=(str(out_dir / "heldout.txt"),), seq_len=96))
         train(cfg, model=model, tokenizer=tokenizer, log=lambda *_: None)
         final = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
         agreements.append(min(final["eval"]["sat_agree"]))

@@ -15,6 +15,7 @@ HELP = {
     "output_dir": "run directory: config, log.jsonl, checkpoint/, then model/ and adapter/",
     "mode": "full | lora | frozen",
     "sources": "training files or directories (.py/.txt/.md/.jsonl); default: the stdlib source",
+    "heldout_sources": "evaluation files or directories; default: a stable hash split of --sources (--heldout-fraction)",
 }
 
 
@@ -47,8 +48,7 @@ def add_arguments(parser) -> None:
 
 def config_from_args(args) -> TrainConfig:
     v = vars(args)
-    data = DataConfig(**{f.name: (tuple(v[f.name]) if f.name == "sources" else v[f.name])
-                         for f in dataclasses.fields(DataConfig)})
+    data = DataConfig(**{f.name: v[f.name] for f in dataclasses.fields(DataConfig)})
     return TrainConfig(data=data, **{f.name: v[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "data"})
 
 

@@ -1,7 +1,7 @@
 """Training text: the interpreter's standard library source by default, or any text/JSONL files.
 
 Files are split into train and held-out by a stable hash of their path (the same split on every
-machine and every resume), tokenized with an EOS between files, packed into rows of seq_len tokens,
+machine and every resume) unless the held-out files are named explicitly; they are tokenized with an EOS between files, packed into rows of seq_len tokens,
 and cached next to the run so a resumed run reads exactly the same tensor.
 """
 
@@ -25,6 +25,7 @@ FORBIDDEN_MARKERS = ("humaneval", "human_eval", "human-eval")
 @dataclass(slots=True, frozen=True)
 class DataConfig:
     sources: tuple[str, ...] = ()  # files or directories; empty means the stdlib source
+    heldout_sources: tuple[str, ...] = ()  # evaluation files; when given, all of `sources` is trained on
     seq_len: int = 256
     heldout_fraction: float = 0.05
     max_train_tokens: int | None = 2_000_000  # tokenizing stops once the train split has this many
@@ -32,6 +33,8 @@ class DataConfig:
     shuffle_seed: int = 0  # order in which files are read (matters when max_train_tokens cuts the corpus)
 
     def __post_init__(self):
+        for name in ("sources", "heldout_sources"):  # JSON and argparse hand over lists
+            object.__setattr__(self, name, tuple(str(p) for p in getattr(self, name)))
         if self.seq_len < 8:
             raise ValueError(f"seq_len must be >= 8, got {self.seq_len}")
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -45,8 +48,9 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def corpus_files(cfg: DataConfig) -> list[Path]:
-    roots = [Path(s) for s in cfg.sources] or [stdlib_root()]
+def corpus_files(sources: tuple[str, ...]) -> list[Path]:
+    """The text files in `sources` (files or directories); the stdlib source when empty."""
+    roots = [Path(s) for s in sources] or [stdlib_root()]
     files: list[Path] = []
     for root in roots:
         if not root.exists():
@@ -107,12 +111,20 @@ def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> 
     if cache is not None and cache.is_file():
         d = torch.load(cache)
         return d["train"], d["heldout"]
-    files = corpus_files(cfg)
+    files = corpus_files(cfg.sources)
     random.Random(cfg.shuffle_seed).shuffle(files)
-    train_files = [f for f in files if not is_heldout(f, cfg.heldout_fraction)]
-    heldout_files = [f for f in files if is_heldout(f, cfg.heldout_fraction)]
-    if not heldout_files:  # tiny corpora: hold out the last file so evaluation is never on train text
-        heldout_files, train_files = train_files[-1:], train_files[:-1]
+    if cfg.heldout_sources:
+        heldout_files = corpus_files(cfg.heldout_sources)
+        both = {f.resolve() for f in files} & {f.resolve() for f in heldout_files}
+        if both:
+            raise ValueError(f"{sorted(map(str, both))[:3]} are both training and held-out data: "
+                             "evaluation must never be on training text")
+        train_files = files
+    else:
+        train_files = [f for f in files if not is_heldout(f, cfg.heldout_fraction)]
+        heldout_files = [f for f in files if is_heldout(f, cfg.heldout_fraction)]
+        if not heldout_files:  # tiny corpora: hold out the last file so evaluation is never on train text
+            heldout_files, train_files = train_files[-1:], train_files[:-1]
     if not train_files:
         raise ValueError("need at least two source files: one to train on and one to hold out")
     train = pack_tokens(tokenizer, train_files, cfg.seq_len, cfg.max_train_tokens, "tokenize train")

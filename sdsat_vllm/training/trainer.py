@@ -89,9 +89,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        data = d.pop("data", {}) or {}
-        data["sources"] = tuple(data.get("sources", ()))
-        return cls(data=DataConfig(**data), **d)
+        return cls(data=DataConfig(**(d.pop("data", None) or {})), **d)
 
 
 # ----------------------------------------------------------------------------------------------

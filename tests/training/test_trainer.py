@@ -25,7 +25,7 @@ def corpus(tmp_path):
 def tiny_cfg(out, corpus, **kw):
     base = dict(model="tiny", output_dir=str(out), mode="lora", num_sat=3, blocks_per_seq=6, batch_size=4, steps=6,
                 dtype="fp32", lr=5e-3, sat_lr=1e-2, warmup_steps=1, eval_every=1000, eval_batches=1, log_every=1,
-                save_every=1000, lora_r=4, data=DataConfig(sources=corpus, seq_len=48))
+                save_every=1000, lora_r=4, data=DataConfig(sources=corpus[:1], heldout_sources=corpus[1:], seq_len=48))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -157,9 +157,9 @@ def test_sdsat_train_cli_maps_flags_to_the_config(tmp_path, corpus):
     base_dir = save_model_dir(model, tok, tmp_path / "base")
     rc = main(["train", "--model", str(base_dir), "--output-dir", str(tmp_path / "run"), "--mode", "frozen",
                "--num-sat", "2", "--steps", "2", "--batch-size", "2", "--blocks-per-seq", "3", "--seq-len", "40",
-               "--dtype", "fp32", "--no-export", "--sources", *corpus])
+               "--dtype", "fp32", "--no-export", "--sources", corpus[0], "--heldout-sources", corpus[1]])
     assert rc == 0
     saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "train_config.json").read_text()))
     assert (saved.mode, saved.num_sat, saved.steps, saved.export, saved.data.seq_len) == ("frozen", 2, 2, False, 40)
-    assert saved.data.sources == corpus
+    assert (saved.data.sources, saved.data.heldout_sources) == (corpus[:1], corpus[1:])
     assert not (tmp_path / "run" / "model").exists()

@@ -1,0 +1,58 @@
+"""Training data: which files are trained on and which are held out, and the packed rows."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdsat_vllm.training.data import DataConfig, is_heldout, load_datasets
+from tiny_models import make_tiny_tokenizer
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def _rows_contain(rows: torch.Tensor, ids: list[int]) -> bool:
+    flat = rows.flatten().tolist()
+    return any(flat[i : i + len(ids)] == ids for i in range(len(flat) - len(ids) + 1))
+
+
+def test_explicit_heldout_sources_are_never_trained_on(tmp_path):
+    tok = make_tiny_tokenizer()
+    train_text, eval_text = "def train_me(x):\n    return x + 1\n" * 30, "class HeldOut:\n    pass\n" * 30
+    cfg = DataConfig(sources=[_write(tmp_path / "a.txt", train_text)],  # lists, as JSON and argparse give them
+                     heldout_sources=[_write(tmp_path / "b.txt", eval_text)], seq_len=16)
+    assert isinstance(cfg.sources, tuple) and isinstance(cfg.heldout_sources, tuple)
+    train, heldout = load_datasets(cfg, tok)
+    train_ids = tok("def train_me", add_special_tokens=False).input_ids
+    eval_ids = tok("class HeldOut", add_special_tokens=False).input_ids
+    assert _rows_contain(train, train_ids) and not _rows_contain(train, eval_ids)
+    assert _rows_contain(heldout, eval_ids) and not _rows_contain(heldout, train_ids)
+
+
+def test_a_file_both_trained_on_and_held_out_is_refused(tmp_path):
+    tok = make_tiny_tokenizer()
+    a = _write(tmp_path / "a.txt", "x = 1\n" * 50)
+    with pytest.raises(ValueError, match="both training and held-out data"):
+        load_datasets(DataConfig(sources=(str(tmp_path),), heldout_sources=(a,), seq_len=8), tok)
+
+
+def test_hash_split_ignores_where_the_tree_lives():
+    """The same stdlib files are held out on every machine, whatever the interpreter's prefix."""
+    names = [f"python3.11/{m}.py" for m in ("textwrap", "json/decoder", "asyncio/tasks", "os", "re/_parser")] * 40
+    names = [n.replace(".py", f"_{i}.py") for i, n in enumerate(names)]
+    here = [is_heldout(Path("/usr/lib") / n, 0.05) for n in names]
+    there = [is_heldout(Path("/opt/conda/lib") / n, 0.05) for n in names]
+    assert here == there and 0 < sum(here) < len(here)
+
+
+def test_without_heldout_files_one_file_is_held_out(tmp_path):
+    tok = make_tiny_tokenizer()
+    for name in ("a", "b", "c"):
+        _write(tmp_path / f"{name}.txt", f"{name} = {name!r}\n" * 40)
+    # a fraction so small that no path hashes into it: the tiny-corpus fallback holds out one file
+    train, heldout = load_datasets(DataConfig(sources=(str(tmp_path),), heldout_fraction=1e-12, seq_len=8), tok)
+    assert train.shape[0] > heldout.shape[0] > 0
+    assert train.shape[1] == heldout.shape[1] == 8
