@@ -4,11 +4,17 @@ A speculative step may produce several tokens at once; EOS, a stop string or max
 fall anywhere inside them. `StopChecker.commit` takes them in order and stops at the first token
 after which plain (one token per forward) decoding would have stopped, so every mode, `ar`
 included, ends at the same token with the same text.
+
+Stop strings are looked for in the text streamed so far (tokenizers' DecodeStream, as vLLM's
+incremental detokenizer does), only where the newest chunk could complete one, so a call costs
+O(new text) instead of decoding the whole output after every token.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Sequence
+
+from tokenizers.decoders import DecodeStream
 
 FINISH_EOS = "eos"
 FINISH_STOP = "stop"
@@ -31,6 +37,12 @@ class StopChecker:
         self.generated: list[int] = []
         self.finish_reason: str | None = None
         self.stop_text_index: int | None = None  # where the stop string starts in the text
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)  # fast tokenizers only
+        # A stream holds back an incomplete UTF-8 character that a full decode shows as U+FFFD, so a
+        # stop string containing U+FFFD is matched on full decodes.
+        streamable = self._backend is not None and not any("\ufffd" in s for s in self.stop)
+        self._stream = DecodeStream(skip_special_tokens=True) if self.stop and streamable else None
+        self._streamed = ""  # text of self.generated, as streamed
 
     @property
     def finished(self) -> bool:
@@ -53,7 +65,16 @@ class StopChecker:
         return taken
 
     def _find_stop(self) -> int | None:
-        text = self.decode()
+        if self._stream is not None:
+            chunk = self._stream.step(self._backend, self.generated[-1])
+            if not chunk:  # an incomplete UTF-8 character: no new text yet
+                return None
+            # a stop string completed by this chunk starts at most len(stop) - 1 characters before it
+            start = max(0, len(self._streamed) - max(map(len, self.stop)) + 1)
+            self._streamed += chunk
+            if not any(s in self._streamed[start:] for s in self.stop):
+                return None
+        text = self.decode()  # once per hit: the index is taken in the text the caller gets
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.stop_text_index = min(hits)
