@@ -135,3 +135,10 @@ def tiny_training_passage() -> str:
     """The text the tiny trained model memorises; prompts taken from it get long accepted drafts."""
     root = Path(sysconfig.get_paths()["stdlib"])
     return (root / "textwrap.py").read_text(encoding="utf-8")[:800]
+
+
+def memorised_prompts() -> list[str]:
+    """Whole lines of the memorised passage, short enough that prompt + 32 new tokens stay within the
+    96 positions the tiny model was trained on (a prompt cut mid-word tokenises unlike the passage)."""
+    lines = tiny_training_passage().splitlines(keepends=True)
+    return ["".join(lines[7:10]), "".join(lines[11:13])]

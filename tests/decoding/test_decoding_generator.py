@@ -7,7 +7,7 @@ import torch
 from decoding_helpers import tiny_sdsat
 from sdsat_vllm.decoding import stopping
 from sdsat_vllm.decoding.generator import MODES, SPECULATIVE_MODES, SDSATGenerator
-from tiny_models import make_tiny_model, tiny_training_passage
+from tiny_models import make_tiny_model, memorised_prompts
 
 PROMPT = "def rotate(items, n):\n    "
 
@@ -132,23 +132,28 @@ def trained(tiny_trained_sdsat):
     return SDSATGenerator(model, tok, cfg)
 
 
-def trained_prompts():
-    """Whole lines of the memorised passage, short enough that prompt + 32 new tokens stay within the
-    96 positions the tiny model was trained on (a prompt cut mid-word tokenises unlike the passage)."""
-    lines = tiny_training_passage().splitlines(keepends=True)
-    return ["".join(lines[7:10]), "".join(lines[11:13])]
 
 
 @pytest.mark.parametrize("mode", SPECULATIVE_MODES)
 def test_greedy_identical_to_ar_and_drafts_accepted_trained_model(trained, mode):
     accepted = 0
-    for prompt in trained_prompts():
+    for prompt in memorised_prompts():
         ref = trained.generate(prompt, mode="ar", max_new_tokens=32, ignore_eos=True)
         for k in range(1, trained.sdsat.num_sat + 1):
             out = trained.generate(prompt, mode=mode, num_sat=k, max_new_tokens=32, ignore_eos=True)
             assert out.token_ids == ref.token_ids, f"{mode} K={k}"
             accepted += out.metrics.num_accepted_tokens
     assert accepted > 0, f"{mode}: no draft was ever accepted, the test proves little"
+
+
+@pytest.mark.parametrize("mode", SPECULATIVE_MODES)
+def test_every_sat_offset_drafts_on_the_memorised_passage(trained, mode):
+    """Drafts at every position get accepted. A position or mask bug at SAT offsets >= 2 keeps the
+    output exact (verification catches it) and shows only here: acceptance beyond position 1 collapses."""
+    for prompt in memorised_prompts():
+        m = trained.generate(prompt, mode=mode, max_new_tokens=24, ignore_eos=True).metrics
+        assert m.num_drafts and min(m.num_accepted_tokens_per_pos) >= m.num_drafts / 2, (
+            mode, m.num_drafts, m.num_accepted_tokens_per_pos)
 
 
 class _CommitSpy:
@@ -172,7 +177,7 @@ class _CommitSpy:
 
 @pytest.mark.parametrize("mode", SPECULATIVE_MODES)
 def test_max_new_tokens_inside_accepted_drafts(trained, mode, monkeypatch):
-    prompt = trained_prompts()[0]
+    prompt = memorised_prompts()[0]
     ref = trained.generate(prompt, mode="ar", max_new_tokens=24, ignore_eos=True).token_ids
     spy = _CommitSpy(monkeypatch)
     for n in range(1, 25):
@@ -184,7 +189,7 @@ def test_max_new_tokens_inside_accepted_drafts(trained, mode, monkeypatch):
 @pytest.mark.parametrize("mode", SPECULATIVE_MODES)
 def test_eos_inside_accepted_drafts(trained, mode, monkeypatch):
     gen = SDSATGenerator(trained.model, trained.tokenizer, trained.sdsat)
-    prompt = trained_prompts()[0]
+    prompt = memorised_prompts()[0]
     ref = gen.generate(prompt, mode="ar", max_new_tokens=24, ignore_eos=True).token_ids
     spy = _CommitSpy(monkeypatch)
     for eos in list(dict.fromkeys(ref[1:]))[:8]:  # pretend each of these tokens is EOS
@@ -200,7 +205,7 @@ def test_eos_inside_accepted_drafts(trained, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode", SPECULATIVE_MODES)
 def test_stop_strings_inside_accepted_drafts(trained, mode, monkeypatch):
-    prompt = trained_prompts()[0]
+    prompt = memorised_prompts()[0]
     full = trained.generate(prompt, mode="ar", max_new_tokens=24, ignore_eos=True)
     spy = _CommitSpy(monkeypatch)
     cuts = 0

@@ -88,6 +88,21 @@ def test_single_cases_identical_to_plain(sdsat_llm, plain_baseline, sat_id):
                 assert got[tok].logprob == pytest.approx(exp[tok].logprob, abs=1e-4)
 
 
+def test_every_sat_offset_drafts_on_the_memorised_passage(sdsat_llm):
+    """Drafts at every position get accepted. The proposer reads SAT j's row at position n + j of the
+    fused forward; an off-by-one there keeps the output exact (the rejection sampler catches it) and
+    shows only here: acceptance beyond position 1 collapses."""
+    from vllm import SamplingParams
+
+    from tiny_models import memorised_prompts
+
+    for prompt in memorised_prompts():
+        before = spec_summary(sdsat_llm)
+        sdsat_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
+        d = spec_summary(sdsat_llm) - before
+        assert d.num_drafts and min(d.accepted_per_pos) >= d.num_drafts / 2, (d.num_drafts, d.accepted_per_pos)
+
+
 def test_sampling_n_logprobs_never_show_sat(sdsat_llm, sat_id, sdsat_model_dir):
     from vllm import SamplingParams
 
