@@ -1,8 +1,9 @@
 """Training text: the interpreter's standard library source by default, or any text/JSONL files.
 
 Files are split into train and held-out by a stable hash of their path (the same split on every
-machine and every resume) unless the held-out files are named explicitly; they are tokenized with an EOS between files, packed into rows of seq_len tokens,
-and cached next to the run so a resumed run reads exactly the same tensor.
+machine and every resume) unless the held-out files are named explicitly; they are tokenized with an
+EOS between files, packed into rows of seq_len tokens, and cached next to the run so a resumed run
+reads exactly the same tensor.
 """
 
 from __future__ import annotations

@@ -308,6 +308,10 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
+    try:  # a run saved before a config field existed resumes with that field's default
+        saved = json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict()))
+    except (TypeError, ValueError):  # unknown or invalid fields: compare as saved
+        pass
     now = json.loads(json.dumps(cfg.to_dict()))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
     if diff and (out / "checkpoint").exists():

@@ -119,6 +119,18 @@ def test_resume_continues_the_same_run(tmp_path, corpus):
     assert [r["step"] for r in read_log(tmp_path / "interrupted")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_a_run_saved_before_a_config_field_existed(tmp_path, corpus):
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False, max_minutes=0.0), model=m, tokenizer=t)
+    saved_path = tmp_path / "run" / "train_config.json"
+    saved = json.loads(saved_path.read_text())
+    del saved["data"]["shuffle_seed"]  # as written by a version without that field (default 0)
+    saved_path.write_text(json.dumps(saved))
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False), model=m, tokenizer=t)
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]
+
+
 def test_resume_refuses_a_different_config(tmp_path, corpus):
     m, t = make_tiny_model()
     train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False), model=m, tokenizer=t)
