@@ -19,8 +19,6 @@ ENGINE_KW = dict(max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=Tr
 N_DRAFTS = 4  # the trained fixture has K=4
 
 
-
-
 def mixed_prompts() -> list[tuple[str, int]]:
     """8 (prompt, max_tokens) pairs of different lengths: requests start together and finish apart."""
     p = passage()
