@@ -70,13 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_sdsat_dir(model: str | None) -> Path:
-    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
-    from sdsat_vllm.models import resolve_model
-
-    return resolve_model(model or DEFAULT_SDSAT_MODEL)
-
-
 def make_pard_dir(model_dir: Path, sat_id: int, work: Path) -> Path:
     """The same checkpoint as a PARD draft: symlinks to its files, config.json plus `pard_token`."""
     out = work / f"{model_dir.name}-as-pard-draft"
@@ -164,9 +157,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from bench_engine import HUMANEVAL_STOP, cpu_name, humaneval_prompts
 
+    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
     from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.models import resolve_model
 
-    model_dir = resolve_sdsat_dir(args.model)
+    model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
     sdsat = SDSATConfig.from_pretrained(model_dir)
     k = sdsat.num_sat
     prompts = [p for _, p in humaneval_prompts(args.num_prompts)]

@@ -51,13 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
-def resolve_model(name: str | None) -> Path:
-    from .adapters import DEFAULT_SDSAT_MODEL
-    from .models import resolve_model as resolve_any
-
-    return resolve_any(name or DEFAULT_SDSAT_MODEL)
-
-
 def _engine_kwargs(args) -> dict:
     from vllm.platforms import current_platform
 
@@ -94,9 +87,11 @@ def _run(model_dir: Path, spec: dict | None, prompts: list[str], sampling, kw: d
 def run(args) -> int:
     from vllm import SamplingParams
 
+    from .adapters import DEFAULT_SDSAT_MODEL
     from .config import SDSATConfig
+    from .models import resolve_model
 
-    model_dir = resolve_model(args.model)
+    model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
     sdsat = SDSATConfig.from_pretrained(model_dir)
     n = args.num_speculative_tokens or sdsat.num_sat
     prompts = (PROMPTS * (1 + args.num_prompts // len(PROMPTS)))[: args.num_prompts]

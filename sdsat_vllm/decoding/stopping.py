@@ -42,7 +42,10 @@ class StopChecker:
         # stop string containing U+FFFD is matched on full decodes.
         streamable = self._backend is not None and not any("\ufffd" in s for s in self.stop)
         self._stream = DecodeStream(skip_special_tokens=True) if self.stop and streamable else None
-        self._streamed = ""  # text of self.generated, as streamed
+        # a stop string completed by the next chunk starts at most len(stop) - 1 characters before
+        # it, so only that much of the streamed text is kept
+        self._tail_len = max(map(len, self.stop), default=1) - 1
+        self._tail = ""
 
     @property
     def finished(self) -> bool:
@@ -69,10 +72,9 @@ class StopChecker:
             chunk = self._stream.step(self._backend, self.generated[-1])
             if not chunk:  # an incomplete UTF-8 character: no new text yet
                 return None
-            # a stop string completed by this chunk starts at most len(stop) - 1 characters before it
-            start = max(0, len(self._streamed) - max(map(len, self.stop)) + 1)
-            self._streamed += chunk
-            if not any(s in self._streamed[start:] for s in self.stop):
+            window = self._tail + chunk
+            self._tail = window[-self._tail_len:] if self._tail_len else ""
+            if not any(s in window for s in self.stop):
                 return None
         text = self.decode()  # once per hit: the index is taken in the text the caller gets
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
