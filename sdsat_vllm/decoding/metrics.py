@@ -10,8 +10,11 @@ and the SDSAT ones:
     tau                          tokens per target forward = num_new_tokens / num_forwards
     num_sat_tokens               SAT-tail positions computed. They are not rejected drafts, they
                                  are the drafting itself, so they are counted apart.
-Acceptance per position is accepted / drafted at that position (a top-k tree offers a depth only
-where its shape reaches it); `mean_acceptance_length` is vLLM's 1 + accepted / drafts.
+`acceptance_per_pos` is the real-draft figure: accepted / drafted at that position, over the steps
+that offered a draft there (a top-k tree offers a depth only where its shape reaches it). It is
+what the vLLM helper calls `SpecDecodeSummary.real_draft_acceptance_per_pos`, not vLLM's
+per-forward `acceptance_per_pos` (accepted_per_pos[i] / num_drafts, SAT-only forwards included).
+`mean_acceptance_length` is vLLM's 1 + accepted / drafts (here drafts = steps with a real draft).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class DecodeMetrics:
 
     @property
     def acceptance_per_pos(self) -> list[float]:
+        """Real drafts: accepted / offered at each position (vLLM helper: real_draft_acceptance_per_pos)."""
         acc = self.num_accepted_tokens_per_pos
         return [(acc[i] if i < len(acc) else 0) / d if d else 0.0 for i, d in enumerate(self.num_drafted_per_pos)]
 

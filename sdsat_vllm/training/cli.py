@@ -19,7 +19,7 @@ HELP = {
 }
 
 
-def _add_fields(parser, cls, skip=()):
+def _add_fields(parser, cls, skip=(), required=("model", "output_dir")):
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -36,7 +36,7 @@ def _add_fields(parser, cls, skip=()):
             kw["type"] = float
         elif "int" in kind:
             kw["type"] = int
-        if f.name in ("model", "output_dir"):
+        if f.name in required:
             kw["required"] = True
         parser.add_argument(flag, dest=f.name, **kw)
 

@@ -59,6 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     sat_loss_weight: float = 1.0
+    target: str = "hard"  # SAT label: hard = the data's token; soft = the model's own distribution there
+    offset_weights: tuple[float, ...] = ()  # loss weight of SAT offset 1..K (empty: all equal)
+    init_adapter: str | None = None  # warm start: LoRA + SAT rows of an adapter dir (e.g. the shipped one)
     lora_r: int = 16
     lora_alpha: int = 32
     dtype: str = "bf16"  # compute dtype (autocast); master weights stay fp32
@@ -80,6 +83,15 @@ class TrainConfig:
         for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.target not in ("hard", "soft"):
+            raise ValueError(f"target must be hard or soft, got {self.target!r}")
+        object.__setattr__(self, "offset_weights", tuple(float(w) for w in self.offset_weights))
+        if self.offset_weights and (len(self.offset_weights) != self.num_sat or min(self.offset_weights) < 0
+                                    or sum(self.offset_weights) <= 0):
+            raise ValueError(f"offset_weights needs K={self.num_sat} non-negative weights (not all 0), "
+                             f"got {list(self.offset_weights)}")
+        if self.init_adapter and self.mode not in ("lora", "frozen"):
+            raise ValueError("init_adapter warm-starts lora or frozen runs only")
         if self.data.seq_len < self.num_sat + 2:
             raise ValueError(f"seq_len {self.data.seq_len} is too short for K={self.num_sat}")
 
@@ -90,6 +102,12 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         return cls(data=DataConfig(**(d.pop("data", None) or {})), **d)
+
+    @property
+    def offset_weight_tensor(self) -> torch.Tensor:
+        """[K + 1] loss weight per SAT offset (index 0 unused)."""
+        w = self.offset_weights or (1.0,) * self.num_sat
+        return torch.tensor((0.0, *w))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,10 +197,11 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     with _autocast(cfg.dtype):
         if cfg.mode == "frozen":
             # Standard tokens see nothing trainable: their K/V once, without grad.
+            need_std = with_agree or cfg.target == "soft"
             with torch.no_grad():
                 std_out = model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
-                                use_cache=True, logits_to_keep=0 if with_agree else 1)
-            if with_agree:
+                                use_cache=True, logits_to_keep=0 if need_std else 1)
+            if need_std:
                 std_logits = std_out.logits
             sat_logits = model(input_ids=batch.input_ids[:, sat_rows], position_ids=batch.position_ids[:, sat_rows],
                                attention_mask=batch.additive_mask(mask_dtype, sat_rows),
@@ -193,7 +212,19 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
             std_logits, sat_logits = logits[:, :L], logits[:, L:]
 
     sat_labels = batch.labels[:, L:]
-    sat_loss = F.cross_entropy(sat_logits.float().flatten(0, 1), sat_labels.flatten())
+    # SAT j of block p drafts x_{p+j+1}; the standard position p+j predicts the same token.
+    same_target = batch.position_ids[:, L:]  # [B, S]
+    offsets = batch.sat_offsets[L:].repeat(B)  # [B*S] in 1..K
+    log_p = F.log_softmax(sat_logits.float(), dim=-1).flatten(0, 1)  # [B*S, V]
+    if cfg.target == "soft" and std_logits is not None:
+        # Drafts are accepted when they match the model, not the corpus: learn its whole distribution
+        # at the position that predicts the same token (free: it is in this forward already).
+        teacher = std_logits.detach().float()[torch.arange(B)[:, None], same_target].softmax(-1).flatten(0, 1)
+        per_token = -(teacher * log_p).sum(-1)
+    else:
+        per_token = F.nll_loss(log_p, sat_labels.flatten(), reduction="none")
+    w = cfg.offset_weight_tensor.to(per_token.device)[offsets.to(per_token.device)]
+    sat_loss = (w * per_token).sum() / w.sum()
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
     if cfg.mode != "frozen":
@@ -202,13 +233,10 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
         loss = loss + std_loss
 
     with torch.no_grad():
-        offsets = batch.sat_offsets[L:].repeat(B)
         pred = sat_logits.argmax(-1)  # [B, S]
         acc = _per_offset_mean((pred == sat_labels).flatten(), offsets, K)
         agree = None
         if with_agree:
-            # SAT j of block p drafts x_{p+j+1}; the standard position p+j predicts the same token.
-            same_target = batch.position_ids[:, L:]
             own = std_logits.argmax(-1).gather(1, same_target)
             agree = _per_offset_mean((pred == own).flatten(), offsets, K)
     stats = StepStats(loss.item(), None if std_loss is None else std_loss.item(), sat_loss.item(), acc, agree)
@@ -262,6 +290,36 @@ def batch_for(step: int, micro: int, rows: torch.Tensor, sdsat: SDSATConfig, cfg
     ids = rows[idx]
     pts = sample_insertion_points(ids.shape[0], ids.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g)
     return build_sat_batch(ids, pts, sdsat.sat_token_ids)
+
+
+def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_dir: Path) -> None:
+    """Warm start: copy an exported adapter's LoRA matrices and SAT rows into a fresh run's model.
+    Refuses an adapter of another shape (SAT ids, K, mode or LoRA rank) instead of loading half of it."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from .export import ADAPTER_META
+
+    meta_path, weights = adapter_dir / ADAPTER_META, adapter_dir / "adapter_model.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{adapter_dir} is not an SDSAT adapter (needs {ADAPTER_META} and "
+                                "adapter_model.safetensors)")
+    meta = json.loads(meta_path.read_text())
+    theirs = SDSATConfig.from_dict(meta["sdsat"])
+    peft_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    problems = []
+    if tuple(theirs.sat_token_ids) != tuple(sdsat.sat_token_ids):
+        problems.append(f"SAT ids {list(theirs.sat_token_ids)} vs {list(sdsat.sat_token_ids)}")
+    if theirs.train_mode != cfg.mode:
+        problems.append(f"mode {theirs.train_mode} vs {cfg.mode}")
+    if cfg.mode == "lora" and peft_cfg.get("r") != cfg.lora_r:
+        problems.append(f"LoRA rank {peft_cfg.get('r')} vs {cfg.lora_r}")
+    if problems:
+        raise ValueError(f"cannot warm-start from {adapter_dir}: " + "; ".join(problems))
+    result = set_peft_model_state_dict(model, load_file(weights))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"{adapter_dir} holds weights this model does not have: {unexpected[:3]}")
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -350,6 +408,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     start = load_checkpoint(out, model, optimizer) if (out / "checkpoint").exists() else 0
     if start:
         log(f"resuming {out} at step {start}/{cfg.steps}")
+    elif cfg.init_adapter:
+        load_adapter_weights(model, sdsat, cfg, Path(cfg.init_adapter))
+        log(f"warm start from {cfg.init_adapter}")
 
     t0, tokens, last_save = time.time(), 0, start
     stats = None
@@ -373,13 +434,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 record = {"step": done, "lr": optimizer.param_groups[-1]["lr"], **dataclasses.asdict(stats),
                           "tokens_per_s": tokens / (time.time() - t0)}
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
+            if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:  # a budgeted run ends evaluated
                 record = record or {"step": done}
                 record["eval"] = evaluate(model, heldout_rows, sdsat, cfg, cfg.eval_batches)
             if record:
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()
-            out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
             if done % cfg.save_every == 0 or done == cfg.steps or out_of_time:
                 save_checkpoint(out, model, optimizer, done)
                 last_save = done

@@ -1,0 +1,113 @@
+"""Which SAT-training choices buy the most per CPU minute: one row per choice, the same wall-clock
+budget per row, evaluated on the same held-out set (the model's own completions).
+
+    python benchmarks/ablate_sat_training.py --data D/sd.jsonl --heldout D/sd.heldout.jsonl \
+        --minutes 12 --parallel 2 --rows sd stdlib soft --out benchmarks/results/training_ablation
+
+Each row is `sdsat train` with the shared flags below plus its own, `--max-minutes` as the budget
+and a step count no row reaches (so the learning rate stays at its peak after warm-up: rows that
+run faster are not also given a different schedule). Rows run `--parallel` at a time with one
+thread each (on a 2-core machine two 1-thread jobs finish more work than one 2-thread job; rows
+running side by side see the same contention). Columns: steps done, training tokens/s (SAT tokens
+included), SAT targets/s, and held-out agreement per SAT offset (SAT argmax == the model's own
+argmax at the position that predicts the same token: the teacher-forced proxy of greedy draft
+acceptance) and accuracy (SAT argmax == the data's token). `warm` rows start from the shipped
+adapter (K=5, one SAT id, LoRA r=8), the others from scratch; compare rows only within a group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "sdsat_vllm" / "adapters" / "smollm2-135m-lora-k5"
+
+# The shipped adapter's recipe: every row differs from it in what its name says.
+SHARED = ["--model", "smollm2-135m", "--mode", "lora", "--lora-r", "8", "--lora-alpha", "16", "--num-sat", "5",
+          "--blocks-per-seq", "24", "--batch-size", "4", "--lr", "5e-4", "--sat-lr", "2e-3", "--warmup-steps", "10",
+          "--dtype", "fp32", "--threads", "1", "--steps", "100000", "--eval-every", "100000", "--eval-batches", "16",
+          "--save-every", "100000", "--log-every", "5", "--no-export", "--seq-len", "256"]
+WARM = ["--init-adapter", str(SHIPPED)]
+
+# name -> (group, flags). "{data}" is the self-distilled training file.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "sd": ("warm", WARM + ["--sources", "{data}"]),
+    "stdlib": ("warm", WARM),
+    "soft": ("warm", WARM + ["--sources", "{data}", "--target", "soft"]),
+    "offset-decay": ("warm", WARM + ["--sources", "{data}", "--offset-weights", "1", ".8", ".64", ".51", ".41"]),
+    "blocks64": ("warm", WARM + ["--sources", "{data}", "--blocks-per-seq", "64"]),
+    "cold-sd": ("cold", ["--sources", "{data}"]),
+    "cold-k3": ("cold", ["--sources", "{data}", "--num-sat", "3"]),
+    "cold-distinct": ("cold", ["--sources", "{data}", "--distinct-sats"]),
+    "cold-r16": ("cold", ["--sources", "{data}", "--lora-r", "16", "--lora-alpha", "32"]),
+}
+
+
+def run_row(name: str, args) -> dict:
+    group, flags = ROWS[name]
+    out = Path(args.work_dir) / name
+    cmd = [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(out), *SHARED,
+           *[f.format(data=args.data) for f in flags], "--heldout-sources", args.heldout,
+           "--max-minutes", str(args.minutes)]
+    t0 = time.time()
+    with open(Path(args.work_dir) / f"{name}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    last_eval = [r for r in records if "eval" in r][-1]
+    speed = [r for r in records if "tokens_per_s" in r][-1]
+    cfg = json.loads((out / "train_config.json").read_text())
+    L, M, K = cfg["data"]["seq_len"], cfg["blocks_per_seq"], cfg["num_sat"]
+    return {"row": name, "group": group, "flags": flags, "command": " ".join(cmd), "wall_s": time.time() - t0,
+            "steps": last_eval["step"], "tokens_per_s": speed["tokens_per_s"],
+            "sat_targets_per_s": speed["tokens_per_s"] * M * K / (L + M * K),
+            "heldout_agree": last_eval["eval"]["sat_agree"], "heldout_acc": last_eval["eval"]["sat_acc"],
+            "heldout_sat_loss": last_eval["eval"]["sat_loss"]}
+
+
+def markdown(results: list[dict], args) -> str:
+    def per(xs):
+        return " ".join(f"{x:.3f}" for x in xs)
+
+    lines = [f"{args.minutes} min per row, {args.parallel} rows at a time (1 thread each); held-out: {args.heldout}", "",
+             "| row | group | steps | train tok/s | SAT targets/s | held-out agreement per offset | accuracy per offset |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['row']} | {r['group']} | {r['steps']} | {r['tokens_per_s']:.0f} | "
+                     f"{r['sat_targets_per_s']:.0f} | {per(r['heldout_agree'])} | {per(r['heldout_acc'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="self-distilled training JSONL (sdsat make-data)")
+    p.add_argument("--heldout", required=True, help="held-out JSONL every row is evaluated on")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget per row")
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--work-dir", default="runs/ablation")
+    p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda name: run_row(name, args), args.rows))
+    table = markdown(results, args)
+    print(table)
+    if args.out:
+        meta = {"commit": commit.strip(), "machine": platform.processor() or platform.machine(),
+                "command": " ".join(sys.argv), "shared_flags": SHARED, "minutes": args.minutes,
+                "parallel": args.parallel}
+        Path(args.out + ".json").write_text(json.dumps({**meta, "rows": results}, indent=2))
+        Path(args.out + ".md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

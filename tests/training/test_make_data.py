@@ -1,0 +1,161 @@
+"""`sdsat make-data`: prompts cut from real code, provenance rows, resume/append, refusals."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sdsat_vllm.training.data import DataConfig, is_heldout, load_datasets
+from sdsat_vllm.training.make_data import (MakeDataConfig, collect_prompts, make_data, prompts_from_jsonl,
+                                           prompts_from_python)
+from tiny_models import make_tiny_model
+
+SOURCE = '''import os
+
+
+def plain(x):
+    return x
+
+
+@decorator
+def documented(a, b=1):
+    """Add two numbers."""
+    c = a + b
+    d = c * 2
+    e = d - 1
+    return e
+
+
+class Box:
+    """A box."""
+
+    def get(self, key):
+        """Return the value at key."""
+        return self.data[key]
+'''
+
+
+def test_prompts_are_natural_cut_points():
+    got = list(prompts_from_python(SOURCE, "file:m.py", "m.py", random.Random(0)))
+    by_kind = {}
+    for p in got:
+        by_kind.setdefault(p.kind, []).append(p.text)
+    # functions without a docstring give no prompt; decorators come with their function
+    assert '@decorator\ndef documented(a, b=1):\n    """Add two numbers."""\n' in by_kind["def_doc"]
+    # a method is dedented so that it reads as a whole definition
+    assert 'def get(self, key):\n    """Return the value at key."""\n' in by_kind["def_doc"]
+    assert by_kind["class_doc"] == ['class Box:\n    """A box."""\n']
+    (body,) = by_kind["def_body"]  # documented() has 4 body statements after its docstring
+    assert body.startswith('@decorator\ndef documented') and body.endswith("\n") and "c = a + b" in body
+    assert "return e" not in body  # a cut inside the function, never the whole of it
+    assert not any("def plain" in t for t in sum(by_kind.values(), []))
+    assert list(prompts_from_python("def broken(:\n", "x", "x", random.Random(0))) == []
+
+
+def _tiny(tmp_path):
+    model, tok = make_tiny_model()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.py").write_text(SOURCE)
+    return model, tok, src
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _cfg(tmp_path, src, **kw) -> MakeDataConfig:
+    base = dict(model="tiny", out=str(tmp_path / "out" / "sd.jsonl"), sources=(str(src),), max_tokens=6,
+                chat_fraction=0.5, heldout_fraction=0.5, backend="transformers", chunk_prompts=2)
+    base.update(kw)
+    return MakeDataConfig(**base)
+
+
+def test_rows_carry_provenance_and_resume_appends_only_what_is_missing(tmp_path):
+    model, tok, src = _tiny(tmp_path)
+    cfg = _cfg(tmp_path, src)
+    counts = make_data(cfg, model=model, tokenizer=tok, log=lambda *_: None)
+    out, held = Path(cfg.out), Path(cfg.heldout_out)
+    # the split is by prompt file: m.py's rows all land on one side (is_heldout of its path)
+    if is_heldout(Path("m.py"), cfg.heldout_fraction):
+        out, held = held, out
+    assert not held.exists()
+    rows = _rows(out)
+    assert counts["completions"] == len(rows) == counts["prompts"] == 4  # greedy only
+    for r in rows:
+        assert r["text"] == r["prompt"] + r["completion"]
+        assert r["sampling"] == {"temperature": 0.0, "max_tokens": 6} and r["sample"] == 0
+        assert r["prompt_source"].startswith("file:") and r["style"] in ("chat", "completion")
+        assert r["generator"].startswith("transformers") and r["model"] == "tiny"
+        assert 0 < r["num_completion_tokens"] <= 6 and r["finish_reason"] in ("stop", "length")
+    assert {r["style"] for r in rows} == {"chat", "completion"}  # chat_fraction 0.5 of 4 prompts, seed 0
+    chat = next(r for r in rows if r["style"] == "chat")
+    assert chat["prompt"].startswith("<|user|>") and chat["prompt"].endswith("<|assistant|>\n")
+
+    # the same command again: nothing to do, nothing appended
+    before = out.read_bytes()
+    assert make_data(cfg, model=model, tokenizer=tok, log=lambda *_: None)["skipped"] == 4
+    assert out.read_bytes() == before
+
+    # a torn last line (a crash mid-write) is cut off and that row made again
+    n_before = len(_rows(out))
+    out.write_bytes(before + b'{"text": "half')
+    again = make_data(cfg, model=model, tokenizer=tok, log=lambda *_: None)
+    assert again["written"] + again["heldout_written"] == 0 and len(_rows(out)) == n_before
+
+    # one sampled completion per prompt more: only the new rows are generated and appended
+    more = _cfg(tmp_path, src, num_samples=1, temperature=1.0)
+    counts = make_data(more, model=model, tokenizer=tok, log=lambda *_: None)
+    assert counts["skipped"] == 4 and counts["written"] + counts["heldout_written"] == 4
+    rows = _rows(out)
+    sampled = [r for r in rows if r["sample"] == 1]
+    assert len(sampled) == 4 and all(r["sampling"]["temperature"] == 1.0 and "seed" in r["sampling"] for r in sampled)
+    assert len({r["key"] for r in rows}) == len(rows) == 8
+
+
+def test_output_trains_through_sources(tmp_path):
+    model, tok, src = _tiny(tmp_path)
+    cfg = _cfg(tmp_path, src, heldout_fraction=0.01, max_tokens=4)
+    assert not is_heldout(Path("m.py"), 0.01)
+    make_data(cfg, model=model, tokenizer=tok, log=lambda *_: None)
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"text": "def held_out():\n    return 1\n" * 20}) + "\n")
+    train, heldout = load_datasets(DataConfig(sources=(cfg.out,), heldout_sources=(str(held),), seq_len=16), tok)
+    assert train.shape[1] == 16 and train.shape[0] >= 1 and heldout.shape[0] >= 1
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="HumanEval"):
+        MakeDataConfig(sources=("/data/HumanEval.jsonl",))
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "def f():\\n"}\n{"prompt": 3}\n')
+    with pytest.raises(ValueError, match=r"prompts.jsonl:2: .*'prompt' string"):
+        prompts_from_jsonl(bad)
+    bad.write_text('{"prompt": "def f():\\n"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"prompts.jsonl:2: not valid JSON"):
+        prompts_from_jsonl(bad)
+    bad.write_text('{"prompt": "def f():\\n", "task_id": "HumanEval/3"}\n')
+    with pytest.raises(ValueError, match="HumanEval"):
+        prompts_from_jsonl(bad)
+
+    model, tok, src = _tiny(tmp_path)
+    foreign = tmp_path / "notes.jsonl"
+    foreign.write_text('{"text": "my own data"}\n')
+    with pytest.raises(ValueError, match="not a `sdsat make-data` row"):
+        make_data(_cfg(tmp_path, src, out=str(foreign)), model=model, tokenizer=tok, log=lambda *_: None)
+    assert foreign.read_text() == '{"text": "my own data"}\n'
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="no prompts found"):
+        collect_prompts(_cfg(tmp_path, empty))
+    with pytest.raises(ValueError, match="jsonl"):
+        MakeDataConfig(out="data.txt")
+
+
+def test_given_prompts_jsonl(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "def a():\n"}) + "\n\n" + json.dumps({"prompt": "def b():\n"}) + "\n")
+    got = collect_prompts(MakeDataConfig(sources=(str(f),), out=str(tmp_path / "o.jsonl")))
+    assert sorted(p.text for p in got) == ["def a():\n", "def b():\n"] and {p.kind for p in got} == {"given"}
