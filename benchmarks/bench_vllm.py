@@ -28,12 +28,15 @@ also counts the SAT-only forwards.
 τ is computed the same way for every method from vLLM's counters: each decode forward commits
 1 + (accepted drafts) tokens, so forwards = decoded tokens - accepted and τ = decoded / forwards
 (decoded = output tokens minus the one token each prefill samples).
+
+The engine runner (warm-up, timed groups, counters over the timed pass, shutdown), the prompts and
+the stop strings are shared with `sdsat demo` (sdsat_vllm/bench.py). vLLM's own log is cut to its
+warnings and errors; `-v` shows all of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -42,8 +45,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from sdsat_vllm.bench import (
+    HUMANEVAL_STOP,
+    cpu_name,
+    engine_kwargs,
+    humaneval_prompts,
+    quiet_vllm,
+    run_vllm,
+    sdsat_draft_len,
+)
 
 METHODS = ("plain", "ngram", "pard", "sdsat")
 
@@ -71,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
     p.add_argument("--work-dir", default=None, help="where the pard draft directory is made (default: a temp dir)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show vLLM's INFO logging (by default only its warnings and errors)")
     return p.parse_args(argv)
 
 
@@ -104,69 +116,33 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
     raise ValueError(method)
 
 
-def engine_kwargs(args) -> dict:
-    from vllm.platforms import current_platform
-
-    cpu = current_platform.is_cpu()
-    kw = dict(max_model_len=args.max_model_len, disable_log_stats=False, seed=0,
-              dtype=args.dtype or ("float32" if cpu else "auto"),
-              gpu_memory_utilization=args.gpu_memory_utilization or (0.3 if cpu else 0.8))
-    if args.enforce_eager:
-        kw["enforce_eager"] = True
-    return kw
-
-
 def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
-    from vllm import LLM, SamplingParams
-
-    from sdsat_vllm.vllm_plugin import shutdown_llm
-    from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
-
-    # sdsat's real drafts are always n long, so its steps with a real draft are countable
-    draft_len = spec["num_speculative_tokens"] if spec and spec.get("model") == "sdsat" else None
-    t0 = time.perf_counter()
-    llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=max(batch_sizes), **kw)
-    startup = time.perf_counter() - t0
+    """One fresh engine for `method`; a row per batch size."""
+    res = run_vllm(model_dir, spec, prompts, sampling, batch_sizes=batch_sizes, engine_kw=kw)
     rows = []
-    try:
-        # warm-up: every batch size once, short (compilation, first-call allocations)
-        for bs in batch_sizes:
-            llm.generate(prompts[:bs], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
-        for bs in batch_sizes:
-            before = from_llm_metrics(llm.get_metrics(), draft_len)
-            outs = []
-            t0 = time.perf_counter()
-            for i in range(0, len(prompts), bs):
-                outs += llm.generate(prompts[i:i + bs], sampling, use_tqdm=False)
-            wall = time.perf_counter() - t0
-            d = from_llm_metrics(llm.get_metrics(), draft_len) - before
-            token_ids = [list(o.outputs[0].token_ids) for o in outs]
-            total = sum(len(t) for t in token_ids)
-            decoded = total - len(outs)
-            forwards = max(decoded - d.num_accepted_tokens, 1)
-            rows.append(dict(method=method, batch_size=bs, output_tokens=total, wall_s=wall, tokens_per_s=total / wall,
-                             tau=decoded / forwards if spec else 1.0,
-                             acceptance_rate=d.acceptance_rate if spec else None,
-                             acceptance_per_pos=d.acceptance_per_pos if spec else None,
-                             real_draft_acceptance_per_pos=d.real_draft_acceptance_per_pos, draft_len=draft_len,
-                             vllm_mean_acceptance_length=d.tau if spec else None,
-                             num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
-                             num_accepted_tokens=d.num_accepted_tokens, startup_s=startup,
-                             token_ids=token_ids))
-    finally:
-        shutdown_llm(llm)
-        del llm
-        gc.collect()
+    for r in res.runs:
+        d = r.spec
+        decoded = r.tokens - len(r.token_ids)
+        forwards = max(decoded - d.num_accepted_tokens, 1)
+        rows.append(dict(method=method, batch_size=r.batch_size, output_tokens=r.tokens, wall_s=r.wall_s,
+                         tokens_per_s=r.tokens_per_s, tau=decoded / forwards if spec else 1.0,
+                         acceptance_rate=d.acceptance_rate if spec else None,
+                         acceptance_per_pos=d.acceptance_per_pos if spec else None,
+                         real_draft_acceptance_per_pos=d.real_draft_acceptance_per_pos,
+                         draft_len=sdsat_draft_len(spec),
+                         vllm_mean_acceptance_length=d.tau if spec else None,
+                         num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
+                         num_accepted_tokens=d.num_accepted_tokens, startup_s=res.startup_s,
+                         token_ids=r.token_ids))
     return rows
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from bench_engine import HUMANEVAL_STOP, cpu_name, humaneval_prompts
+    quiet_vllm(args.verbose)  # before vLLM is imported
 
-    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL
+    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
     from sdsat_vllm.config import SDSATConfig
-    from sdsat_vllm.models import resolve_model
 
     model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
     sdsat = SDSATConfig.from_pretrained(model_dir)
@@ -181,7 +157,8 @@ def main(argv=None) -> int:
     pard_dir = make_pard_dir(model_dir, sdsat.sat_token_ids[0], work) if "pard" in args.methods else None
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                               stop=None if args.no_stop else HUMANEVAL_STOP, seed=None)
-    kw = engine_kwargs(args)
+    kw = engine_kwargs(max_model_len=args.max_model_len, dtype=args.dtype,
+                       gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager)
     methods = ["plain"] + [m for m in args.methods if m != "plain"]  # the baseline first, always
     print(f"model {model_dir} (K={k}), {len(prompts)} HumanEval prompts, max_tokens={args.max_tokens}, "
           f"temperature={args.temperature}, batch sizes {args.batch_sizes}, engine {kw}", flush=True)

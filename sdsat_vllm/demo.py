@@ -10,18 +10,18 @@ a time (batch size 1, the latency case SDSAT is for) with plain decoding and wit
 `speculative_config={"model": "sdsat", "num_speculative_tokens": n}`, each in a fresh engine, and
 prints tokens/s, τ (tokens per target forward), acceptance per draft position (of real drafts, and
 vLLM's per-forward figure that also counts SAT-only forwards), the speedup, and whether the greedy
-outputs are identical (they must be: verification is vLLM's own).
+outputs are identical (they must be: verification is vLLM's own). vLLM's own log is cut to its
+warnings and errors so that the progress lines and the result stand out; `-v` shows all of it.
+The engine runner is shared with the benchmarks (sdsat_vllm/bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from pathlib import Path
 
-from .vllm_plugin import shutdown_llm
+from .bench import HUMANEVAL_STOP, engine_kwargs, quiet_vllm, run_vllm
 
 PROMPTS = [
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
@@ -31,7 +31,6 @@ PROMPTS = [
     'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
     'def word_count(text):\n    """Return a dict mapping each word in text to its number of occurrences."""\n',
 ]
-STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,39 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, auto on GPU")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
-
-
-def _engine_kwargs(args) -> dict:
-    from vllm.platforms import current_platform
-
-    cpu = current_platform.is_cpu()
-    if cpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return dict(max_model_len=args.max_model_len, dtype=args.dtype or ("float32" if cpu else "auto"),
-                gpu_memory_utilization=0.3 if cpu else 0.8, disable_log_stats=False, seed=0, max_num_seqs=4)
-
-
-def _run(model_dir: Path, spec: dict | None, prompts: list[str], sampling, kw: dict) -> dict:
-    from vllm import LLM, SamplingParams
-
-    from .vllm_plugin.metrics import from_llm_metrics
-
-    llm = LLM(model=str(model_dir), speculative_config=spec, **kw)
-    try:
-        llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)  # warm-up
-        before = from_llm_metrics(llm.get_metrics())
-        outs, t0 = [], time.perf_counter()
-        for p in prompts:  # one request at a time: latency, batch size 1
-            outs += llm.generate([p], sampling, use_tqdm=False)
-        wall = time.perf_counter() - t0
-        stats = from_llm_metrics(llm.get_metrics()) - before
-    finally:
-        shutdown_llm(llm)
-        del llm
-    ids = [list(o.outputs[0].token_ids) for o in outs]
-    tokens = sum(len(i) for i in ids)
-    return dict(wall_s=wall, tokens=tokens, tokens_per_s=tokens / wall, stats=stats, token_ids=ids,
-                texts=[o.outputs[0].text for o in outs])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show vLLM's INFO logging (by default only its warnings and errors)")
 
 
 def _per_pos(rates: list[float]) -> str:
@@ -90,34 +58,33 @@ def _per_pos(rates: list[float]) -> str:
 
 
 def run(args) -> int:
+    quiet_vllm(args.verbose)  # before vLLM is imported
     from vllm import SamplingParams
 
-    from .adapters import DEFAULT_SDSAT_MODEL
+    from .adapters import DEFAULT_SDSAT_MODEL, resolve_model
     from .config import SDSATConfig
-    from .models import resolve_model
 
     model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
     sdsat = SDSATConfig.from_pretrained(model_dir)
     n = args.num_speculative_tokens or sdsat.num_sat
     prompts = (PROMPTS * (1 + args.num_prompts // len(PROMPTS)))[: args.num_prompts]
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens,
-                              stop=STOP if args.stop else None)
-    kw = _engine_kwargs(args)
+                              stop=HUMANEVAL_STOP if args.stop else None)
+    kw = {**engine_kwargs(max_model_len=args.max_model_len, dtype=args.dtype), "max_num_seqs": 4}
     spec = {"model": "sdsat", "num_speculative_tokens": n}
     print(f"model: {model_dir}  (K={sdsat.num_sat} SATs, SAT ids {sorted(set(sdsat.sat_token_ids))})")
     print(f"{len(prompts)} prompts, one at a time, max_tokens={args.max_tokens}, temperature={args.temperature}")
     print("plain vLLM decoding ...", flush=True)
-    plain = _run(model_dir, None, prompts, sampling, kw)
+    plain = run_vllm(model_dir, None, prompts, sampling, engine_kw=kw).runs[0]
     print(f"SDSAT through vLLM: speculative_config={json.dumps(spec)} ...", flush=True)
-    fast = _run(model_dir, spec, prompts, sampling, kw)
+    fast = run_vllm(model_dir, spec, prompts, sampling, engine_kw=kw).runs[0]
 
-    s = fast["stats"]
-    s.draft_len = n  # the proposer always drafts exactly n real tokens (min(n, K) = n)
-    speedup = fast["tokens_per_s"] / plain["tokens_per_s"]
-    same = sum(a == b for a, b in zip(plain["token_ids"], fast["token_ids"]))
+    s = fast.spec  # draft_len = n: the proposer always drafts exactly n real tokens (min(n, K) = n)
+    speedup = fast.tokens_per_s / plain.tokens_per_s
+    same = sum(a == b for a, b in zip(plain.token_ids, fast.token_ids))
     print()
-    print(f"  plain : {plain['tokens']:5d} tokens in {plain['wall_s']:6.2f} s = {plain['tokens_per_s']:7.1f} tokens/s")
-    print(f"  SDSAT : {fast['tokens']:5d} tokens in {fast['wall_s']:6.2f} s = {fast['tokens_per_s']:7.1f} tokens/s")
+    print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
+    print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s")
     print(f"  speedup: {speedup:.2f}x   tau: {s.tau:.2f} tokens per forward   "
           f"draft acceptance: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
     print("  acceptance per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_per_pos))
@@ -126,12 +93,11 @@ def run(args) -> int:
         print(f"  greedy outputs identical to plain decoding: {same}/{len(prompts)}"
               + ("" if same == len(prompts) or kw["dtype"] == "float32" else
                  "  (in half precision a different number of tokens per forward can flip near-ties)"))
-    print("\nfirst completion (SDSAT):\n" + prompts[0] + fast["texts"][0])
+    print("\nfirst completion (SDSAT):\n" + prompts[0] + fast.texts[0])
     if args.json:
         Path(args.json).write_text(json.dumps(dict(
             model=str(model_dir), n=n, prompts=len(prompts), max_tokens=args.max_tokens, temperature=args.temperature,
-            plain=dict(tokens=plain["tokens"], wall_s=plain["wall_s"], tokens_per_s=plain["tokens_per_s"]),
-            sdsat=dict(tokens=fast["tokens"], wall_s=fast["wall_s"], tokens_per_s=fast["tokens_per_s"],
-                       **s.to_dict()),
+            plain=dict(tokens=plain.tokens, wall_s=plain.wall_s, tokens_per_s=plain.tokens_per_s),
+            sdsat=dict(tokens=fast.tokens, wall_s=fast.wall_s, tokens_per_s=fast.tokens_per_s, **s.to_dict()),
             speedup=speedup, identical_outputs=same), indent=2))
     return 0

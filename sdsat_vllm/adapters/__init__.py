@@ -4,15 +4,28 @@ An adapter directory (written by `sdsat train`, see training/export.py) holds th
 the SAT embedding rows. `resolve_sdsat_model("smollm2-135m-sdsat")` fetches the base model, applies
 the adapter once, and caches the merged HF directory next to the base models, so that
 `vllm serve $(sdsat fetch smollm2-135m-sdsat) ...` works on a fresh machine.
+
+`resolve_model` here is `sdsat_vllm.models.resolve_model` plus the shipped names: what code that
+takes a model name from a user calls (the demo, `sdsat generate`, the benchmarks). This package sits
+above the model hub and the training code (it uses both) and below decoding; the model hub does
+not import it. Importing it registers the shipped names with the model hub
+(`sdsat_vllm.models.register_name`), so that lower layers that take a model name from a user (the
+trainer's `load_base`, `sdsat make-data`) accept them too in a program that imported this package;
+the `sdsat` command always does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import models
+
 ADAPTER_ROOT = Path(__file__).resolve().parent
+
+__all__ = ["ADAPTER_ROOT", "DEFAULT_SDSAT_MODEL", "SHIPPED", "ShippedAdapter", "resolve_model", "resolve_sdsat_model"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,7 +47,6 @@ DEFAULT_SDSAT_MODEL = "smollm2-135m-sdsat"
 
 def resolve_sdsat_model(name: str, cache_dir=None) -> Path:
     """HF directory of a shipped SDSAT model (built from base + adapter once, then cached)."""
-    from ..models import cache_root, resolve_model
     from ..training.export import apply_adapter
 
     if name not in SHIPPED:
@@ -42,8 +54,27 @@ def resolve_sdsat_model(name: str, cache_dir=None) -> Path:
     spec = SHIPPED[name]
     # Keyed by the adapter's hash: a newer shipped adapter never reuses an old merged model.
     digest = hashlib.sha256((spec.path / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
-    out = cache_root(cache_dir) / f"{name}-{digest}"
+    out = models.cache_root(cache_dir) / f"{name}-{digest}"
     if (out / "config.json").is_file():
         return out
-    base_dir = resolve_model(spec.base, cache_dir=cache_dir)
+    base_dir = models.resolve_model(spec.base, cache_dir=cache_dir)
     return apply_adapter(str(base_dir), spec.path, out)
+
+
+def resolve_model(
+    name_or_path: str | os.PathLike, *, cache_dir: os.PathLike | str | None = None, force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Turn a model reference into a local HF directory: a shipped SDSAT model name (``SHIPPED``) is
+    built from its base model and adapter once, then served from the cache; anything else goes to
+    :func:`sdsat_vllm.models.resolve_model` (a known base model name, an HF directory, a .gguf file)."""
+    text = os.fspath(name_or_path)
+    if text in SHIPPED and not Path(text).expanduser().exists():
+        return resolve_sdsat_model(text, cache_dir=cache_dir)
+    return models.resolve_model(name_or_path, cache_dir=cache_dir, force=force, progress=progress)
+
+
+for _a in SHIPPED.values():
+    models.register_name(_a.name, resolve_sdsat_model, group="shipped SDSAT models",
+                         description=f"{_a.base} + the shipped SDSAT adapter {_a.adapter_dir}")
+del _a

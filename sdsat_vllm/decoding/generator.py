@@ -145,7 +145,7 @@ class SDSATGenerator:
         directory, or a .gguf file."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ..models import resolve_model
+        from ..adapters import resolve_model
 
         path = resolve_model(model)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype

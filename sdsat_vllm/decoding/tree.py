@@ -17,7 +17,9 @@ position + 1. That one rule gives every layout of DESIGN.md 1.2:
 
 Chain tokens come first and SAT blocks last, so the KV entries of accepted chain drafts sit right
 after the head: dropping the rest is a crop. `build_tree_attention_mask` is the one place the
-custom mask is made (the tree-mask kernel of DESIGN.md 3 replaces it).
+custom mask is made (the tree-mask kernel of DESIGN.md 3 replaces it). `tree_step_tensors` builds
+the same relation without a per-token loop, with the compact form that kernel takes (one int64
+ancestor word per new token), the positions and the KV entries to keep after verification.
 """
 
 from __future__ import annotations
@@ -181,6 +183,118 @@ def build_tree_attention_mask(
     mask = torch.zeros(q, past_len + q, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# The compact tree mask (one int64 word per new token), positions and kept KV, in one place for the
+# engine and the vLLM backend; the tree-attention kernel (sdsat_vllm.kernels.tree_attention) reads
+# the words.
+
+MAX_MASK_BITS = 64  # new tokens per request that one int64 ancestor word can describe
+
+
+def tree_ancestor_matrix(parents: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """[q_len, q_len] bool on the CPU, equal to `tree_ancestor_mask`, built without a per-token loop.
+
+    Pointer doubling: after round k, row i holds i and its ancestors at distance < 2^k, and jump[i]
+    is its ancestor at distance exactly 2^k, so row i |= row jump[i] doubles the reach. Depths are
+    < q_len, so ceil(log2(q_len)) rounds of [q_len, q_len] tensor ops suffice.
+    """
+    # [q_len]
+    p = torch.as_tensor(parents, dtype=torch.long).cpu().reshape(-1)
+    q = p.numel()
+    idx = torch.arange(q)
+    bad = (p >= idx) | (p < -1)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"parents must point backwards (token {i} has parent {int(p[i])})")
+    # Row q is a sentinel "no ancestor": all False, jumping to itself, so -1 needs no special case.
+    # [q_len + 1, q_len]
+    anc = torch.zeros(q + 1, q, dtype=torch.bool)
+    anc[idx, idx] = True
+    # [q_len + 1]
+    jump = torch.cat([torch.where(p < 0, q, p), torch.tensor([q])])
+    for _ in range(max(q - 1, 0).bit_length()):
+        if bool((jump == q).all()):  # every token has run out of ancestors: shallow trees stop early
+            break
+        anc = anc | anc[jump]
+        jump = jump[jump]
+    return anc[:q]
+
+
+def ancestor_mask_words(ancestors: torch.Tensor) -> torch.Tensor:
+    """Pack an ancestor matrix into one int64 word per query: bit j set = may attend to new token j.
+
+    ancestors: [q_len, q_len] bool, q_len <= 64
+    Returns:   [q_len] int64 on the device of `ancestors` (bit 63 is the sign bit: word 63 of a
+               64-token chain is negative, which the kernel reads with an arithmetic shift + & 1)
+    """
+    q = ancestors.shape[-1]
+    if ancestors.dim() != 2 or ancestors.shape[0] != q:
+        raise ValueError(f"ancestors must be [q_len, q_len], got {tuple(ancestors.shape)}")
+    if q > MAX_MASK_BITS:
+        raise ValueError(f"a tree step holds at most {MAX_MASK_BITS} new tokens per request (one int64 mask "
+                         f"word per query); got {q}. Longer steps (a prefill) are chains: use causal attention")
+    # [q_len] the value of bit j; 1 << 63 wraps to int64's minimum, which is exactly bit 63
+    bits = torch.ones(q, dtype=torch.long, device=ancestors.device) << torch.arange(q, device=ancestors.device)
+    # the bits of a row are distinct, so their sum is their OR and never overflows
+    return (ancestors.long() * bits).sum(-1)
+
+
+def mask_words_to_bool(words: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Unpack mask words: [q] int64 -> [q, q_len] bool, (i, j) = bit j of words[i]."""
+    j = torch.arange(q_len, device=words.device)
+    return ((words[:, None] >> j) & 1).bool()
+
+
+@dataclass(frozen=True, slots=True)
+class TreeStepTensors:
+    """What one forward needs besides its token ids, built once per step from its `StepLayout`.
+
+    kept_kv(last) names the KV entries to keep after verification, as layout indices: the head and
+    the accepted path are exactly `last` and its ancestors, where `last` is the last accepted draft
+    node's layout index (layout.root when none was accepted). For chain drafts that is a prefix
+    (crop the cache); for a top-k tree the path is scattered (gather it).
+    """
+
+    # [q_len, q_len] bool: (i, j) True when new token i attends to new token j (itself or an ancestor)
+    ancestors: torch.Tensor
+    # [q_len] int64 depth of each token among the new tokens (0 for a token whose parent is -1)
+    depths: torch.Tensor
+
+    @property
+    def q_len(self) -> int:
+        return self.ancestors.shape[0]
+
+    def mask_words(self, device=None) -> torch.Tensor:
+        """[q_len] int64 per-query ancestor bitmask (bit j = attends to new token j); q_len <= 64."""
+        return ancestor_mask_words(self.ancestors).to(device)
+
+    def position_ids(self, past_len: int, device=None) -> torch.Tensor:
+        """[q_len] int64: past_len + depth (the same as tree_position_ids, flat as vLLM takes them)."""
+        return (self.depths + past_len).to(device)
+
+    def kept_kv(self, last: int, device=None) -> torch.Tensor:
+        """[num_keep] int64 layout indices, increasing: `last` and its ancestors."""
+        if not 0 <= last < self.q_len:
+            raise ValueError(f"last must be a layout index in 0..{self.q_len - 1}, got {last}")
+        return self.ancestors[last].nonzero().reshape(-1).to(device)
+
+
+def tree_step_tensors(layout: StepLayout | Sequence[int]) -> TreeStepTensors:
+    """The one builder of mask, positions and kept KV for a step (a StepLayout or its parents list).
+
+    Tensors live on the CPU (they are tiny); move them with the methods' `device` argument.
+    """
+    parents = layout.parents if isinstance(layout, StepLayout) else layout
+    ancestors = tree_ancestor_matrix(parents)
+    # the number of ancestors of a token (itself included) is its depth + 1
+    return TreeStepTensors(ancestors=ancestors, depths=ancestors.sum(-1) - 1)
+
+
+def layout_mask_words(layout: StepLayout | Sequence[int], device=None) -> torch.Tensor:
+    """[q_len] int64 ancestor mask words of a step (q_len <= 64): the tree-attention kernel's mask."""
+    return tree_step_tensors(layout).mask_words(device)
 
 
 # ----------------------------------------------------------------------------------------------

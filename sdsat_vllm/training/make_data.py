@@ -304,9 +304,10 @@ class VLLMGenerator:
                 for o in outs]
 
     def close(self) -> None:
-        from ..vllm_plugin import shutdown_llm
-
-        shutdown_llm(self.llm)
+        # stop the engine-core process now, not at garbage collection (training follows on this machine)
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
 
 
 class TransformersGenerator:

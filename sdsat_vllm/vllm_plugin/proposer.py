@@ -135,7 +135,6 @@ class SDSATProposer:
         self.model = None
         self._last_hidden = None
         self._last_argmax = None
-        self.stats = {"steps": 0, "rows_fused": 0, "rows_sat_only": 0, "recomputed": 0}
         logger.info("SDSAT proposer: n=%d real drafts + %d SAT tail per verify forward (K=%d, SAT ids %s)",
                     self.n, len(self.tail), self.K, sorted(set(self.sat_ids)))
 
@@ -172,9 +171,6 @@ class SDSATProposer:
         else:
             num_draft = cu = None
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
-        self.stats["steps"] += 1
-        self.stats["rows_fused"] += len(plan.rows_for)
-        self.stats["rows_sat_only"] += sum(1 for d in plan.drafts if d)
         if not plan.gather:
             return plan.fill([], self.tail)
         import torch
@@ -183,7 +179,8 @@ class SDSATProposer:
             idx = torch.tensor(plan.gather, dtype=torch.long, device=self._last_argmax.device)
             top = self._last_argmax.index_select(0, idx).tolist()
         else:  # e.g. prompt-logprob calls came in between; same decision on every TP rank
-            self.stats["recomputed"] += 1
+            logger.debug("SDSAT proposer: the last compute_logits call was not the verify pass's; "
+                         "recomputing the logits of %d SAT rows", len(plan.gather))
             idx = torch.tensor(plan.gather, dtype=torch.long, device=sample_hidden_states.device)
             logits = self.model.compute_logits(sample_hidden_states.index_select(0, idx))
             top = logits.argmax(dim=-1).tolist()

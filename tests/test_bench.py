@@ -1,0 +1,147 @@
+"""The vLLM engine runner that `sdsat demo` and benchmarks/bench_vllm.py share (sdsat_vllm/bench.py),
+and both commands end to end, on a stand-in for vLLM (tests/fake_vllm.py): the warm-up stays out of
+the counters, every engine is shut down (also on error), the figures printed are the ones computed,
+and vLLM's INFO logging is off unless -v. The real engines run in the slow tests and the results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import fake_vllm
+from sdsat_vllm import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _vllm_logger_level_restored():
+    logger = logging.getLogger("vllm")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    return fake_vllm.install(monkeypatch), fake_vllm.write_model_dir(tmp_path / "model", num_sat=3)
+
+
+def load_bench_vllm():
+    before = list(sys.path)
+    spec = importlib.util.spec_from_file_location("bench_vllm", ROOT / "benchmarks" / "bench_vllm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sys.path == before  # imported normally, no sys.path edit
+    return module
+
+
+def test_run_vllm_times_after_warm_up_and_shuts_down(fake):
+    FakeLLM, model = fake
+    sampling = fake_vllm.SamplingParams(temperature=0, max_tokens=20)
+    spec = {"model": "sdsat", "num_speculative_tokens": 3}
+    prompts = ["a" * 10, "b" * 11, "c" * 12]
+    res = bench.run_vllm(model, spec, prompts, sampling, batch_sizes=[1, 2], engine_kw={"seed": 0})
+    (llm,) = FakeLLM.instances
+    assert llm.shut_down and llm.kw == {"max_num_seqs": 2, "seed": 0} and res.startup_s == 3.0
+    warm = [len(p) for p, s in llm.calls if s.max_tokens == 8]
+    assert warm == [1, 2]  # every batch size once, before the timed passes
+    assert [len(p) for p, s in llm.calls if s is sampling] == [1, 1, 1, 2, 1]
+    assert [r.batch_size for r in res.runs] == [1, 2]
+    for r in res.runs:
+        assert r.tokens == 60 and r.token_ids[0] == [(10 * 7 + 3 * i) % 97 for i in range(20)]
+        assert r.spec.draft_len == 3 and r.spec.num_drafts > 0
+    # the two timed passes' counters add up to the engine's total minus the warm-up's
+    total = sum(r.spec.num_accepted_tokens for r in res.runs)
+    assert 0 < total < llm.counters["accepted"]
+
+
+def test_run_vllm_shuts_down_on_error(fake, monkeypatch):
+    FakeLLM, model = fake
+
+    def boom(self, *a, **k):
+        raise RuntimeError("engine died")
+
+    monkeypatch.setattr(FakeLLM, "generate", boom)
+    with pytest.raises(RuntimeError, match="engine died"):
+        bench.run_vllm(model, None, ["x"], fake_vllm.SamplingParams())
+    assert FakeLLM.instances[0].shut_down
+
+
+def test_quiet_vllm(monkeypatch):
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    bench.quiet_vllm(verbose=True)
+    assert "VLLM_LOGGING_LEVEL" not in os.environ
+    bench.quiet_vllm()
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING"
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")  # the user's choice wins
+    bench.quiet_vllm()
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
+
+
+def test_demo_prints_its_figures(fake, capsys, tmp_path):
+    from sdsat_vllm import demo
+
+    FakeLLM, model = fake
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    out_json = tmp_path / "demo.json"
+    assert demo.run(p.parse_args(["--model", str(model), "-n", "2", "--num-prompts", "3", "--stop",
+                                  "--json", str(out_json)])) == 0
+    out = capsys.readouterr().out
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING" and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    plain, sdsat = FakeLLM.instances
+    assert plain.spec is None and sdsat.spec == {"model": "sdsat", "num_speculative_tokens": 2}
+    assert plain.shut_down and sdsat.shut_down and plain.kw["max_num_seqs"] == 4 and plain.kw["dtype"] == "float32"
+    assert all(s.stop == bench.HUMANEVAL_STOP for _, s in plain.calls[1:])
+    doc = json.loads(out_json.read_text())
+    s = doc["sdsat"]
+    assert doc["identical_outputs"] == 3 and s["draft_len"] == 2
+    real = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["real_draft_acceptance_per_pos"]))
+    per_fwd = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["acceptance_per_pos"]))
+    assert f"acceptance per draft position, real drafts: {real}\n" in out
+    assert f"per forward (vLLM's counter, SAT-only forwards included): {per_fwd}\n" in out
+    assert f"speedup: {doc['speedup']:.2f}x   tau: {s['tau']:.2f} tokens per forward" in out
+    assert "greedy outputs identical to plain decoding: 3/3" in out
+
+
+def test_demo_verbose_leaves_vllm_logging_alone(fake):
+    from sdsat_vllm import demo
+
+    _, model = fake
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    assert demo.run(p.parse_args(["--model", str(model), "--num-prompts", "1", "--max-tokens", "4", "-v"])) == 0
+    assert "VLLM_LOGGING_LEVEL" not in os.environ
+
+
+def test_bench_vllm_table(fake, capsys, tmp_path):
+    FakeLLM, model = fake
+    b = load_bench_vllm()
+    out_json = tmp_path / "bench.json"
+    rc = b.main([str(model), "--methods", "sdsat", "ngram", "pard", "--num-prompts", "3", "--max-tokens", "12",
+                 "--batch-sizes", "1", "2", "--work-dir", str(tmp_path / "w"), "--out", str(out_json)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert [i.spec and (i.spec.get("model"), i.spec.get("method")) for i in FakeLLM.instances] == [
+        None, ("sdsat", None), (None, "ngram"), (str(tmp_path / "w" / "model-as-pard-draft"), "draft_model")]
+    assert all(i.shut_down for i in FakeLLM.instances)
+    rows = json.loads(out_json.read_text())["results"]
+    assert len(rows) == 8 and {r["batch_size"] for r in rows} == {1, 2}
+    sd = next(r for r in rows if r["method"] == "sdsat" and r["batch_size"] == 1)
+    assert sd["draft_len"] == 3 and sd["real_draft_acceptance_per_pos"] and sd["acceptance_per_pos"]
+    line = next(ln for ln in out.splitlines() if ln.startswith("sdsat ") and ln.split()[1] == "1")
+    assert ",".join(f"{x:.2f}" for x in sd["real_draft_acceptance_per_pos"]) in line
+    assert ",".join(f"{x:.2f}" for x in sd["acceptance_per_pos"]) in line
+    ngram = next(r for r in rows if r["method"] == "ngram")
+    assert ngram["draft_len"] is None and ngram["real_draft_acceptance_per_pos"] is None
+    assert "acceptance/pos: real" in out and "per fwd (vLLM)" in out
