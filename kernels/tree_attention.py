@@ -1,7 +1,7 @@
 """Tree-mask attention over vLLM's paged KV cache: the verify step of SDSAT's `tree` mode.
 
 One verify forward carries, per request, up to 64 new tokens (the chain x, d_1..d_n and the SAT
-blocks B_0..B_n, DESIGN.md 1.2). Every new token attends to (a) the request's whole cached context
+blocks B_0..B_n, docs/design.md, section 1.3). Every new token attends to (a) the request's whole cached context
 and (b) a subset of the request's new tokens: itself and its ancestors, given as one int64 word per
 query (bit j set = may attend to new token j of its own request; sdsat_vllm.decoding.tree builds the
 words from a StepLayout). RoPE is applied before attention, so positions need not be consecutive

@@ -8,6 +8,7 @@ import vLLM when they run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import gzip
 import json
@@ -102,7 +103,9 @@ class TimedRun:
     wall_s: float
     token_ids: list[list[int]]  # per prompt, in prompt order
     texts: list[str]
-    spec: SpecDecodeSummary  # vLLM's spec-decode counters over this pass (all zero without speculation)
+    # vLLM's spec-decode counters over this pass (all zero without speculation), with num_decoded_tokens
+    # from the outputs, so that every figure of sdsat_vllm/metrics_vocabulary.py is there
+    spec: SpecDecodeSummary
 
     @property
     def tokens(self) -> int:
@@ -145,9 +148,11 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
             for i in range(0, len(prompts), bs):
                 outs += llm.generate(list(prompts[i:i + bs]), sampling, use_tqdm=False)
             wall = time.perf_counter() - t0
-            spec = from_llm_metrics(llm.get_metrics(), draft_len) - before
-            runs.append(TimedRun(bs, wall, [list(o.outputs[0].token_ids) for o in outs],
-                                 [o.outputs[0].text for o in outs], spec))
+            token_ids = [list(o.outputs[0].token_ids) for o in outs]
+            # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards
+            spec = dataclasses.replace(from_llm_metrics(llm.get_metrics(), draft_len) - before,
+                                       num_decoded_tokens=sum(map(len, token_ids)) - len(token_ids))
+            runs.append(TimedRun(bs, wall, token_ids, [o.outputs[0].text for o in outs], spec))
     finally:
         shutdown_llm(llm)
         del llm

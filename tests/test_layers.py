@@ -1,7 +1,8 @@
 """The package's layers import one way only. Low to high:
 
-    0  sdsat_vllm (the package root), sdsat_vllm.config, sdsat_vllm.models
-                                         the `sdsat` block; the model hub (pins, download, convert, cache)
+    0  sdsat_vllm (the package root), sdsat_vllm.config, sdsat_vllm.metrics_vocabulary, sdsat_vllm.models
+                                         the `sdsat` block; the metrics' names and definitions; the model
+                                         hub (pins, download, convert, cache)
     1  sdsat_vllm.training               SAT setup, layout, data, make-data, trainer, export
     2  sdsat_vllm.adapters               the shipped adapters and the models they rebuild (needs 0 and 1)
     3  sdsat_vllm.decoding, sdsat_vllm.kernels
@@ -33,6 +34,7 @@ PACKAGE = "sdsat_vllm"
 LAYERS: dict[str, int] = {
     "sdsat_vllm": 0,  # the package root (its __init__) only
     "sdsat_vllm.config": 0,
+    "sdsat_vllm.metrics_vocabulary": 0,
     "sdsat_vllm.models": 0,
     "sdsat_vllm.training": 1,
     "sdsat_vllm.adapters": 2,

@@ -3,7 +3,7 @@
     from sdsat_vllm.decoding import SDSATGenerator
     gen = SDSATGenerator.from_pretrained("path/to/sdsat-model")
     out = gen.generate("def fib(n):", mode="tree", max_new_tokens=64)
-    print(out.text, out.metrics.tau)
+    print(out.text, out.metrics.tokens_per_forward)
 
 Files: generator.py (the loops, one per mode), tree.py (layouts, tree shapes, the tree attention
 mask), verify.py (exact chain/tree verification), sampling.py (target distributions, SAT masking),

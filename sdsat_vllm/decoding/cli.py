@@ -78,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
     if base:
         same = "same tokens" if base.token_ids == out.token_ids else "different tokens (expected only when sampling)"
         print(base.metrics.summary(), file=sys.stderr)
-        print(f"speedup vs ar (same run): {speedup or 0:.2f}x, tau {out.metrics.tau:.2f} vs 1.00; {same}", file=sys.stderr)
+        print(f"speedup vs ar (same run): {speedup or 0:.2f}x, tau {out.metrics.tokens_per_forward:.2f} vs 1.00; {same}", file=sys.stderr)
     return 0

@@ -1,10 +1,10 @@
 """SDSATGenerator: exact SDSAT decoding on any transformers causal LM carrying the `sdsat` block.
 
-One loop per mode (DESIGN.md 1.2), all built from the same four moves:
+One loop per mode (docs/design.md, section 1.3), all built from the same four moves:
 
     layout   which tokens go into the forward (tree.py): head, drafts, SAT blocks
     forward  one target forward over the layout, with the KV cache (`_forward`)
-    verify   accepted drafts + recovered/bonus token (verify.py), exact per DESIGN.md 1.3
+    verify   accepted drafts + recovered/bonus token (verify.py), exact per docs/design.md, section 2
     commit   tokens go through the stop checker one by one (stopping.py); the KV of the head and
              the accepted drafts is kept, everything else (rejected drafts, SATs) is dropped
              (kv_cache.py) -- nothing is ever recomputed.
@@ -119,7 +119,7 @@ class SDSATGenerator:
 
     >>> gen = SDSATGenerator(model, tokenizer)
     >>> out = gen.generate("def add(a, b):", mode="tree", max_new_tokens=64)
-    >>> out.text, out.token_ids, out.metrics.tau
+    >>> out.text, out.token_ids, out.metrics.tokens_per_forward
     """
 
     def __init__(self, model, tokenizer, sdsat_config: SDSATConfig | None = None):
@@ -295,6 +295,8 @@ class SDSATGenerator:
         m.num_forwards += 1
         m.num_input_tokens += layout.q_len
         m.num_sat_tokens += len(layout.block_anchors) * layout.num_sat
+        if past_len and (layout.num_nodes or layout.block_anchors):
+            m.num_drafts += 1  # vLLM's count: a decode forward carrying speculative tokens (drafts or SATs)
         return _StepOutput(layout, past_len, out.logits[0].float())
 
     def _verify_chain_and_commit(self, run: _Run, out: _StepOutput, drafts: list[int]) -> Verdict:

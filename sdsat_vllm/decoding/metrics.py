@@ -1,26 +1,32 @@
-"""Decoding metrics (DESIGN.md 1.4), per call and aggregated over calls.
+"""Decoding metrics of the engine, per call and aggregated over calls.
 
-Names follow vLLM's spec-decode counters where there is one:
-    num_drafts                   verification steps that carried at least one draft
-    num_draft_tokens             draft tokens offered to verification (tree: nodes)
-    num_accepted_tokens          drafts accepted
-    num_accepted_tokens_per_pos  [depth] accepted drafts at draft position i (0-based)
-and the SDSAT ones:
-    num_forwards                 target-model forwards, prefill included (ar: one per token)
-    tau                          tokens per target forward = num_new_tokens / num_forwards
-    num_sat_tokens               SAT-tail positions computed. They are not rejected drafts, they
-                                 are the drafting itself, so they are counted apart.
-`acceptance_per_pos` is the real-draft figure: accepted / drafted at that position, over the steps
-that offered a draft there (a top-k tree offers a depth only where its shape reaches it). It is
-what the vLLM helper calls `SpecDecodeSummary.real_draft_acceptance_per_pos`, not vLLM's
-per-forward `acceptance_per_pos` (accepted_per_pos[i] / num_drafts, SAT-only forwards included).
-`mean_acceptance_length` is vLLM's 1 + accepted / drafts (here drafts = steps with a real draft).
+Every name means what the glossary in sdsat_vllm/metrics_vocabulary.py says (docs/design.md,
+section 7): the counters vLLM has keep vLLM's names and meanings, so a figure here and the same
+figure from vLLM's counters (`SpecDecodeSummary`) are comparable. What the engine counts:
+
+    num_forwards                 target forwards, prefill included (ar: one per token)
+    num_drafts                   decode forwards that carried drafts or a SAT block (vLLM counts
+                                 the SAT tail as speculative tokens): every decode forward of a
+                                 speculative mode, none in ar
+    num_draft_steps              verification steps that offered at least one real draft
+    num_draft_tokens             real drafts offered to verification (tree: nodes)
+    num_accepted_tokens          real drafts accepted
+    num_draft_steps_per_pos      [depth] steps that offered a real draft at position i (0-based)
+    num_accepted_tokens_per_pos  [depth] steps that accepted the draft at position i
+    num_sat_tokens               SAT positions computed: the drafting itself, not rejected drafts
+    tokens_per_forward (τ)       num_new_tokens / num_forwards
+
+The other figures (acceptance_rate, mean_acceptance_length, acceptance_rate_per_pos,
+real_draft_mean_acceptance_length, real_draft_acceptance_rate_per_pos, tokens_per_decode_forward)
+come from `SpecDecodeFigures`, defined once for the engine and the vLLM plugin.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
+
+from ..metrics_vocabulary import SpecDecodeFigures, tokens_per_forward
 
 
 def _add_lists(a: list[int], b: list[int]) -> list[int]:
@@ -29,7 +35,7 @@ def _add_lists(a: list[int], b: list[int]) -> list[int]:
 
 
 @dataclass(slots=True)
-class DecodeMetrics:
+class DecodeMetrics(SpecDecodeFigures):
     mode: str = ""
     num_calls: int = 0
     num_prompt_tokens: int = 0
@@ -38,9 +44,10 @@ class DecodeMetrics:
     num_input_tokens: int = 0  # tokens through the model, prompt and SATs included
     num_sat_tokens: int = 0
     num_drafts: int = 0
+    num_draft_steps: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
-    num_drafted_per_pos: list[int] = field(default_factory=list)
+    num_draft_steps_per_pos: list[int] = field(default_factory=list)
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -50,7 +57,7 @@ class DecodeMetrics:
         depths = list(drafted_depths)
         if not depths:
             return
-        self.num_drafts += 1
+        self.num_draft_steps += 1
         self.num_draft_tokens += len(depths)
         self.num_accepted_tokens += num_accepted
         counts = [0] * max(depths)
@@ -58,31 +65,27 @@ class DecodeMetrics:
             counts[d - 1] += 1
         # a tree may offer several nodes at one depth: per position, count "offered" once
         offered = [1 if c else 0 for c in counts]
-        self.num_drafted_per_pos = _add_lists(self.num_drafted_per_pos, offered)
+        self.num_draft_steps_per_pos = _add_lists(self.num_draft_steps_per_pos, offered)
         self.num_accepted_tokens_per_pos = _add_lists(self.num_accepted_tokens_per_pos, [1] * num_accepted)
 
     # ------------------------------------------------------------------ derived
     @property
-    def tau(self) -> float:
-        return self.num_new_tokens / self.num_forwards if self.num_forwards else 0.0
+    def num_decoded_tokens(self) -> int:
+        """New tokens but the one each call's prefill forward commits."""
+        return self.num_new_tokens - self.num_calls
+
+    @property
+    def num_decode_forwards(self) -> int:
+        """Forwards but each call's prefill."""
+        return self.num_forwards - self.num_calls
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return tokens_per_forward(self.num_new_tokens, self.num_forwards)
 
     @property
     def tokens_per_s(self) -> float:
         return self.num_new_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    @property
-    def acceptance_per_pos(self) -> list[float]:
-        """Real drafts: accepted / offered at each position (vLLM helper: real_draft_acceptance_per_pos)."""
-        acc = self.num_accepted_tokens_per_pos
-        return [(acc[i] if i < len(acc) else 0) / d if d else 0.0 for i, d in enumerate(self.num_drafted_per_pos)]
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
 
     # ------------------------------------------------------------------ aggregation
     def __add__(self, other: "DecodeMetrics") -> "DecodeMetrics":
@@ -106,11 +109,12 @@ class DecodeMetrics:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(tau=self.tau, tokens_per_s=self.tokens_per_s, acceptance_rate=self.acceptance_rate,
-                 acceptance_per_pos=self.acceptance_per_pos, mean_acceptance_length=self.mean_acceptance_length)
+        d.update(num_decoded_tokens=self.num_decoded_tokens, num_decode_forwards=self.num_decode_forwards,
+                 tokens_per_forward=self.tokens_per_forward, tokens_per_s=self.tokens_per_s, **self.figures())
         return d
 
     def summary(self) -> str:
-        acc = " ".join(f"{a:.2f}" for a in self.acceptance_per_pos) or "-"
-        return (f"{self.mode or '?':>9}: tau {self.tau:.2f}  tokens {self.num_new_tokens}  forwards {self.num_forwards}  "
-                f"{self.tokens_per_s:.1f} tok/s  acceptance/pos [{acc}]  SAT tokens {self.num_sat_tokens}")
+        acc = " ".join(f"{a:.2f}" for a in self.real_draft_acceptance_rate_per_pos) or "-"
+        return (f"{self.mode or '?':>9}: tau {self.tokens_per_forward:.2f} tokens/forward  "
+                f"tokens {self.num_new_tokens}  forwards {self.num_forwards}  {self.tokens_per_s:.1f} tok/s  "
+                f"real-draft acceptance/pos [{acc}]  SAT tokens {self.num_sat_tokens}")

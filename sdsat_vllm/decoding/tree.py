@@ -4,7 +4,7 @@ and the tree attention mask.
 Every forward of the engine, in every mode, is described by one `StepLayout`: a list of new tokens
 and, for each, its *parent* among the new tokens (-1: the token attends to the cached context only).
 A token attends to the whole KV cache, to its ancestors and to itself; its position is its parent's
-position + 1. That one rule gives every layout of DESIGN.md 1.2:
+position + 1. That one rule gives every layout of docs/design.md, section 1.3:
 
     head      the committed tokens not yet in the KV cache, a causal chain. Normally one token
               (x_t, the last committed); at prefill the whole prompt. Its last token is the *root*.
@@ -13,11 +13,11 @@ position + 1. That one rule gives every layout of DESIGN.md 1.2:
     blocks    SAT blocks of K tokens, each attached to an *anchor* (the root or a node): SAT j
               attends to the context, the anchor's ancestors, the anchor and SATs 1..j of its own
               block, and sits at position pos(anchor) + j, so it predicts the token at
-              pos(anchor) + j + 1 exactly as in training (DESIGN.md 1.1).
+              pos(anchor) + j + 1 exactly as in training (docs/design.md, section 1.2).
 
 Chain tokens come first and SAT blocks last, so the KV entries of accepted chain drafts sit right
 after the head: dropping the rest is a crop. `build_tree_attention_mask` is the one place the
-custom mask is made (the tree-mask kernel of DESIGN.md 3 replaces it). `tree_step_tensors` builds
+custom mask is made (the tree-mask kernel of docs/design.md, section 5 replaces it). `tree_step_tensors` builds
 the same relation without a per-token loop, with the compact form that kernel takes (one int64
 ancestor word per new token), the positions and the KV entries to keep after verification.
 """
@@ -150,7 +150,7 @@ def tree_position_ids(parents: Sequence[int], past_len: int, device=None) -> tor
 
 def tree_ancestor_mask(parents: Sequence[int], device=None) -> torch.Tensor:
     """[q_len, q_len] bool: entry (i, j) is True when new token i attends to new token j
-    (j is i itself or one of its ancestors). Row i is the per-query ancestor bitmask of DESIGN.md 3."""
+    (j is i itself or one of its ancestors). Row i is the per-query ancestor bitmask of docs/design.md, section 5."""
     q = len(parents)
     mask = torch.zeros(q, q, dtype=torch.bool)
     for i, p in enumerate(parents):
@@ -173,7 +173,7 @@ def build_tree_attention_mask(
               finfo(dtype).min where not. (Additive float, not bool: transformers' sdpa path takes
               both, but its eager path adds the mask to the scores and silently misreads a bool.)
 
-    This is the single function the tree-mask kernel replaces (DESIGN.md 3).
+    This is the single function the tree-mask kernel replaces (docs/design.md, section 5).
     """
     q = len(parents)
     # [q_len, q_len]

@@ -9,7 +9,7 @@ Glossary (vLLM's rejection-sampler words):
                       from the target distribution at that draft (free: its logits are already there).
     output tokens     accepted + (recovered or bonus): always at least one token per step.
 
-Exactness (DESIGN.md 1.3). Drafts here are deterministic (the argmax / top-k of SAT positions), so
+Exactness (docs/design.md, section 2). Drafts here are deterministic (the argmax / top-k of SAT positions), so
 the draft distribution q is one-hot:
   * chain: standard speculative sampling with one-hot q. Accept d with probability
     min(1, p(d)/q(d)) = p(d); on rejection sample from norm(max(0, p - q)), which is p with d removed,

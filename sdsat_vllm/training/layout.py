@@ -1,4 +1,4 @@
-"""The appended SAT-block training layout (DESIGN.md 1.1).
+"""The appended SAT-block training layout (docs/design.md, section 1.2).
 
 Glossary
 - standard tokens: the L corpus tokens x_0..x_{L-1} of a training sequence, at positions 0..L-1.

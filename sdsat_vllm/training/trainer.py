@@ -1,4 +1,4 @@
-"""SAT training (DESIGN.md 1.1) on transformers + peft.
+"""SAT training (docs/design.md, section 3) on transformers + peft.
 
 Modes
 - full:   every weight trains (the paper's setting).

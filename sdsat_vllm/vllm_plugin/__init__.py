@@ -9,7 +9,7 @@ the model-inspection subprocess). After it ran, serving an SDSAT model needs one
 The SAT ids come from the model's config.json `sdsat` block. `num_speculative_tokens` is the
 number of real drafts n per step (1..K, K = the number of SATs the model was trained with; it
 defaults to K when left out). Internally each verify forward carries the n drafts followed by n
-SATs (the `fused` mode of DESIGN.md 1.2, option B of research/vllm-internals.md).
+SATs (the `fused` mode; docs/design.md, section 4 describes the integration).
 
 Importing this package is cheap (no torch, no vLLM): everything heavy is imported inside
 :func:`register` and inside the proposer, which only vLLM's workers build.

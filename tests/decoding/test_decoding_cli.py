@@ -31,7 +31,7 @@ def test_generate_json_with_compare_ar(model_dir, capsys):
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["token_ids"]) == 8 and doc["same_as_ar"] is True
-    assert doc["metrics"]["mode"] == "tree" and doc["ar_metrics"]["tau"] == 1.0 and doc["speedup"] > 0
+    assert doc["metrics"]["mode"] == "tree" and doc["ar_metrics"]["tokens_per_forward"] == 1.0 and doc["speedup"] > 0
 
 
 def test_generate_text_and_topk_tree_shape(model_dir, capsys):

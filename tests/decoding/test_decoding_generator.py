@@ -104,7 +104,7 @@ def test_metrics_count_forwards_tokens_and_sats():
     gen = _gen("llama", 8)
     n_prompt = len(gen.tokenizer(PROMPT).input_ids)
     ar = gen.generate(PROMPT, mode="ar", max_new_tokens=10, ignore_eos=True).metrics
-    assert ar.num_forwards == ar.num_new_tokens == 10 and ar.tau == 1.0 and ar.num_sat_tokens == 0
+    assert ar.num_forwards == ar.num_new_tokens == 10 and ar.tokens_per_forward == 1.0 and ar.num_sat_tokens == 0
     assert ar.num_input_tokens == n_prompt + 9
 
     K = 3
@@ -113,11 +113,19 @@ def test_metrics_count_forwards_tokens_and_sats():
     # first forward [prompt, B_0]; then [x_t, d_1..d_K, B_0..B_K] every step: one forward per step, always
     assert tree.num_sat_tokens == K + (F - 1) * (K + 1) * K
     assert tree.num_input_tokens == n_prompt + K + (F - 1) * (1 + K + (K + 1) * K)
-    assert tree.num_drafts == F - 1 and tree.num_draft_tokens == (F - 1) * K
-    assert tree.tau == pytest.approx(tree.num_new_tokens / F)
+    assert tree.num_draft_steps == F - 1 and tree.num_draft_tokens == (F - 1) * K
+    assert tree.tokens_per_forward == pytest.approx(tree.num_new_tokens / F)
 
     two = gen.generate(PROMPT, mode="two_step", num_sat=K, max_new_tokens=10, ignore_eos=True).metrics
-    assert two.num_sat_tokens == K * two.num_drafts + (K if two.num_forwards % 2 else 0)
+    assert two.num_sat_tokens == K * two.num_draft_steps + (K if two.num_forwards % 2 else 0)
+
+    # num_drafts is vLLM's count: decode forwards that carried drafts or SATs (none in ar, never the prefill),
+    # so the SAT-only forwards of fused count too; num_draft_steps counts the steps with a real draft
+    assert ar.num_drafts == 0 and ar.mean_acceptance_length == 1.0 and ar.num_decode_forwards == 9
+    assert tree.num_drafts == F - 1 and two.num_drafts == two.num_forwards - 1
+    fused = gen.generate(PROMPT, mode="fused", num_sat=K, max_new_tokens=10, ignore_eos=True).metrics
+    assert fused.num_drafts == fused.num_decode_forwards == fused.num_forwards - 1 >= fused.num_draft_steps
+    assert fused.num_decoded_tokens == fused.num_new_tokens - 1
 
     total = gen.total_metrics["tree"]
     assert total.num_calls >= 1 and total.num_new_tokens >= tree.num_new_tokens
@@ -152,8 +160,8 @@ def test_every_sat_offset_drafts_on_the_memorised_passage(trained, mode):
     output exact (verification catches it) and shows only here: acceptance beyond position 1 collapses."""
     for prompt in memorised_prompts():
         m = trained.generate(prompt, mode=mode, max_new_tokens=24, ignore_eos=True).metrics
-        assert m.num_drafts and min(m.num_accepted_tokens_per_pos) >= m.num_drafts / 2, (
-            mode, m.num_drafts, m.num_accepted_tokens_per_pos)
+        assert m.num_draft_steps and min(m.num_accepted_tokens_per_pos) >= m.num_draft_steps / 2, (
+            mode, m.num_draft_steps, m.num_accepted_tokens_per_pos)
 
 
 class _CommitSpy:

@@ -20,10 +20,11 @@ def plain_baseline(sdsat_model_dir):
     """Greedy outputs of vLLM WITHOUT speculation on the trained model, for the identity tests.
 
     Computed once per session, then the engine is shut down. 'mixed': token ids of the 8 mixed
-    prompts run as one batch; the names of baseline_single_cases: their CompletionOutput.
+    prompts run as one batch; the names of baseline_single_cases: their CompletionOutput; 'allowed_others':
+    passage()[:60] with allowed_token_ids=ALLOWED_OTHERS.
     """
     from vllm import LLM, SamplingParams
-    from vllm_plugin_helpers import ENGINE_KW, baseline_single_cases, mixed_prompts, passage, shutdown
+    from vllm_plugin_helpers import ALLOWED_OTHERS, ENGINE_KW, baseline_single_cases, mixed_prompts, passage, shutdown
 
     from sdsat_vllm.config import SDSATConfig
 
@@ -37,6 +38,9 @@ def plain_baseline(sdsat_model_dir):
         out["mixed_text"] = [r.outputs[0].text for r in res]
         for name, prompt, kw in baseline_single_cases(passage(), sat):
             out[name] = llm.generate([prompt], SamplingParams(temperature=0, **kw))[0].outputs[0]
+        # what SDSAT answers for allowed_token_ids [SAT, *ALLOWED_OTHERS]: the SAT is never generated
+        out["allowed_others"] = llm.generate([passage()[:60]], SamplingParams(
+            temperature=0, max_tokens=16, allowed_token_ids=ALLOWED_OTHERS))[0].outputs[0]
         return out
     finally:
         shutdown(llm)

@@ -54,13 +54,14 @@ def test_greedy_batch8_identical_to_plain_and_drafts_accepted(sdsat_llm, plain_b
     assert [r.outputs[0].text for r in res] == plain_baseline["mixed_text"]
     assert all(sat_id not in g for g in got)
     # drafts get accepted, and the counters describe real drafts only
-    assert d.num_accepted_tokens > 0 and d.tau > 1.0
+    assert d.num_accepted_tokens > 0 and d.mean_acceptance_length > 1.0
     assert d.num_draft_tokens <= N_DRAFTS * d.num_drafts  # a counted SAT tail would double this
     assert d.num_accepted_tokens <= d.num_draft_tokens
     # every decode forward counts as a draft step: tokens = prefill samples + forwards + accepted
     total = sum(len(g) for g in got)
     assert len(mp) + d.num_drafts <= total <= len(mp) + d.num_drafts + d.num_accepted_tokens
-    assert len(d.accepted_per_pos) == N_DRAFTS and sum(d.accepted_per_pos) == d.num_accepted_tokens
+    per_pos = d.num_accepted_tokens_per_pos
+    assert len(per_pos) == N_DRAFTS and sum(per_pos) == d.num_accepted_tokens
 
 
 def test_greedy_batch1_identical_to_plain(sdsat_llm, plain_baseline):
@@ -100,7 +101,8 @@ def test_every_sat_offset_drafts_on_the_memorised_passage(sdsat_llm):
         before = spec_summary(sdsat_llm)
         sdsat_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))
         d = spec_summary(sdsat_llm) - before
-        assert d.num_drafts and min(d.accepted_per_pos) >= d.num_drafts / 2, (d.num_drafts, d.accepted_per_pos)
+        per_pos = d.num_accepted_tokens_per_pos
+        assert d.num_drafts and min(per_pos) >= d.num_drafts / 2, (d.num_drafts, per_pos)
 
 
 def test_sampling_n_logprobs_never_show_sat(sdsat_llm, sat_id, sdsat_model_dir):

@@ -1,6 +1,8 @@
 """The patch registry against the installed vLLM: checks pass, fail loudly on a changed vLLM,
 apply once; config resolution through vLLM's own EngineArgs (no engine is started here)."""
 
+from dataclasses import dataclass
+
 import pytest
 from vllm_plugin_helpers import VLLM_AVAILABLE, make_tiny_plain_dir, make_tiny_sdsat_dir
 
@@ -20,14 +22,20 @@ def test_register_is_idempotent_and_wraps_once():
     register()
     patches.apply_now()
     from vllm.config.speculative import SpeculativeConfig
+    from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    before = (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids)
+    def targets():
+        return (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids,
+                EngineArgs.add_cli_args, InputProcessor._validate_params)
+
+    before = targets()
     register()
     register()
     patches.apply_now()
-    after = (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids)
+    after = targets()
     assert before == after
     for f in after:
         assert f.__sdsat_patch__ and not hasattr(f.__sdsat_original__, "__sdsat_patch__")
@@ -47,6 +55,20 @@ class GPUModelRunner:
         pass
 
 
+@dataclass
+class EngineArgs:  # --spec-model / --spec-tokens gone
+    speculative_config: dict | None = None
+
+    @staticmethod
+    def add_cli_args(parser):
+        return parser
+
+
+class InputProcessor:
+    def _validate_params(self, params):  # lost supported_tasks
+        pass
+
+
 def test_check_fails_loudly_when_vllm_changes():
     from types import SimpleNamespace
 
@@ -60,6 +82,10 @@ def test_check_fails_loudly_when_vllm_changes():
         REGISTRY["runner_propose_context"].check(SimpleNamespace(GPUModelRunner=GPUModelRunner))
     with pytest.raises(PatchCheckError, match="no SpeculativeConfig"):
         REGISTRY["speculative_config_sdsat"].check(SimpleNamespace())
+    with pytest.raises(PatchCheckError, match="cli_speculative_model_alias.*spec_model"):
+        REGISTRY["cli_speculative_model_alias"].check(SimpleNamespace(EngineArgs=EngineArgs))
+    with pytest.raises(PatchCheckError, match="sdsat_request_validation.*supported_tasks"):
+        REGISTRY["sdsat_request_validation"].check(SimpleNamespace(InputProcessor=InputProcessor))
 
 
 def test_vllm_cpu_expand_kernel_bug_and_fix():

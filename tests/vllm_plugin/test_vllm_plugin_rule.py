@@ -163,13 +163,16 @@ def test_other_speculative_configs_untouched():
 # ---------------------------------------------------------------- metrics
 
 
-def test_tau_from_counters():
-    s = SpecDecodeSummary(num_drafts=10, num_draft_tokens=20, num_accepted_tokens=15, accepted_per_pos=[6, 5, 4])
-    assert s.tau == pytest.approx(2.5)
+def test_mean_acceptance_length_from_counters():
+    s = SpecDecodeSummary(num_drafts=10, num_draft_tokens=20, num_accepted_tokens=15,
+                          num_accepted_tokens_per_pos=[6, 5, 4])
+    assert s.mean_acceptance_length == pytest.approx(2.5)
     assert s.acceptance_rate == pytest.approx(0.75)
-    assert s.acceptance_per_pos == pytest.approx([0.6, 0.5, 0.4])
-    d = s - SpecDecodeSummary(num_drafts=4, num_draft_tokens=8, num_accepted_tokens=5, accepted_per_pos=[2, 2, 1])
-    assert (d.num_drafts, d.num_draft_tokens, d.num_accepted_tokens, d.accepted_per_pos) == (6, 12, 10, [4, 3, 3])
+    assert s.acceptance_rate_per_pos == pytest.approx([0.6, 0.5, 0.4])
+    d = s - SpecDecodeSummary(num_drafts=4, num_draft_tokens=8, num_accepted_tokens=5,
+                              num_accepted_tokens_per_pos=[2, 2, 1])
+    assert (d.num_drafts, d.num_draft_tokens, d.num_accepted_tokens, d.num_accepted_tokens_per_pos) == (
+        6, 12, 10, [4, 3, 3])
 
 
 def test_prometheus_parsing():
@@ -184,7 +187,7 @@ vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",pos
 """
     s = from_prometheus(text)
     assert (s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens) == (12, 30, 18)
-    assert s.accepted_per_pos == [9, 6, 3] and s.tau == pytest.approx(2.5)
+    assert s.num_accepted_tokens_per_pos == [9, 6, 3] and s.mean_acceptance_length == pytest.approx(2.5)
 
 
 # ---------------------------------------------------------------- the entry point stays light
@@ -201,7 +204,8 @@ def test_registry_documents_every_patch():
     from sdsat_vllm.vllm_plugin.patches import REGISTRY, WRITTEN_FOR
 
     assert set(REGISTRY) >= {"speculative_config_sdsat", "runner_propose_context", "spec_stats_exclude_sat",
-                             "sat_logit_mask", "cpu_expand_kernel_fix"}
+                             "sat_logit_mask", "cpu_expand_kernel_fix", "cli_speculative_model_alias",
+                             "sdsat_request_validation"}
     for p in REGISTRY.values():
         assert p.why and p.remove_when and p.vllm_version == WRITTEN_FOR and callable(p.check)
         assert p.module.startswith("vllm.")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from sdsat_vllm.vllm_plugin import shutdown_llm
@@ -17,6 +22,7 @@ VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
 ENGINE_KW = dict(max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=True, dtype="float32",
                  disable_log_stats=False, seed=0)
 N_DRAFTS = 4  # the trained fixture has K=4
+ALLOWED_OTHERS = [50, 60, 70, 80, 90]  # allowed_token_ids beside a SAT id (baseline: these alone, plain vLLM)
 
 
 def mixed_prompts() -> list[tuple[str, int]]:
@@ -73,3 +79,81 @@ def vllm_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env
+
+
+# ---------------------------------------------------------------- `vllm serve` as a user types it
+
+SERVE_ARGS = ["--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager", "--dtype", "float32",
+              "--gpu-memory-utilization", "0.3"]
+
+
+def vllm_command() -> list[str]:
+    """The `vllm` console script of this environment (on vllm-cpu it works once scripts/setup.sh wrote
+    the `vllm` metadata alias; test_vllm_plugin_cli checks that). Falls back to the module that runs
+    the same CLI entry point only where no script is installed next to this Python."""
+    import importlib.metadata as md
+
+    script = Path(sys.executable).parent / "vllm"
+    try:
+        md.version("vllm")
+        if script.is_file():
+            return [str(script)]
+    except md.PackageNotFoundError:
+        pass
+    return [sys.executable, "-m", "sdsat_vllm.vllm_plugin.cli"]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def log_tail(path: Path, n: int = 60) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+
+
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 400):
+    """`vllm serve ARGS` on a free loopback port; returns (process, base URL) once /health answers.
+    Raises RuntimeError with the log's tail if it exits or does not come up in time."""
+    port = free_port()
+    cmd = vllm_command() + ["serve", *args, "--port", str(port)] + SERVE_ARGS
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env or vllm_env(), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            if http_get(base + "/health")[0] == 200:
+                return proc, base
+        except OSError:
+            pass
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            raise RuntimeError(f"server did not come up:\n{log_tail(log)}")
+        time.sleep(1)
+
+
+def stop_server(proc, log: Path) -> str | None:
+    """SIGINT, then wait: None on a clean stop (exit code 0, no traceback), else what went wrong."""
+    proc.send_signal(signal.SIGINT)  # no-op if it died already: then its exit code tells
+    try:
+        rc = proc.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return f"the server did not stop within 90 s of SIGINT:\n{log_tail(log)}"
+    tail = log_tail(log, 40)
+    if rc != 0 or "Traceback" in tail:
+        return f"exit code {rc}:\n{tail}"
+    return None
+
+
+def run_failing_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    """`vllm serve ARGS` expected to stop at start-up: (exit code, output)."""
+    cmd = vllm_command() + ["serve", *args, "--port", str(free_port())] + SERVE_ARGS
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env or vllm_env(), timeout=timeout)
+    return proc.returncode, Path(log).read_text(errors="replace")
