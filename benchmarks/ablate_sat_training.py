@@ -40,6 +40,8 @@ WARM = ["--init-adapter", str(SHIPPED)]
 
 # name -> (group, flags). "{data}" is the self-distilled training file.
 ROWS: dict[str, tuple[str, list[str]]] = {
+    # the starting point of the warm rows, evaluated as it is (one step at learning rate 0)
+    "shipped": ("warm", WARM + ["--sources", "{data}", "--lr", "0", "--sat-lr", "0", "--steps", "1"]),
     "sd": ("warm", WARM + ["--sources", "{data}"]),
     "stdlib": ("warm", WARM),
     "soft": ("warm", WARM + ["--sources", "{data}", "--target", "soft"]),
@@ -62,18 +64,23 @@ def run_row(name: str, args) -> dict:
     all_flags = [*SHARED, *[f.format(data=args.data) for f in flags]]
     per_step = _flag(all_flags, "--batch-size") * (_flag(all_flags, "--seq-len")
                                                    + _flag(all_flags, "--blocks-per-seq") * _flag(all_flags, "--num-sat"))
-    steps = max(1, round(args.tokens / per_step))
+    steps = _flag(all_flags, "--steps") if "--steps" in all_flags else max(1, round(args.tokens / per_step))
     cmd = [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(out), *all_flags,
            "--heldout-sources", args.heldout, "--steps", str(steps)]
     t0 = time.time()
-    with open(Path(args.work_dir) / f"{name}.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log_path = out / "log.jsonl"
+    finished = log_path.is_file() and any(json.loads(line).get("step") == steps and "eval" in line
+                                          for line in log_path.read_text().splitlines())
+    if not finished:  # a row finished by an earlier invocation is reused: the table can be resumed
+        with open(Path(args.work_dir) / f"{name}.log", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
     last_eval = [r for r in records if "eval" in r][-1]
     speed = [r for r in records if "tokens_per_s" in r][-1]
     cfg = json.loads((out / "train_config.json").read_text())
     L, M, K = cfg["data"]["seq_len"], cfg["blocks_per_seq"], cfg["num_sat"]
-    return {"row": name, "group": group, "flags": flags, "command": " ".join(cmd), "wall_s": time.time() - t0,
+    return {"row": name, "group": group, "flags": flags, "command": " ".join(cmd),
+            "wall_s": None if finished else time.time() - t0,
             "steps": last_eval["step"], "tokens_per_s": speed["tokens_per_s"],
             "sat_targets_per_s": speed["tokens_per_s"] * M * K / (L + M * K),
             "heldout_agree": last_eval["eval"]["sat_agree"], "heldout_acc": last_eval["eval"]["sat_acc"],

@@ -1,8 +1,10 @@
 """SDSAT inside vLLM: the `vllm.general_plugins` entry point.
 
 vLLM calls :func:`register` in every process it starts (API server, engine core, every worker,
-the model-inspection subprocess). After it ran, serving an SDSAT model needs one config line::
+the model-inspection subprocess). After it ran, serving an SDSAT model needs one flag::
 
+    vllm serve ./sdsat-model --spec-model sdsat [--spec-tokens 5]
+    vllm serve ./sdsat-model --speculative-model sdsat [--num-speculative-tokens 5]   # same
     vllm serve ./sdsat-model --speculative-config '{"model": "sdsat", "num_speculative_tokens": 5}'
     LLM(model="./sdsat-model", speculative_config={"model": "sdsat", "num_speculative_tokens": 5})
 

@@ -490,9 +490,10 @@ def _check_cli_alias(mod: Any) -> None:
 def add_cli_aliases(parser: Any) -> None:
     """Give `parser` (built by EngineArgs.add_cli_args) the design card's spellings as aliases.
 
-    Each alias is one more option string with the same dest, type and group as the vLLM option it
-    stands for, so `--speculative-model X` parses exactly as `--spec-model X` (any X, like vLLM's).
-    An alias vLLM already has (it may grow them again) is left to vLLM.
+    Each alias is an option of its own with the dest, type, choices and help group of the vLLM option
+    it stands for (and no default of its own), so `--speculative-model X` parses exactly as
+    `--spec-model X` (any X, as vLLM's flag), and vLLM's conflict checks name `--spec-model`. An
+    option vLLM already has (it may grow them again) is left to vLLM.
     """
     import argparse
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from vllm_plugin_helpers import VLLM_AVAILABLE, make_tiny_plain_dir, make_tiny_sdsat_dir, vllm_env
+from vllm_plugin_helpers import (N_DRAFTS, VLLM_AVAILABLE, http_get, make_tiny_plain_dir, make_tiny_sdsat_dir,
+                                 mixed_prompts, run_failing_server, start_server, stop_server, vllm_env)
 
 from sdsat_vllm.vllm_plugin import cli
 
@@ -236,3 +237,59 @@ def test_request_validation_wraps_input_processor():
         ip._validate_params(_sp(logprob_token_ids=[7]), ("generate",))
     plain = InputProcessor(None)
     assert plain._validate_params(_sp(allowed_token_ids=[SAT], logprob_token_ids=[7]), ("generate",)) == "resolved"
+
+
+# ---------------------------------------------------------------- real `vllm serve` starts (slow)
+
+def _complete(base: str, prompt: str, max_tokens: int) -> dict:
+    import json
+    import urllib.request
+
+    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")
+@pytest.mark.parametrize("flags,n", [
+    pytest.param(["--speculative-model", "sdsat", "--num-speculative-tokens", "2"], 2, id="design-card"),
+    pytest.param(["--spec-model", "sdsat"], N_DRAFTS, id="spec-model"),
+])
+def test_vllm_serve_spelling_starts_sdsat(flags, n, plain_baseline, sdsat_model_dir, tmp_path):
+    """The other two spellings, started for real (the JSON one is the server of test_vllm_plugin_server):
+    the SDSAT proposer is the drafter with n drafts, drafts are made, output is plain vLLM's."""
+    from sdsat_vllm.vllm_plugin import PROPOSER_PATH
+    from sdsat_vllm.vllm_plugin.metrics import from_prometheus
+
+    log = tmp_path / "server.log"
+    try:
+        proc, base = start_server([str(sdsat_model_dir), *flags, "--served-model-name", "m"], log)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        assert f"Loaded custom proposer class '{PROPOSER_PATH}' with num_speculative_tokens={n}" in log.read_text()
+        for i in (0, 2):
+            prompt, m = mixed_prompts()[i]
+            assert _complete(base, prompt, m)["choices"][0]["text"] == plain_baseline["mixed_text"][i]
+        s = from_prometheus(http_get(base + "/metrics")[1])
+        assert s.num_drafts > 0 and s.num_accepted_tokens > 0
+        assert len(s.num_accepted_tokens_per_pos) == n
+    finally:
+        problem = stop_server(proc, log)
+    assert problem is None, problem
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")
+def test_vllm_plugins_without_sdsat_refuses_to_start(sdsat_model_dir, tmp_path):
+    """VLLM_PLUGINS leaving sdsat out while the command asks for it: nothing of SDSAT runs, so vLLM
+    takes 'sdsat' for a draft model's name and stops at start-up; the card's flags are unknown."""
+    env = {**vllm_env(), "VLLM_PLUGINS": "some_other_plugin", "HF_HUB_OFFLINE": "1"}
+    rc, out = run_failing_server([str(sdsat_model_dir), "--spec-model", "sdsat"], tmp_path / "a.log", env=env)
+    assert rc != 0 and "'sdsat'" in out and "Invalid repository ID or local directory" in out, out[-3000:]
+    rc, out = run_failing_server([str(sdsat_model_dir), "--speculative-model", "sdsat"], tmp_path / "b.log", env=env)
+    assert rc != 0 and "unrecognized arguments: --speculative-model" in out, out[-3000:]

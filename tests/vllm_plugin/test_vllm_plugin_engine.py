@@ -6,7 +6,8 @@ import json
 from collections import Counter
 
 import pytest
-from vllm_plugin_helpers import ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, baseline_single_cases, mixed_prompts, passage, shutdown
+from vllm_plugin_helpers import (ALLOWED_OTHERS, ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, baseline_single_cases,
+                                 mixed_prompts, passage, shutdown)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
@@ -193,9 +194,18 @@ def test_structured_outputs(sdsat_llm):
     assert len(res[3].outputs[0].token_ids) == 24
 
 
-def test_bad_inputs_then_keeps_serving(sdsat_llm, plain_baseline):
+def test_bad_inputs_then_keeps_serving(sdsat_llm, plain_baseline, sat_id):
     from vllm import SamplingParams
 
+    # allowed_token_ids of SAT ids only: refused (sdsat_request_validation); with others: SAT never generated
+    with pytest.raises(Exception, match="only SAT token ids"):
+        sdsat_llm.generate([passage()[:60]], SamplingParams(temperature=0, max_tokens=8, allowed_token_ids=[sat_id]))
+    r = sdsat_llm.generate([passage()[:60]], SamplingParams(temperature=0, max_tokens=16,
+                                                            allowed_token_ids=[sat_id, *ALLOWED_OTHERS]))[0].outputs[0]
+    assert list(r.token_ids) == list(plain_baseline["allowed_others"].token_ids)
+    prompt, m = mixed_prompts()[1]
+    r = sdsat_llm.generate([prompt], SamplingParams(temperature=0, max_tokens=m, stop_token_ids=[sat_id]))[0].outputs[0]
+    assert list(r.token_ids) == plain_baseline["mixed"][1]
     with pytest.raises(Exception, match="maximum model length"):  # vllm.exceptions.VLLMValidationError
         sdsat_llm.generate([{"prompt_token_ids": [200] * ENGINE_KW["max_model_len"]}],
                            SamplingParams(temperature=0, max_tokens=4))

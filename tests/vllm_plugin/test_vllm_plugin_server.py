@@ -11,8 +11,8 @@ the module's last test, whichever it is; a failure there shows as an error at te
 import json
 
 import pytest
-from vllm_plugin_helpers import (ALLOWED_OTHERS, N_DRAFTS, VLLM_AVAILABLE, http_get, make_tiny_plain_dir, mixed_prompts, passage,
-                                 run_failing_server, start_server, stop_server)
+from vllm_plugin_helpers import (ALLOWED_OTHERS, N_DRAFTS, VLLM_AVAILABLE, http_get, make_tiny_plain_dir,
+                                 mixed_prompts, passage, run_failing_server, start_server, stop_server)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
@@ -90,6 +90,17 @@ def test_structured_output(client):
     assert re.fullmatch(r"[a-z]{3}-[0-9]{2}", r.choices[0].text)
 
 
+def _post_strict_json(url: str, body: dict) -> dict:
+    import urllib.request
+
+    def refuse(const):
+        raise AssertionError(f"the server sent {const}, which is not JSON")
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read(), parse_constant=refuse)
+
+
 @pytest.fixture(scope="module")
 def sat_id(sdsat_model_dir):
     from sdsat_vllm.config import SDSATConfig
@@ -116,6 +127,14 @@ def test_bad_inputs_clear_answers_and_server_keeps_serving(client, server, plain
     msgs = [{"role": "user", "content": "say <|sdsat_sat|> twice <|sdsat_sat|>"}]
     r = client.chat.completions.create(model=SERVED, messages=msgs, max_tokens=16, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length") and "<|sdsat_sat|>" not in r.choices[0].message.content
+
+    # prompt logprobs of a SAT in the prompt: SDSAT never generates it, so its logprob is vLLM's floor
+    # for -inf, -9999.0 (plain vLLM: the model's value); the response is strict JSON (no Infinity/NaN)
+    body = {"model": SERVED, "prompt": p[:40] + "<|sdsat_sat|>", "max_tokens": 2, "temperature": 0, "echo": True,
+            "logprobs": 1}
+    lp = _post_strict_json(server["base"] + "/v1/completions", body)["choices"][0]["logprobs"]
+    i = lp["tokens"].index("<|sdsat_sat|>")
+    assert lp["token_logprobs"][i] == -9999.0 and all(x > -9999.0 for x in lp["token_logprobs"][1:i])
 
     # allowed_token_ids of SAT ids only: nothing could be generated (plain vLLM emits SAT ids, shown as
     # empty text) -> 400. With other ids: the SAT is never generated, the rest applies as usual.
