@@ -39,6 +39,7 @@ def main() -> None:
     from sdsat_vllm.adapters import resolve_model
     from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.training.data import DataConfig, load_datasets
+    from sdsat_vllm.training.gated import is_gated_dir, load_gated_dir
     from sdsat_vllm.training.sat_setup import add_sat_tokens
     from sdsat_vllm.training.trainer import TrainConfig, evaluate, load_base
 
@@ -56,7 +57,8 @@ def main() -> None:
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                "torch": torch.__version__}
     t0 = time.time()
-    trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    load = load_gated_dir if is_gated_dir(model_dir) else AutoModelForCausalLM.from_pretrained  # gated: + its gate
+    trained = load(model_dir, dtype=torch.float32).eval()
     results["trained"] = evaluate(trained, heldout, sdsat, cfg)
     del trained
     if args.base:

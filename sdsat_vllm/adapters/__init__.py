@@ -3,7 +3,11 @@
 An adapter directory (written by `sdsat train`, see training/export.py) holds the LoRA matrices and
 the SAT embedding rows. `resolve_sdsat_model("smollm2-135m-sdsat")` fetches the base model, applies
 the adapter once, and caches the merged HF directory next to the base models, so that
-`vllm serve $(sdsat fetch smollm2-135m-sdsat) ...` works on a fresh machine.
+`vllm serve $(sdsat fetch smollm2-135m-sdsat) ...` works on a fresh machine. A gated adapter
+(`train_mode: gated` in its sdsat.json) is never merged: its cached directory is the base model's
+tensors unchanged (their sha256, recorded in the adapter at training, checked when the directory is
+built), the SAT rows, and the adapter in `sdsat_adapter/`, which the transformers engine loads with its
+gate (training/gated.py); the vLLM plugin refuses gated models until it can gate (issue 9).
 
 `resolve_model` here is `sdsat_vllm.models.resolve_model` plus the shipped names: what code that
 takes a model name from a user calls (the demo, `sdsat generate`, the benchmarks). This package sits
@@ -46,7 +50,8 @@ DEFAULT_SDSAT_MODEL = "smollm2-135m-sdsat"
 
 
 def resolve_sdsat_model(name: str, cache_dir=None) -> Path:
-    """HF directory of a shipped SDSAT model (built from base + adapter once, then cached)."""
+    """HF directory of a shipped SDSAT model (built from base + adapter once, then cached): merged for a
+    `lora` adapter, the base unchanged + the adapter beside it for a `gated` one (apply_adapter's branch)."""
     from ..training.export import apply_adapter
 
     if name not in SHIPPED:

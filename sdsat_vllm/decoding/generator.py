@@ -20,6 +20,11 @@ Modes:
                each SAT position, a SAT block after every node, per-node verification.
 
 Batch size 1 (vLLM does batching).
+
+Gated models (train_mode `gated`): the model's gate (training/gated.py) adds the LoRA delta on the
+rows whose input id is a SAT id, so in every layout the head and the drafts are computed with the
+base weights and only the SAT rows (whose K/V are always dropped) see base + delta: the output is the
+base model's plain decoding.
 """
 
 from __future__ import annotations
@@ -128,6 +133,14 @@ class SDSATGenerator:
         if sdsat_config is None and getattr(model.config, "sdsat", None):
             sdsat_config = SDSATConfig.from_hf_config(model.config)
         self.sdsat = sdsat_config  # None: a plain model, `ar` only
+        if sdsat_config is not None and sdsat_config.train_mode == "gated":
+            from ..training.gated import gate_of
+
+            if gate_of(model) is None:
+                # without its gate a gated model is the plain base: exact, but its SATs draft nonsense
+                raise ValueError("this is a gated SDSAT model (train_mode 'gated') loaded without its gate: load it "
+                                 "with SDSATGenerator.from_pretrained(DIR) or sdsat_vllm.training.gated.load_gated_dir "
+                                 "/ load_gated_model")
         # every SAT id, masked out of every target distribution (computed once: used every step)
         self._all_sat_ids: tuple[int, ...] = tuple(sorted(sdsat_config.sat_id_set)) if sdsat_config else ()
         impl = getattr(model.config, "_attn_implementation", None)
@@ -142,14 +155,17 @@ class SDSATGenerator:
     def from_pretrained(cls, model: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                         attn_implementation: str = "sdpa") -> "SDSATGenerator":
         """Load MODEL: a name known to `sdsat fetch` (shipped SDSAT models included), an HF model
-        directory, or a .gguf file."""
+        directory, or a .gguf file. A gated model directory gets its gate: the LoRA deltas of its
+        adapter on SAT rows only, the base weights everywhere else."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..adapters import resolve_model
+        from ..training.gated import is_gated_dir, load_gated_dir
 
         path = resolve_model(model)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-        m = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        load = load_gated_dir if is_gated_dir(path) else AutoModelForCausalLM.from_pretrained
+        m = load(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(path)
         return cls(m.to(device), tok)
 

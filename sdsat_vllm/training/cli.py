@@ -13,7 +13,7 @@ from .trainer import TrainConfig
 HELP = {
     "model": "a known model name (see `sdsat fetch`), an HF directory or a GGUF file",
     "output_dir": "run directory: config, log.jsonl, checkpoint/, then model/ and adapter/",
-    "mode": "full | lora | frozen",
+    "mode": "full | lora | frozen | gated (LoRA on SAT rows only: the base model stays bit for bit)",
     "sources": "training files or directories (.py/.txt/.md/.jsonl); default: the stdlib source",
     "heldout_sources": "evaluation files or directories; default: a stable hash split of --sources (--heldout-fraction)",
 }

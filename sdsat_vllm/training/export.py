@@ -4,6 +4,8 @@ The adapter is a peft adapter directory (adapter_config.json + adapter_model.saf
 matrices and the SAT embedding rows) plus sdsat.json (the `sdsat` block, the base model's id and
 sha256, the training config). `sdsat apply-adapter BASE ADAPTER OUT` turns it back into the same
 HF directory that training exported: the same SAT ids, the same merged weights, bit for bit.
+A `gated` adapter is never merged: its directory is the base model's tensors unchanged + the SAT rows
++ the adapter beside them (training/gated.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,8 +28,10 @@ def _merged(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def save_model_dir(model, tokenizer, sdsat: SDSATConfig, out_dir: Path, dtype: torch.dtype | None = None) -> Path:
-    """Save atomically: the directory appears complete or not at all."""
+def save_model_dir(model, tokenizer, sdsat: SDSATConfig, out_dir: Path, dtype: torch.dtype | None = None,
+                   finish: Callable[[Path], None] | None = None) -> Path:
+    """Save atomically: the directory appears complete or not at all. finish(tmp) adds to (or checks)
+    the directory before it appears; an exception there leaves nothing behind."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
@@ -37,6 +42,8 @@ def save_model_dir(model, tokenizer, sdsat: SDSATConfig, out_dir: Path, dtype: t
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         sdsat.save_to(tmp)  # the block, even if this transformers version drops unknown config keys
+        if finish is not None:
+            finish(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -46,8 +53,13 @@ def save_model_dir(model, tokenizer, sdsat: SDSATConfig, out_dir: Path, dtype: t
     return out_dir
 
 
-def export_run(model, tokenizer, sdsat: SDSATConfig, cfg, out: Path, dtype: torch.dtype) -> None:
-    """out/adapter (not for full fine-tuning) and out/model, saved in `dtype` (the base's stored dtype)."""
+def export_run(model, tokenizer, sdsat: SDSATConfig, cfg, out: Path, dtype: torch.dtype,
+               base_tensors: dict | None = None) -> None:
+    """out/adapter (not for full fine-tuning) and out/model, saved in `dtype` (the base's stored dtype).
+    base_tensors (gated only): the base's tensor digests, recorded in the adapter and checked in model/."""
+    if cfg.mode == "gated":
+        _export_gated(model, tokenizer, sdsat, cfg, out, dtype, base_tensors)
+        return
     if cfg.mode != "full":
         adapter = out / "adapter"
         tmp = out / "adapter.tmp"
@@ -65,6 +77,24 @@ def export_run(model, tokenizer, sdsat: SDSATConfig, cfg, out: Path, dtype: torc
     save_model_dir(_merged(model), tokenizer, sdsat, out / "model", dtype=dtype)
 
 
+def _export_gated(model, tokenizer, sdsat: SDSATConfig, cfg, out: Path, dtype: torch.dtype,
+                  base_tensors: dict | None) -> None:
+    """adapter/ (LoRA + SAT rows, the `lora` layout) and model/ (the base unchanged + SAT rows + the
+    adapter): the same directory `sdsat apply-adapter` builds from the base and adapter/."""
+    from .gated import remove_gated_lora, save_gated_adapter, save_gated_model_dir, set_sat_rows
+
+    if not base_tensors:
+        raise ValueError("a gated export needs the base model's tensor digests")
+    # peft's TrainableTokens delta: [U, H] the SAT rows, sorted distinct ids
+    (sat_rows,) = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]  # tied: one param
+    sat_rows = sat_rows.detach().float().clone()
+    adapter = save_gated_adapter(model, sat_rows, sdsat, cfg, base_tensors, out / "adapter")
+    remove_gated_lora(model.get_base_model())
+    base = model.unload()  # the base model's own modules again, nothing merged
+    set_sat_rows(base, sdsat, sat_rows)
+    save_gated_model_dir(base, tokenizer, sdsat, adapter, out / "model", dtype)
+
+
 def apply_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, model=None,
                   tokenizer=None) -> Path:
     """Rebuild the trained model from its base and a small adapter. model/tokenizer: an already
@@ -80,6 +110,10 @@ def apply_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
         raise FileNotFoundError(f"{adapter_dir} is not an SDSAT adapter (needs {ADAPTER_META} and adapter_config.json)")
     meta = json.loads(meta_path.read_text())
     want = SDSATConfig.from_dict(meta["sdsat"])
+    if want.train_mode == "gated":  # never merged: the base unchanged, the adapter beside it
+        from .gated import build_gated_model_dir
+
+        return build_gated_model_dir(base, adapter_dir, out_dir, model=model, tokenizer=tokenizer)
     base_sha, dtype = None, None
     if model is None:
         model, tokenizer, _, base_sha, dtype = load_base(base)
@@ -99,7 +133,8 @@ def apply_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
 def add_arguments(parser) -> None:
     parser.add_argument("base", help="base model: a known name (see `sdsat fetch`), HF directory or GGUF file")
     parser.add_argument("adapter", help="adapter directory written by `sdsat train` (RUN/adapter)")
-    parser.add_argument("out", help="where to write the merged HF model directory")
+    parser.add_argument("out", help="where to write the HF model directory (merged; for a gated adapter: the "
+                                    "base unchanged with the adapter beside it)")
 
 
 def run(args) -> int:

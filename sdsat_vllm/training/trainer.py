@@ -7,6 +7,10 @@ Modes
           model and SDSAT is lossless against the ORIGINAL model. The standard tokens' K/V do
           not depend on anything trainable, so they are computed once without grad and only the
           SAT tokens are back-propagated: a step costs little more than a forward.
+- gated:  LoRA on every linear layer applied only at rows whose input id is a SAT id (gated.py),
+          + the SAT embedding rows: the SATs get LoRA capacity, standard tokens still see exactly
+          the base weights, so the standard pass runs without grad as in `frozen`. Exported as an
+          adapter beside the unchanged base, never merged.
 
 Loss: CE(standard tokens) + sat_loss_weight * CE(SAT tokens). The number to watch is the SAT
 accuracy per offset j (logged per step and on held-out files): it predicts draft acceptance.
@@ -76,8 +80,8 @@ class TrainConfig:
     export: bool = True
 
     def __post_init__(self):
-        if self.mode not in TRAIN_MODES or self.mode == "gated":
-            raise ValueError(f"mode must be one of full, lora, frozen; got {self.mode!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"mode must be one of {', '.join(TRAIN_MODES)}; got {self.mode!r}")
         if self.dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {self.dtype!r}")
         for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r"):
@@ -90,8 +94,8 @@ class TrainConfig:
                                     or sum(self.offset_weights) <= 0):
             raise ValueError(f"offset_weights needs K={self.num_sat} non-negative weights (not all 0), "
                              f"got {list(self.offset_weights)}")
-        if self.init_adapter and self.mode not in ("lora", "frozen"):
-            raise ValueError("init_adapter warm-starts lora or frozen runs only")
+        if self.init_adapter and self.mode not in ("lora", "frozen", "gated"):
+            raise ValueError("init_adapter warm-starts lora, frozen or gated runs only")
         if self.data.seq_len < self.num_sat + 2:
             raise ValueError(f"seq_len {self.data.seq_len} is too short for K={self.num_sat}")
 
@@ -139,12 +143,23 @@ def make_trainable(model, sdsat: SDSATConfig, cfg: TrainConfig):
             p.requires_grad_(True)
         return model, [{"params": [p for p in model.parameters()], "lr": cfg.lr}]
     emb_name = _embedding_module_name(model)
-    if cfg.mode == "frozen":
+    if cfg.mode == "gated":
+        from .gated import install_gated_lora
+
+        # Our own gated layers first (peft's LoRA cannot gate per row), then peft's TrainableTokens for
+        # the SAT rows exactly as in `frozen` (tied output rows included).
+        install_gated_lora(model, sat_ids, cfg.lora_r, cfg.lora_alpha)
+        peft_cfg = TrainableTokensConfig(target_modules=[emb_name], token_indices=sat_ids)
+    elif cfg.mode == "frozen":
         peft_cfg = TrainableTokensConfig(target_modules=[emb_name], token_indices=sat_ids)
     else:
         peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                               trainable_token_indices={emb_name: sat_ids})
     model = get_peft_model(model, peft_cfg)
+    if cfg.mode == "gated":  # peft froze every parameter that is not its own: the LoRA matrices train too
+        for n, p in model.named_parameters():
+            if ".lora_A." in n or ".lora_B." in n:
+                p.requires_grad_(True)
     sat_params = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
     other = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
     groups = [{"params": sat_params, "lr": cfg.sat_lr}]
@@ -195,8 +210,9 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     sat_rows = slice(L, None)
     std_logits = None
     with _autocast(cfg.dtype):
-        if cfg.mode == "frozen":
-            # Standard tokens see nothing trainable: their K/V once, without grad.
+        if cfg.mode in ("frozen", "gated"):
+            # Standard tokens see nothing trainable (gated: no SAT id among them, so no delta): their
+            # K/V once, without grad; only the SAT rows are back-propagated.
             need_std = with_agree or cfg.target == "soft"
             with torch.no_grad():
                 std_out = model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
@@ -227,7 +243,7 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     sat_loss = (w * per_token).sum() / w.sum()
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
-    if cfg.mode != "frozen":
+    if cfg.mode not in ("frozen", "gated"):  # their standard logits are the base model's: nothing to learn
         std_loss = F.cross_entropy(std_logits.float().flatten(0, 1), batch.labels[:, :L].flatten(),
                                    ignore_index=IGNORE_INDEX)
         loss = loss + std_loss
@@ -312,14 +328,31 @@ def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_di
         problems.append(f"SAT ids {list(theirs.sat_token_ids)} vs {list(sdsat.sat_token_ids)}")
     if theirs.train_mode != cfg.mode:
         problems.append(f"mode {theirs.train_mode} vs {cfg.mode}")
-    if cfg.mode == "lora" and peft_cfg.get("r") != cfg.lora_r:
+    if cfg.mode in ("lora", "gated") and peft_cfg.get("r") != cfg.lora_r:
         problems.append(f"LoRA rank {peft_cfg.get('r')} vs {cfg.lora_r}")
     if problems:
         raise ValueError(f"cannot warm-start from {adapter_dir}: " + "; ".join(problems))
+    if cfg.mode == "gated":
+        _load_gated_adapter_weights(model, load_file(weights))
+        return
     result = set_peft_model_state_dict(model, load_file(weights))
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise ValueError(f"{adapter_dir} holds weights this model does not have: {unexpected[:3]}")
+
+
+@torch.no_grad()
+def _load_gated_adapter_weights(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Warm start of a gated run: the LoRA matrices into the gated layers, the SAT rows into peft's
+    TrainableTokens delta (the same keys a `lora` adapter has)."""
+    from .gated import load_gated_lora_state, sat_rows_key
+
+    load_gated_lora_state(model, tensors)
+    (delta,) = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]  # tied: one param
+    rows = tensors[sat_rows_key(model.get_base_model())]
+    if rows.shape != delta.shape:
+        raise ValueError(f"the adapter's SAT rows have shape {tuple(rows.shape)}, this model {tuple(delta.shape)}")
+    delta.copy_(rows)
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -398,6 +431,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     if model is None:
         model, tokenizer, base_id, base_sha, serve_dtype = load_base(cfg.model)
     serve_dtype = serve_dtype or model.dtype
+    base_tensors = None
+    if cfg.mode == "gated":  # recorded in the adapter, checked wherever a served directory is built
+        from .gated import base_tensor_digests
+
+        base_tensors = base_tensor_digests(model, serve_dtype)
     sdsat = add_sat_tokens(model, tokenizer, cfg.num_sat, cfg.distinct_sats, cfg.mode, base_id, base_sha)
     model, groups = make_trainable(model, sdsat, cfg)
     model.train()
@@ -452,5 +490,5 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     if cfg.export:
         from .export import export_run
 
-        export_run(model, tokenizer, sdsat, cfg, out, serve_dtype)
+        export_run(model, tokenizer, sdsat, cfg, out, serve_dtype, base_tensors=base_tensors)
     return out

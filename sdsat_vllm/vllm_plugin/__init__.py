@@ -7,11 +7,14 @@ the model-inspection subprocess). After it ran, serving an SDSAT model needs one
     vllm serve ./sdsat-model --speculative-model sdsat [--num-speculative-tokens 5]   # same
     vllm serve ./sdsat-model --speculative-config '{"model": "sdsat", "num_speculative_tokens": 5}'
     LLM(model="./sdsat-model", speculative_config={"model": "sdsat", "num_speculative_tokens": 5})
+    LLM(..., speculative_config={"model": "sdsat", "num_speculative_tokens": 5, "sdsat_policy": "adaptive"})
 
 The SAT ids come from the model's config.json `sdsat` block. `num_speculative_tokens` is the
 number of real drafts n per step (1..K, K = the number of SATs the model was trained with; it
 defaults to K when left out). Internally each verify forward carries the n drafts followed by n
-SATs (the `fused` mode; docs/design.md, section 4 describes the integration).
+SATs (the `fused` mode; docs/design.md, section 4 describes the integration); with
+`sdsat_policy="adaptive"` the drafts and the tail are chosen per request and step instead
+(`policy.py`, docs/design.md, section 4.5).
 
 Importing this package is cheap (no torch, no vLLM): everything heavy is imported inside
 :func:`register` and inside the proposer, which only vLLM's workers build.

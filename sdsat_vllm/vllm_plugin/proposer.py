@@ -39,14 +39,36 @@ class DraftPlan:
     gather: list[int]
     rows_for: dict[int, tuple[int, int]]
 
-    def fill(self, argmaxes: Sequence[int], tail: Sequence[int]) -> list[list[int]]:
+    def fill(self, argmaxes: Sequence[int], tail: Sequence[int],
+             counts: Sequence[tuple[int, int] | None] | None = None,
+             chains: dict[int, Sequence[int]] | None = None) -> list[list[int]]:
+        """The draft lists. Without `counts`: every fresh draft of a row, then the whole `tail`.
+        counts[row] = (m, t): the row's first m fresh drafts (m <= its fresh count) and the first t
+        SAT ids of `tail`, the same t whether or not the row has fresh drafts (None: as without
+        `counts`). chains[row]: draft from this chain instead (a lookup candidate; needs counts).
+        A row that sampled nothing gets [] either way."""
         out: list[list[int]] = []
         for row, d in enumerate(self.drafts):
-            if d is None:
+            c = counts[row] if counts is not None else None
+            if d is not None and not d:
+                pass
+            elif c is not None and chains is not None and row in chains:
+                d = [int(x) for x in list(chains[row])[: c[0]]] + list(tail[:c[1]])
+            elif d is None:
                 off, cnt = self.rows_for[row]
-                d = [int(t) for t in argmaxes[off:off + cnt]] + list(tail)
+                if c is not None:
+                    cnt, t = min(cnt, c[0]), c[1]
+                    d = [int(x) for x in argmaxes[off:off + cnt]] + list(tail[:t])
+                else:
+                    d = [int(x) for x in argmaxes[off:off + cnt]] + list(tail)
+            elif c is not None:
+                d = list(tail[:c[1]])
             out.append(d)
         return out
+
+    def fresh(self, row: int) -> tuple[int, int]:
+        """(offset into gather, count) of the row's fresh SAT rows; count 0 when it has none."""
+        return self.rows_for.get(row, (0, 0))
 
 
 def count_trailing_sats(tokens: Sequence[int], sat_set: frozenset[int] | set[int]) -> int:
@@ -70,7 +92,10 @@ def plan_drafts(
 
     sampled_token_ids[row]: the tokens vLLM committed for the row this step (accepted drafts +
     the bonus/recovered token; empty when the row sampled nothing, e.g. a partial prefill).
-    verified_drafts[row]: the draft list that was verified in this step (input_batch.spec_token_ids).
+    verified_drafts[row]: the draft list that was verified in this step (input_batch.spec_token_ids):
+    any m real drafts followed by any t SATs (the adaptive policy sends m <= n and t <= n per row;
+    m = t = 0 is a plain step). The row's fresh drafts are its SAT rows when every real draft was
+    accepted (at most n of them); otherwise (a rejection, or no tail) it has none and gets the tail.
     num_draft_tokens / cu_num_sampled_tokens: from vLLM's SpecDecodeMetadata (None when no row
     had drafts this step): the row's logits occupy rows [cu[row] - num_draft[row] - 1, cu[row]).
     """
@@ -105,11 +130,23 @@ def plan_drafts(
 
 
 class SDSATProposer:
-    """vLLM `custom_class` proposer. Built by vLLM in each worker as ``SDSATProposer(vllm_config)``."""
+    """vLLM `custom_class` proposer. Built by vLLM in each worker as ``SDSATProposer(vllm_config)``.
+
+    Options (``policy.DEFAULT_OPTIONS``) come from ``vllm_config.additional_config["sdsat"]``: vLLM's
+    SpeculativeConfig refuses keys it does not know, so the ``sdsat_<name>`` keys users put in
+    ``speculative_config`` are moved there by the ``speculative_config_sdsat_options`` patch
+    (``additional_config`` is vLLM's own carrier of backend options, hashed into the config and
+    shipped to every worker). ``policy="fixed"`` (default): n drafts + an n-SAT tail, always.
+    ``policy="adaptive"``: per request and step, m <= n drafts and a tail t <= n chosen by
+    :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
+    the request's own text instead (:func:`policy.suffix_candidate`), when that chain is expected
+    to be accepted further. Both policies honour vLLM's per-batch-size count
+    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail.
+    """
 
     def __init__(self, vllm_config: Any):
         from ..config import SDSATConfig
-        from . import patches
+        from . import patches, policy
 
         # the plugin normally did this already; doing it here too makes the dotted-path form
         # work even when VLLM_PLUGINS filtered the entry point out of this process
@@ -132,11 +169,40 @@ class SDSATProposer:
         bad = [i for i in self.sat_ids if i >= vocab]
         if bad:
             raise ValueError(f"sdsat.sat_token_ids {bad} are outside the model's vocabulary (size {vocab})")
+        extra = getattr(vllm_config, "additional_config", None)
+        raw = extra.get(policy.ADDITIONAL_CONFIG_KEY) if isinstance(extra, dict) else None
+        self.options = policy.validate_options(raw)
+        self.adaptive = self.options["policy"] == "adaptive"
+        self.lookup = bool(self.options["lookup"])
+        # vLLM's dynamic speculative decoding: the scheduler's per-batch-size count caps drafts and tail
+        self.dynamic_schedule = getattr(spec, "num_speculative_tokens_per_batch_size", None) is not None
         self.model = None
         self._last_hidden = None
         self._last_argmax = None
-        logger.info("SDSAT proposer: n=%d real drafts + %d SAT tail per verify forward (K=%d, SAT ids %s)",
-                    self.n, len(self.tail), self.K, sorted(set(self.sat_ids)))
+        self._last_q = None
+        self._last_lse = None
+        self._last_logits = None
+        self.drafter = None
+        if self.adaptive:
+            try:
+                from vllm.platforms import current_platform
+
+                device = str(current_platform.device_type)
+            except Exception:  # pragma: no cover
+                device = "cpu"
+            cost = self.options["cost"]
+            if cost in ("online", "default"):
+                model = policy.device_default(device)
+            else:
+                model = policy.CostModel.from_option(cost)
+            self.drafter = policy.AdaptiveDrafter(self.n, self.K, model, online=cost == "online",
+                                                  probe_budget=self.options["probe_budget"],
+                                                  min_gain=self.options["min_gain"])
+            self._last_step_start: float | None = None
+        logger.info("SDSAT proposer: %s, n=%d real drafts + %d SAT tail per verify forward (K=%d, SAT ids %s)%s",
+                    "adaptive policy (m <= n drafts, tail <= n)" if self.adaptive else "fixed policy",
+                    self.n, len(self.tail), self.K, sorted(set(self.sat_ids)),
+                    "; per-batch-size cap from num_speculative_tokens_per_batch_size" if self.dynamic_schedule else "")
 
     # vLLM: CPU runner calls this unconditionally, the GPU runner when present
     def load_model(self, target_model: Any) -> None:
@@ -150,7 +216,17 @@ class SDSATProposer:
         # pass's (execute_model); the argmax is taken now, before the sampler changes the logits
         # in place. The hidden-states identity tells later whether this is that call.
         self._last_hidden = hidden_states
-        self._last_argmax = logits.argmax(dim=-1)
+        if self.adaptive:
+            # the SAT rows' max probability (temperature 1, SAT ids excluded): one logsumexp per row
+            import torch
+
+            top, self._last_argmax = logits.max(dim=-1)
+            self._last_lse = torch.logsumexp(logits, dim=-1)
+            self._last_q = torch.exp(top - self._last_lse)
+            if self.lookup:  # lookup candidates are scored by the SAT rows' probability of their tokens
+                self._last_logits = logits.clone()
+        else:
+            self._last_argmax = logits.argmax(dim=-1)
 
     # vLLM's custom_class interface; used only if the runner hook is missing
     def propose(self, sampled_token_ids, num_tokens_no_spec=None, token_ids_cpu=None, slot_mappings=None, **_):
@@ -158,34 +234,107 @@ class SDSATProposer:
 
     # called by the runner_propose_context patch
     def sdsat_propose_with_context(self, input_batch: Any, sampled_token_ids: list[list[int]],
-                                   sample_hidden_states: Any, spec_decode_metadata: Any) -> list[list[int]]:
+                                   sample_hidden_states: Any, spec_decode_metadata: Any,
+                                   scheduler_output: Any = None) -> list[list[int]]:
+        import time
+
+        step_start = time.perf_counter()
         if self.model is None:
             raise RuntimeError(
                 "SDSATProposer.load_model(target_model) was never called by vLLM's model runner, so SAT "
                 "logits are not masked: this vLLM version changed how drafters are loaded (see "
                 "sdsat_vllm/vllm_plugin/patches.py, patch 'sat_logit_mask')"
             )
+        # vLLM's dynamic speculative decoding (num_speculative_tokens_per_batch_size): its count for
+        # this batch size caps drafts and tail (0: plain decoding at this batch size)
+        cap = self.n
+        if self.dynamic_schedule and scheduler_output is not None:
+            cap = max(0, min(self.n, int(getattr(scheduler_output, "num_spec_tokens_to_schedule", self.n))))
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
         else:
             num_draft = cu = None
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
+        top, q, logprobs = self._gathered(plan, sample_hidden_states)
+        self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
+        if self.adaptive:
+            out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap)
+            if scheduler_output is not None:
+                if self._last_step_start is not None:
+                    self.drafter.observe_step(getattr(scheduler_output, "total_num_scheduled_tokens", 0),
+                                              step_start - self._last_step_start)
+                self._last_step_start = step_start
+            return out
+        if cap < self.n:
+            return plan.fill(top, self.tail, [(cap, cap)] * len(plan.drafts))
+        return plan.fill(top, self.tail)
+
+    def _gathered(self, plan: DraftPlan, sample_hidden_states: Any) -> tuple[list[int], list[float], Any]:
+        """Argmaxes of the plan's gather rows; adaptive: their max probabilities; lookup: their
+        log-probabilities (a [len(gather), vocab] tensor) to score lookup candidates with."""
         if not plan.gather:
-            return plan.fill([], self.tail)
+            return [], [], None
         import torch
 
+        logprobs = None
         if self._last_hidden is sample_hidden_states and self._last_argmax is not None:
             idx = torch.tensor(plan.gather, dtype=torch.long, device=self._last_argmax.device)
             top = self._last_argmax.index_select(0, idx).tolist()
+            q = self._last_q.index_select(0, idx).tolist() if self._last_q is not None else []
+            if self._last_logits is not None:
+                logprobs = (self._last_logits.index_select(0, idx).float()
+                            - self._last_lse.index_select(0, idx).float().unsqueeze(-1))
         else:  # e.g. prompt-logprob calls came in between; same decision on every TP rank
             logger.debug("SDSAT proposer: the last compute_logits call was not the verify pass's; "
                          "recomputing the logits of %d SAT rows", len(plan.gather))
             idx = torch.tensor(plan.gather, dtype=torch.long, device=sample_hidden_states.device)
             logits = self.model.compute_logits(sample_hidden_states.index_select(0, idx))
             top = logits.argmax(dim=-1).tolist()
-        self._last_hidden = self._last_argmax = None
-        return plan.fill(top, self.tail)
+            q = []
+            if self.adaptive:
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                q = lp.amax(dim=-1).exp().tolist()
+                logprobs = lp if self.lookup else None
+        return top, q, logprobs
+
+    def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,
+                  sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int) -> list[list[int]]:
+        from .policy import LOOKUP_PRIOR_Q, suffix_candidate
+
+        req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
+        self.drafter.keep_only(req_ids)
+        batch = sum(1 for s in sampled_token_ids if s)
+        sat_set = frozenset(self.sat_ids)
+        counts: list[tuple[int, int] | None] = []
+        chains: dict[int, list[int]] = {}
+        for row, acc in enumerate(sampled_token_ids):
+            if not acc:
+                counts.append(None)
+                continue
+            prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
+            consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
+            off, cnt = plan.fresh(row)
+            cand, lookup_q = [], None
+            if self.lookup and cap > 0:
+                # the committed text, this step's tokens included (the runner drafts after bookkeeping)
+                n_tok = int(input_batch.num_tokens_no_spec[row])
+                cand = suffix_candidate(input_batch.token_ids_cpu[row, :n_tok], cap, stop=sat_set)
+                if cand:
+                    lookup_q = [LOOKUP_PRIOR_Q] * len(cand)
+                    k = min(len(cand), cnt)
+                    if k and logprobs is not None:
+                        import torch
+
+                        ids = torch.tensor(cand[:k], dtype=torch.long, device=logprobs.device).unsqueeze(-1)
+                        lookup_q[:k] = logprobs[off:off + k].gather(1, ids).exp().squeeze(-1).tolist()
+            verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
+            d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,
+                                    accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q)
+            counts.append((d.drafts, d.tail))
+            if d.lookup:
+                chains[row] = cand
+        return plan.fill(top, self.tail, counts, chains)
 
 
 __all__ = ["SDSATProposer", "plan_drafts", "DraftPlan", "count_trailing_sats", "PROPOSER_PATH"]

@@ -2,7 +2,11 @@
 three committed tokens of every mode follow the exact plain-sampling distribution (enumerated with
 forwards over every prefix), by a chi-square test. Negative control: the engine with its tree
 verifier swapped for the reference's biased nucleus verifier fails the same test with the same
-number of samples. The slow variant takes 8x more samples."""
+number of samples. The slow variant takes 8x more samples. A gated model (LoRA deltas on SAT rows
+only) samples exactly as its base model without the adapter."""
+
+import copy
+import functools
 
 import pytest
 import torch
@@ -42,11 +46,33 @@ def engine_counts(gen, mode, params, num_samples, seed=0):
     return counts
 
 
-def _check(mode, params, num_samples):
-    model, tok, cfg = tiny_vocab_sdsat()
+@functools.lru_cache(maxsize=None)
+def tiny_vocab_gated(r: int = 4, seed: int = 0):
+    """(base, gated model, tokenizer, config): tiny_vocab_sdsat's model as the base, and a copy with
+    gated LoRA whose deltas are random and large, so the SAT rows are far from the base's."""
+    from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.training.gated import GatedLoRALinear, install_gated_lora
+
+    base, tok, cfg = tiny_vocab_sdsat()
+    model = copy.deepcopy(base)
+    install_gated_lora(model, cfg.sat_token_ids, r, 2 * r)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, GatedLoRALinear):
+                m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.5)
+    return base, model.eval(), tok, SDSATConfig(cfg.sat_token_ids, train_mode="gated")
+
+
+def _check(mode, params, num_samples, gated=False):
+    if gated:
+        base, model, tok, cfg = tiny_vocab_gated()
+    else:
+        model, tok, cfg = tiny_vocab_sdsat()
+        base = model
     gen = SDSATGenerator(model, tok, cfg)
     counts = engine_counts(gen, mode, params, num_samples)
-    p = chi_square_pvalue(counts, exact_joint(model, params, cfg.sat_token_ids))
+    p = chi_square_pvalue(counts, exact_joint(base, params, cfg.sat_token_ids))  # the base without any adapter
     return p, gen.total_metrics[mode]
 
 
@@ -57,15 +83,33 @@ def test_sampling_first_tokens_match_plain_sampling(mode):
     assert p > P_MIN, f"{mode}: chi-square p = {p:.2e}"
 
 
+@pytest.mark.parametrize("mode", SPECULATIVE_MODES)
+def test_gated_model_samples_as_its_base_model(mode):
+    p, metrics = _check(mode, SamplingParams(temperature=1.0), num_samples=NUM_SAMPLES, gated=True)
+    assert metrics.num_accepted_tokens > 0 and metrics.num_accepted_tokens < metrics.num_draft_tokens
+    assert p > P_MIN, f"{mode}: chi-square p = {p:.2e}"
+
+
+def test_gated_lora_changes_the_sat_rows_only():
+    """The distribution test above means something: the delta moves the SAT rows' logits, not the others."""
+    base, model, _, cfg = tiny_vocab_gated()
+    ids = torch.tensor([PROMPT + list(cfg.sat_token_ids)])
+    with torch.no_grad():
+        a, b = base(input_ids=ids).logits, model(input_ids=ids).logits
+    n = len(PROMPT)
+    assert torch.equal(a[:, :n], b[:, :n]) and (a[:, n:] - b[:, n:]).abs().max() > 0.5
+
+
 def test_sampling_with_top_k_top_p_matches_plain_sampling():
     p, _ = _check("tree", SamplingParams(temperature=0.8, top_p=0.9, top_k=4), num_samples=NUM_SAMPLES)
     assert p > P_MIN, f"chi-square p = {p:.2e}"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("mode", SPECULATIVE_MODES)
-def test_sampling_first_tokens_match_plain_sampling_many_samples(mode):
-    p, _ = _check(mode, SamplingParams(temperature=1.0), num_samples=4000)
+def test_sampling_first_tokens_match_plain_sampling_many_samples(mode, gated):
+    p, _ = _check(mode, SamplingParams(temperature=1.0), num_samples=4000, gated=gated)
     assert p > P_MIN, f"{mode}: chi-square p = {p:.2e}"
 
 

@@ -42,7 +42,7 @@ def logits_of(model_dir, ids):
         return m(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("mode", ["lora", "full", "gated"])
 def test_a_few_steps_lower_the_held_out_sat_loss(tmp_path, corpus, mode):
     # A wider init than the default 0.02: a frozen lm_head that small cannot move the logits far.
     model, tok = make_tiny_model(initializer_range=0.2)

@@ -20,11 +20,13 @@ def plain_baseline(sdsat_model_dir):
     """Greedy outputs of vLLM WITHOUT speculation on the trained model, for the identity tests.
 
     Computed once per session, then the engine is shut down. 'mixed': token ids of the 8 mixed
-    prompts run as one batch; the names of baseline_single_cases: their CompletionOutput; 'allowed_others':
+    prompts run as one batch; 'repeat': token ids for repeat_prompt(), 48 tokens; the names of
+    baseline_single_cases: their CompletionOutput; 'allowed_others':
     passage()[:60] with allowed_token_ids=ALLOWED_OTHERS.
     """
     from vllm import LLM, SamplingParams
-    from vllm_plugin_helpers import ALLOWED_OTHERS, ENGINE_KW, baseline_single_cases, mixed_prompts, passage, shutdown
+    from vllm_plugin_helpers import (ALLOWED_OTHERS, ENGINE_KW, baseline_single_cases, mixed_prompts, passage,
+                                     repeat_prompt, shutdown)
 
     from sdsat_vllm.config import SDSATConfig
 
@@ -36,6 +38,8 @@ def plain_baseline(sdsat_model_dir):
         res = llm.generate([p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m) for _, m in mp])
         out["mixed"] = [list(r.outputs[0].token_ids) for r in res]
         out["mixed_text"] = [r.outputs[0].text for r in res]
+        out["repeat"] = list(llm.generate([repeat_prompt()], SamplingParams(temperature=0, max_tokens=48))[0]
+                             .outputs[0].token_ids)
         for name, prompt, kw in baseline_single_cases(passage(), sat):
             out[name] = llm.generate([prompt], SamplingParams(temperature=0, **kw))[0].outputs[0]
         # what SDSAT answers for allowed_token_ids [SAT, *ALLOWED_OTHERS]: the SAT is never generated

@@ -29,7 +29,7 @@ def test_register_is_idempotent_and_wraps_once():
 
     def targets():
         return (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids,
-                EngineArgs.add_cli_args, InputProcessor._validate_params)
+                EngineArgs.add_cli_args, InputProcessor._validate_params, EngineArgs.create_speculative_config)
 
     before = targets()
     register()
@@ -86,6 +86,8 @@ def test_check_fails_loudly_when_vllm_changes():
         REGISTRY["cli_speculative_model_alias"].check(SimpleNamespace(EngineArgs=EngineArgs))
     with pytest.raises(PatchCheckError, match="sdsat_request_validation.*supported_tasks"):
         REGISTRY["sdsat_request_validation"].check(SimpleNamespace(InputProcessor=InputProcessor))
+    with pytest.raises(PatchCheckError, match="speculative_config_sdsat_options.*additional_config"):
+        REGISTRY["speculative_config_sdsat_options"].check(SimpleNamespace(EngineArgs=EngineArgs))
 
 
 def test_vllm_cpu_expand_kernel_bug_and_fix():
@@ -128,6 +130,23 @@ def test_engine_args_resolve_short_form(tmp_path):
     assert cfg.speculative_config.num_speculative_tokens == 2
 
 
+def test_engine_args_carry_sdsat_options(tmp_path):
+    """`sdsat_<option>` keys in speculative_config reach the workers as additional_config['sdsat']."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from sdsat_vllm.vllm_plugin import PROPOSER_PATH, register
+
+    register()
+    d = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
+    cfg = EngineArgs(model=str(d), max_model_len=256, speculative_config={
+        "model": "sdsat", "sdsat_policy": "adaptive", "sdsat_cost": 0.02}).create_engine_config()
+    assert cfg.speculative_config.model == PROPOSER_PATH
+    assert cfg.additional_config["sdsat"] == {"policy": "adaptive", "cost": 0.02}
+    with pytest.raises(Exception, match="policy must be one of"):
+        EngineArgs(model=str(d), max_model_len=256,
+                   speculative_config={"model": "sdsat", "sdsat_policy": "eager"}).create_engine_config()
+
+
 def test_engine_args_clear_errors(tmp_path):
     from vllm.engine.arg_utils import EngineArgs
 
@@ -142,3 +161,19 @@ def test_engine_args_clear_errors(tmp_path):
     with pytest.raises(Exception, match=r"num_speculative_tokens=5.*K=3"):
         EngineArgs(model=str(d), max_model_len=256,
                    speculative_config={"model": "sdsat", "num_speculative_tokens": 5}).create_engine_config()
+
+
+def test_engine_args_refuse_a_gated_model(tmp_path):
+    """vLLM would serve a gated model's base weights without its LoRA deltas (exact, but the SATs would
+    draft nonsense): refused up front until the gate exists in vLLM (issue 9, point 4)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.vllm_plugin import register
+
+    register()
+    d = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
+    gated = SDSATConfig.from_dict({**SDSATConfig.from_pretrained(d).to_dict(), "train_mode": "gated"})
+    gated.save_to(d)
+    with pytest.raises(Exception, match=r"(?s)gated SDSAT model.*vLLM serving of gated models is not built yet"):
+        EngineArgs(model=str(d), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()

@@ -113,6 +113,48 @@ def test_real_drafts_never_count_as_sats():
     assert count_trailing_sats([], {S}) == 0
 
 
+# ---------------------------------------------------------------- per-row drafts and tails (adaptive policy)
+
+
+def test_rows_with_their_own_draft_and_tail_lengths():
+    # m=2 drafts + t=1 SAT; m=1 + t=3; m=2, no tail; m=0, t=0 (a plain step); m=0, t=2 (SAT-only)
+    verified = [[1, 2, S], [4, S, S, S], [5, 6], [], [S, S]]
+    sampled = [[1, 2, 9], [4, 8], [5, 6, 7], [3], [2]]
+    nd = [len(v) for v in verified]
+    cu = rows_of(nd)                                        # [4, 9, 12, 13, 16]
+    plan = plan_drafts(sampled, verified, nd, cu, SATS, 3)
+    assert plan.gather == [3, 6, 7, 8, 14, 15]
+    assert [plan.fresh(r) for r in range(5)] == [(0, 1), (1, 3), (0, 0), (0, 0), (4, 2)]
+    top = [10, 20, 21, 22, 30, 31]
+    assert plan.fill(top, SATS) == [[10, S, S, S], [20, 21, 22, S, S, S], [S, S, S], [S, S, S], [30, 31, S, S, S]]
+    # the policy's (m, t) per row: m never exceeds the fresh drafts, t SATs whatever m
+    counts = [(1, 0), (2, 3), (0, 1), (0, 0), (5, 2)]
+    assert plan.fill(top, SATS, counts) == [[10], [20, 21, S, S, S], [S], [], [30, 31, S, S]]
+
+
+def test_fill_with_a_lookup_chain():
+    verified = [[1, 2, S, S], [S, S, S], [4]]
+    sampled = [[1, 2, 9], [8], [5]]
+    nd = [len(v) for v in verified]
+    plan = plan_drafts(sampled, verified, nd, rows_of(nd), SATS, 3)
+    top = [10, 11, 20, 21, 22]
+    # row 0 drafts 3 lookup tokens instead of its 2 fresh SAT drafts; row 2 (no fresh rows) 2 of them
+    out = plan.fill(top, SATS, [(3, 1), (2, 3), (2, 0)], {0: [70, 71, 72, 73], 2: [80, 81, 82]})
+    assert out == [[70, 71, 72, S], [20, 21, S, S, S], [80, 81]]
+
+
+def test_fill_counts_leave_rows_that_sampled_nothing_empty():
+    plan = plan_drafts([[], [12]], [[], []], None, None, SATS, 3)
+    assert plan.fill([], SATS, [None, (0, 2)]) == [[], [S, S]]
+    assert plan.fill([], SATS, [(0, 3), None]) == [[], [S, S, S]]
+
+
+def test_a_draft_rejected_without_tail():
+    nd = [2]
+    plan = plan_drafts([[1, 9]], [[1, 2]], nd, rows_of(nd), SATS, 3)
+    assert plan.gather == [] and plan.fresh(0) == (0, 0)
+
+
 # ---------------------------------------------------------------- short form
 
 

@@ -1,0 +1,553 @@
+"""SDSAT's drafting policy: how many real drafts a request sends, and how long a SAT tail, per step.
+
+Pure Python (no torch, no vLLM): the proposer feeds it numbers, the tests feed it hand-built ones.
+docs/design.md, section 4.5 has the derivation; in short:
+
+* A verify forward of a request carries ``[x, d_1..d_m, S_1..S_t]``. The m real drafts come from
+  the SAT rows of the previous forward (so m <= the tail that forward had); the t SATs draft the
+  next step's drafts. A rejected draft makes the SAT rows stale: the next forward has no drafts.
+* ``p_i`` is the estimated chance that draft i is accepted given drafts 1..i-1 were: the softmax
+  max probability of the SAT row that drafted it (its argmax is the draft), calibrated against the
+  acceptances seen so far (:class:`AcceptanceCalibration`). ``g_i = p_1 * ... * p_i`` is the
+  chance that draft i gets committed; the expected committed tokens of the step are
+  ``1 + g_1 + ... + g_m``.
+* The cost model (:class:`CostModel`) is the time of one forward of the whole batch as a function
+  of the total tokens in it, T(N). Only its shape matters (the policy is scale-free): the relative
+  cost of a token at N is T'(N) / T(N). It is measured online from the engine's own steps
+  (:class:`OnlineCost`), with a per-device default as its prior, or fixed by the user.
+* **Tail** (``t``): sized to what the next step can use. From a request's running per-position
+  acceptance ``alpha`` the policy computes the best steady-state draft count m* (each step sends
+  m* drafts with an m* tail; after a rejection a step sends none, with the tail), counting the
+  batch: B requests all doing the same make the forward ``B * nu(m)`` tokens long. The tail is
+  m*. When m* = 0 (speculation does not pay for this request at this batch size) the tail is 0 and
+  the request decodes plainly. Every k steps the tail is the full n instead (a *probe*), so that
+  alpha stays current at every position (a request in back-off gets its only SAT rows from probes);
+  k is chosen so that probing costs at most ``probe_budget`` (3%) of the forward.
+* **Drafts** (``m``): with the drafts in hand and their p, maximise
+  ``g_1 + ... + g_m - kappa * m + g_m * W``, where ``kappa`` is what one more token in this
+  forward costs, in tokens (the steady-state rate times T'(N)), and W is what the next step's
+  fresh drafts are worth (lost if any draft of this step is rejected; 0 when the tail is 0).
+* **Lookup-backed drafts** (option ``lookup``): a continuation of the request's own suffix found
+  earlier in its text (:func:`suffix_candidate`), each token scored with the fresh SAT row's
+  probability of it (or ``LOOKUP_PRIOR_Q`` where there is none) and calibrated on its own; the
+  chain with the larger expected accepted length (:func:`expected_accepted`) is drafted from.
+* **Worst case** (drafts never accepted): the calibration drives p to 0 and alpha with it, m* = 0,
+  so the request runs plain forwards plus a probe every k steps: within ``probe_budget`` of plain
+  decoding, plus the few drafts sent before the calibration learned.
+
+vLLM's dynamic speculative decoding (``num_speculative_tokens_per_batch_size``) gives one
+speculative-token count per batch size; the proposer takes it as a cap on both m and the tail
+(``cap``). It cannot size SDSAT's step by itself: vLLM counts every speculative token as a draft,
+while an SDSAT step is drafts *and* a SAT tail whose length must follow the next step's draft
+count, not this one's, and its count is per batch size, not per request or per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+#: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
+#: ``additional_config={"sdsat": {...}}``), with their defaults.
+DEFAULT_OPTIONS = {
+    "policy": "fixed",        # "fixed": n drafts + n SAT tail, always (the behaviour before issue 13); "adaptive"
+    "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
+    "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
+    "min_gain": 0.02,         # speculate only if the steady state beats plain decoding by this much
+    "lookup": False,          # lookup-backed drafts (adaptive policy only): a suffix match in the request's text
+}
+POLICIES = ("fixed", "adaptive")
+#: The key of vLLM's ``additional_config`` that carries the options to the proposer in every worker.
+ADDITIONAL_CONFIG_KEY = "sdsat"
+
+
+def validate_options(options: dict | None) -> dict:
+    """The options with defaults filled in; ValueError naming the bad key or value."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown SDSAT option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)} "
+                         f"(in speculative_config as sdsat_<name>, or additional_config={{'sdsat': {{...}}}})")
+    out = {**DEFAULT_OPTIONS, **options}
+    if out["policy"] not in POLICIES:
+        raise ValueError(f"sdsat policy must be one of {list(POLICIES)}, got {out['policy']!r}")
+    if out["cost"] not in ("online", "default"):
+        CostModel.from_option(out["cost"])  # raises with the reason
+    if not isinstance(out["lookup"], bool):
+        raise ValueError(f"sdsat lookup must be true or false, got {out['lookup']!r}")
+    if out["lookup"] and out["policy"] != "adaptive":
+        raise ValueError("sdsat lookup needs policy 'adaptive' (it chooses between the SAT and the lookup chain "
+                         "by their expected accepted length)")
+    for key in ("probe_budget", "min_gain"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"sdsat {key} must be a number in [0, 1), got {v!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# cost model
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """T(N): time of one forward of the batch as a function of the total tokens N in it.
+
+    Piecewise linear through ``knots`` ((N, T), N ascending), extended with the first and last
+    segments' slopes. The policy uses only T'(N) / T(N), so any time unit (or none) will do.
+    """
+
+    knots: tuple[tuple[float, float], ...]
+
+    def __post_init__(self):
+        if len(self.knots) < 2:
+            raise ValueError("a CostModel needs at least two knots (N, T)")
+        xs = [k[0] for k in self.knots]
+        if any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ValueError(f"CostModel knots must have ascending N: {self.knots}")
+        if any(k[1] <= 0 for k in self.knots):
+            raise ValueError(f"CostModel times must be positive: {self.knots}")
+
+    @classmethod
+    def linear(cls, per_token: float, fixed: float = 1.0) -> "CostModel":
+        """T(N) = fixed + per_token * N."""
+        if fixed <= 0 or per_token < 0:
+            raise ValueError(f"linear cost needs fixed > 0 and per_token >= 0, got {fixed}, {per_token}")
+        return cls(((0.0, float(fixed)), (1.0, float(fixed + per_token))))
+
+    @classmethod
+    def from_option(cls, value) -> "CostModel":
+        """A user's cost option: a number r (T(N) = 1 + r N) or [[N, T], ...] knots."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls.linear(float(value))
+        try:
+            knots = tuple((float(a), float(b)) for a, b in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"sdsat cost must be 'online', 'default', a number (extra time per token relative "
+                             f"to a forward's fixed time) or a list of [tokens, time] pairs; got {value!r}") from None
+        return cls(knots)
+
+    def _segment(self, n: float) -> tuple[float, float, float]:
+        k = self.knots
+        i = 0
+        while i < len(k) - 2 and n >= k[i + 1][0]:
+            i += 1
+        (x0, y0), (x1, y1) = k[i], k[i + 1]
+        return x0, y0, (y1 - y0) / (x1 - x0)
+
+    def time(self, n: float) -> float:
+        x0, y0, slope = self._segment(n)
+        return max(y0 + slope * (n - x0), 1e-12)
+
+    def marginal(self, n: float) -> float:
+        """T'(N): the time of one more token in a forward of N tokens (never negative)."""
+        return max(self._segment(n)[2], 0.0)
+
+
+#: Priors per device kind, used until the online estimate has data (or as the model with cost="default").
+#: cpu: a forward over 11 tokens took 1.7x a 1-token forward on a 2-core VM (issue 13; another VM of
+#: the same kind: 1.15x); 1.7x gives T(N) = 1 + 0.075 N. Conservative: more cost means fewer drafts.
+#: cuda (any accelerator): decode is memory-bound, extra tokens are nearly free up to a knee, then
+#: compute-bound; a rough shape (1% per 128 tokens up to 128, then doubling every 128), not measured
+#: here: the online estimate replaces its local slope after a few dozen steps.
+DEVICE_DEFAULTS: dict[str, CostModel] = {
+    "cpu": CostModel.linear(0.075),
+    "cuda": CostModel(((0.0, 1.0), (128.0, 1.01), (1024.0, 8.01))),
+}
+
+
+def device_default(device_type: str) -> CostModel:
+    return DEVICE_DEFAULTS["cpu" if device_type == "cpu" else "cuda"]
+
+
+class OnlineCost:
+    """The engine's own step times, fitted to a local linear T(N) = a + b N near the recent N.
+
+    ``add(N, seconds)``: one engine step, N = its total scheduled tokens, seconds = the time from
+    the previous step's proposal to this one's (the forward, sampling, scheduling). Gaps far
+    above the typical step (the engine idled between requests) are dropped. The slope b is the
+    least-squares slope shrunk towards the prior's local slope by its standard error (a Gaussian
+    posterior with the prior's slope as mean and as standard deviation), so a window where N
+    hardly varies, or timing noise, leaves the prior in charge.
+    """
+
+    def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8):
+        self.prior = prior
+        self.samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self.refit_every = refit_every
+        self._since_fit = 0
+        self._model = prior
+
+    def add(self, n_tokens: float, seconds: float) -> None:
+        if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
+            self.samples.append((float(n_tokens), float(seconds)))
+            self._since_fit += 1
+            if self._since_fit >= self.refit_every:
+                self._since_fit = 0
+                self._model = fit_local_linear(self.samples, self.prior)
+
+    def model(self) -> CostModel:
+        return self._model
+
+
+def fit_local_linear(samples: Iterable[tuple[float, float]], prior: CostModel, min_samples: int = 8) -> CostModel:
+    """The local linear T(N) of :class:`OnlineCost` (pure; see there)."""
+    pts = list(samples)
+    if len(pts) < min_samples:
+        return prior
+    # scale of a fixed step time under the prior's shape, to drop idle gaps and stray fast steps
+    norm = sorted(y / prior.time(x) for x, y in pts)
+    med = norm[len(norm) // 2]
+    pts = [(x, y) for x, y in pts if med / 3 <= y / prior.time(x) <= 3 * med]
+    if len(pts) < min_samples:
+        return prior
+    k = len(pts)
+    xm = sum(x for x, _ in pts) / k
+    ym = sum(y for _, y in pts) / k
+    b_prior = ym * prior.marginal(xm) / prior.time(xm)
+    sxx = sum((x - xm) ** 2 for x, _ in pts)
+    b = b_prior
+    if sxx > 0 and k > 2:
+        b_ols = sum((x - xm) * (y - ym) for x, y in pts) / sxx
+        resid = sum((y - ym - b_ols * (x - xm)) ** 2 for x, y in pts) / (k - 2)
+        se2 = max(resid / sxx, 1e-30)
+        tau2 = max(b_prior ** 2, (1e-3 * ym) ** 2)
+        b = (b_ols / se2 + b_prior / tau2) / (1 / se2 + 1 / tau2)
+    b = max(b, 0.0)
+    a = ym - b * xm
+    if a < 0.05 * ym:  # a step has a fixed part; keep the fit sane
+        a = 0.05 * ym
+        b = (ym - a) / xm
+    return CostModel.linear(b, a)
+
+
+# --------------------------------------------------------------------------------------------
+# acceptance estimates
+
+
+class AcceptanceCalibration:
+    """P(draft at position i accepted | drafts before it accepted, its SAT row's max probability q).
+
+    Counts per position and q bucket (tenths), with ``prior_weight`` pseudo-observations at q
+    itself: an unseen bucket returns q, a well-observed one the observed rate.
+    """
+
+    def __init__(self, num_positions: int, buckets: int = 10, prior_weight: float = 4.0):
+        self.buckets = buckets
+        self.prior_weight = prior_weight
+        self.offered = [[0] * buckets for _ in range(num_positions)]
+        self.accepted = [[0] * buckets for _ in range(num_positions)]
+
+    def _bucket(self, q: float) -> int:
+        return min(self.buckets - 1, max(0, int(q * self.buckets)))
+
+    def record(self, position: int, q: float, accepted: bool) -> None:
+        """position: 0-based draft position."""
+        if 0 <= position < len(self.offered):
+            b = self._bucket(q)
+            self.offered[position][b] += 1
+            self.accepted[position][b] += int(accepted)
+
+    def record_step(self, qs: Sequence[float], num_accepted: int) -> None:
+        """A verified chain with SAT probabilities qs, of which the first num_accepted were accepted:
+        positions up to the first rejection were reached, the ones after it tell nothing."""
+        for i, q in enumerate(qs[: num_accepted + 1]):
+            self.record(i, q, i < num_accepted)
+
+    def estimate(self, position: int, q: float) -> float:
+        q = min(max(float(q), 0.0), 1.0)
+        if not 0 <= position < len(self.offered):
+            return q
+        b = self._bucket(q)
+        off, acc = self.offered[position][b], self.accepted[position][b]
+        return (acc + self.prior_weight * q) / (off + self.prior_weight)
+
+    def estimates(self, qs: Sequence[float]) -> list[float]:
+        return [self.estimate(i, q) for i, q in enumerate(qs)]
+
+
+# --------------------------------------------------------------------------------------------
+# the policy
+
+
+def chain_gains(p: Sequence[float]) -> list[float]:
+    """g_i = p_1 * ... * p_i: the chance that draft i is committed."""
+    out, g = [], 1.0
+    for x in p:
+        g *= min(max(float(x), 0.0), 1.0)
+        out.append(g)
+    return out
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """A request that sends m drafts with an m-SAT tail each step (and no drafts, with the tail,
+    after a rejection), in a batch of B such requests."""
+
+    m: int
+    tokens_per_step: float      # committed tokens per forward of this request
+    tokens_in_forward: float    # its tokens per forward (1 + drafts + tail)
+    batch_tokens: float         # B * tokens_in_forward: N of the forward
+    throughput: float           # B * tokens_per_step / T(N): the batch's committed tokens per unit time
+    all_accepted: float         # A = g_m
+
+
+def steady_state(alpha: Sequence[float], m: int, cost: CostModel, batch_size: int = 1) -> SteadyState:
+    """The long-run figures of drafting m per step with an m tail (m = 0: plain decoding).
+
+    Two states: D (fresh drafts in hand: [x, d_1..d_m, S_1..S_m], E = 1 + g_1 + .. + g_m tokens,
+    back to D with probability A = g_m) and S (after a rejection: [y, S_1..S_m], 1 token, then D).
+    Stationary: pi_D = 1 / (2 - A), pi_S = (1 - A) / (2 - A).
+    """
+    b = max(int(batch_size), 1)
+    g = chain_gains(alpha[:m])
+    if m <= 0:
+        a, tok, nu = 1.0, 1.0, 1.0
+    else:
+        a = g[-1] if len(g) == m else 0.0
+        e_d = 1.0 + sum(g)
+        pi_d = 1.0 / (2.0 - a)
+        pi_s = (1.0 - a) * pi_d
+        tok = pi_d * e_d + pi_s
+        nu = pi_d * (1 + 2 * m) + pi_s * (1 + m)
+    n_tokens = b * nu
+    return SteadyState(m=m, tokens_per_step=tok, tokens_in_forward=nu, batch_tokens=n_tokens,
+                       throughput=b * tok / cost.time(n_tokens), all_accepted=a)
+
+
+def best_steady_state(alpha: Sequence[float], n: int, cost: CostModel, batch_size: int = 1,
+                      min_gain: float = 0.02) -> SteadyState:
+    """m* in 0..n with the highest steady-state throughput; m* > 0 only if it beats plain decoding
+    (m = 0) by min_gain (estimates are noisy; plain decoding is the safe side)."""
+    plain = best = steady_state(alpha, 0, cost, batch_size)
+    for m in range(1, min(n, len(alpha)) + 1):
+        s = steady_state(alpha, m, cost, batch_size)
+        if s.throughput > best.throughput:
+            best = s
+    return best if best.throughput >= plain.throughput * (1 + min_gain) else plain
+
+
+def probe_interval(extra: int, cost: CostModel, batch_size: int = 1, budget: float = 0.03,
+                   batch_tokens: float | None = None) -> int:
+    """Steps between probes: a probe lengthens a request's tail by `extra` SATs for one step. With
+    every request of the batch probing every k steps that costs B extra T'(N) / (k T(N)) of a
+    forward of N tokens (N = B, plain decoding, unless given), at most `budget`."""
+    b = max(int(batch_size), 1)
+    if extra <= 0:
+        return 1
+    n_tok = b if batch_tokens is None else batch_tokens
+    rel = b * extra * cost.marginal(n_tok) / cost.time(n_tok)
+    if budget <= 0:
+        return 1 << 30
+    return max(1, min(1 << 30, math.ceil(rel / budget)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    drafts: int        # m: real drafts to send now (a prefix of the ones in hand)
+    tail: int          # t: SAT tail after them
+    probe: bool = False
+    lookup: bool = False  # the drafts are the lookup candidate's, not the SAT argmaxes
+
+
+def choose_draft_length(
+    p: Sequence[float],
+    n: int,
+    cost: CostModel,
+    *,
+    alpha: Sequence[float] | None = None,
+    batch_size: int = 1,
+    cap: int | None = None,
+    steps_since_probe: int = 0,
+    probe_budget: float = 0.03,
+    min_gain: float = 0.02,
+) -> Decision:
+    """Drafts m (0..min(len(p), n, cap)) and tail t (0..min(n, cap)) for one request this step.
+
+    p: calibrated acceptance estimates of the drafts in hand (p[i]: draft i+1 accepted given the
+    ones before were; empty when this step has no fresh drafts). alpha: the request's running
+    per-position acceptance (length n; defaults to p padded with its last value, or zeros).
+    batch_size: decode requests in the batch. cap: vLLM's per-batch-size speculative-token count
+    (dynamic speculative decoding), a cap on both m and t; 0 turns speculation off.
+    steps_since_probe: forwards since this request last had a full tail (min(n, cap) SAT rows) read.
+    The tail is m* (see the module docstring); every k steps (:func:`probe_interval`) it is the full
+    min(n, cap) instead, so that the running acceptance of positions beyond m* stays current (a
+    request in back-off, m* = 0, gets its only SAT rows from these probes).
+    """
+    n = max(int(n), 0)
+    limit = n if cap is None else max(0, min(n, int(cap)))
+    if limit == 0:
+        return Decision(0, 0)
+    p = [min(max(float(x), 0.0), 1.0) for x in list(p)[:limit]]
+    if alpha is None:
+        alpha = (p + [p[-1]] * (n - len(p))) if p else [0.0] * n
+    alpha = [min(max(float(x), 0.0), 1.0) for x in list(alpha)[:limit]]
+    b = max(int(batch_size), 1)
+
+    ss = best_steady_state(alpha, limit, cost, b, min_gain)
+    tail = ss.m
+    probe = False
+    if tail < limit and steps_since_probe + 1 >= probe_interval(limit - tail, cost, b, probe_budget,
+                                                                 ss.batch_tokens):
+        tail, probe = limit, True
+
+    # kappa: one more token in this forward, in tokens (Dinkelbach: the batch's rate times T'(N))
+    kappa = ss.throughput * cost.marginal(ss.batch_tokens)
+    if ss.m > 0:
+        g_ss = chain_gains(alpha[: ss.m])
+        w = max(0.0, (sum(g_ss) - kappa * ss.m) / (2.0 - g_ss[-1]))
+    else:
+        w = 0.0  # back-off (a probe's rows serve the estimates, not the next step's drafts): nothing to lose
+
+    g = chain_gains(p)
+    best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
+    for m in range(1, len(g) + 1):
+        acc += g[m - 1]
+        score = acc - kappa * m + g[m - 1] * w
+        if score > best_score + 1e-12:
+            best_m, best_score = m, score
+    return Decision(best_m, tail, probe)
+
+
+# --------------------------------------------------------------------------------------------
+# lookup-backed drafts
+
+#: The q a lookup draft is calibrated under when no fresh SAT row scores it (after a rejection, or
+#: beyond the tail): its bucket then learns the engine-wide acceptance of such drafts per position.
+LOOKUP_PRIOR_Q = 0.55
+
+
+def suffix_candidate(tokens, max_len: int, min_ngram: int = 2, max_ngram: int = 8, window: int = 4096,
+                     stop: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """Prompt lookup: the tokens that followed the latest earlier occurrence of the longest suffix
+    (min_ngram..max_ngram tokens) of `tokens` (the request's committed text, prompt included; the
+    last `window` tokens searched), at most max_len of them, cut before the first id in `stop` (SAT
+    ids: a draft must never be one). [] when nothing matches."""
+    import numpy as np
+
+    if max_len <= 0:
+        return []
+    arr = np.asarray(tokens, dtype=np.int64)[-window:]
+    n_tok = len(arr)
+    if n_tok < min_ngram + 1:
+        return []
+    # earlier positions i (followed by at least one token) that hold the last token, then how far
+    # back each keeps matching the suffix (capped at max_ngram): the longest wins, the latest on ties
+    ends = np.flatnonzero(arr[:-1] == arr[-1])
+    if not len(ends):
+        return []
+    length = np.ones(len(ends), dtype=np.int64)
+    alive = np.ones(len(ends), dtype=bool)
+    for j in range(1, max_ngram):
+        idx = ends - j
+        ok = alive & (idx >= 0)
+        ok[ok] = arr[idx[ok]] == arr[n_tok - 1 - j]
+        alive = ok
+        if not alive.any():
+            break
+        length += alive
+    best = int(length.max())
+    if best < min_ngram:
+        return []
+    start = int(ends[np.flatnonzero(length == best)[-1]]) + 1
+    out = []
+    for t in arr[start: start + max_len].tolist():
+        if t in stop:
+            break
+        out.append(int(t))
+    return out
+
+
+def expected_accepted(p: Sequence[float]) -> float:
+    """E[accepted drafts] of a chain sent whole: g_1 + ... + g_len."""
+    return sum(chain_gains(p))
+
+
+# --------------------------------------------------------------------------------------------
+# per-request state around the policy (what the proposer keeps between steps)
+
+
+@dataclass
+class RequestState:
+    alpha: list[float]                  # running per-position acceptance estimate
+    since_probe: int = 1 << 20          # forwards since a full tail was read (a new request probes first)
+    sent_q: list[float] = field(default_factory=list)  # SAT max probabilities of the drafts in flight
+    sent_lookup: bool = False           # ... which came from the lookup candidate (its own calibration)
+
+
+class AdaptiveDrafter:
+    """The adaptive policy with its state: calibration, running acceptance per request, cost model.
+
+    Engine-agnostic (the proposer maps vLLM's rows onto it; the tests drive it with made-up
+    requests). Per request and step, :meth:`decide` takes what the verify pass said (how many real
+    drafts were verified, how many accepted) and the SAT max probabilities of the fresh SAT rows,
+    and returns the :class:`Decision` for the next forward.
+    """
+
+    ALPHA_STEP = 0.3          # weight of one observation in a request's running acceptance
+    ALPHA_STEP_GLOBAL = 0.05  # ... in the engine-wide one new requests start from
+
+    def __init__(self, n: int, num_sat: int, cost: CostModel, online: bool = True,
+                 probe_budget: float = DEFAULT_OPTIONS["probe_budget"], min_gain: float = DEFAULT_OPTIONS["min_gain"]):
+        self.n = n
+        self.probe_budget = probe_budget
+        self.min_gain = min_gain
+        self.online = OnlineCost(cost) if online else None
+        self.fixed_cost = cost
+        self.calibration = AcceptanceCalibration(num_sat)
+        self.lookup_calibration = AcceptanceCalibration(num_sat)
+        self.alpha_global = [0.5] * n
+        self.states: dict[str, RequestState] = {}
+
+    def cost(self) -> CostModel:
+        return self.online.model() if self.online is not None else self.fixed_cost
+
+    def observe_step(self, n_tokens: float, seconds: float) -> None:
+        if self.online is not None:
+            self.online.add(n_tokens, seconds)
+
+    def keep_only(self, live: Iterable[str]) -> None:
+        live = set(live)
+        for gone in [r for r in self.states if r not in live]:
+            del self.states[gone]
+
+    def decide(self, req_id: str, fresh_q: Sequence[float], *, verified_real: int | None = None,
+               accepted: int = 0, batch_size: int = 1, cap: int | None = None,
+               lookup_q: Sequence[float] | None = None) -> Decision:
+        """fresh_q: max probabilities of the request's fresh SAT rows (empty: none). verified_real:
+        real drafts verified this step (None: unknown, nothing learned); accepted: how many of them.
+        lookup_q: a lookup candidate's scores, one per candidate token (the fresh SAT row's
+        probability of that token where there is one, else LOOKUP_PRIOR_Q); None: no candidate.
+        The chain with the larger expected accepted length is drafted from (Decision.lookup)."""
+        st = self.states.get(req_id)
+        if st is None:
+            st = self.states[req_id] = RequestState(alpha=list(self.alpha_global))
+        if st.sent_q and verified_real and verified_real <= len(st.sent_q):
+            cal = self.lookup_calibration if st.sent_lookup else self.calibration
+            cal.record_step(st.sent_q[:verified_real], min(max(accepted, 0), verified_real))
+        st.sent_q, st.sent_lookup = [], False
+        p = self.calibration.estimates(fresh_q)
+        for j, pj in enumerate(p[: self.n]):
+            st.alpha[j] += self.ALPHA_STEP * (pj - st.alpha[j])
+            self.alpha_global[j] += self.ALPHA_STEP_GLOBAL * (pj - self.alpha_global[j])
+        limit = self.n if cap is None else max(0, min(self.n, cap))
+        st.since_probe = 0 if fresh_q and len(fresh_q) >= limit else st.since_probe + 1
+        qs, use_lookup = fresh_q, False
+        if lookup_q:
+            p_lookup = self.lookup_calibration.estimates(lookup_q)
+            if expected_accepted(p_lookup[:limit]) > expected_accepted(p[:limit]):
+                qs, p, use_lookup = lookup_q, p_lookup, True
+        d = choose_draft_length(p, self.n, self.cost(), alpha=st.alpha, batch_size=batch_size, cap=cap,
+                                steps_since_probe=st.since_probe, probe_budget=self.probe_budget,
+                                min_gain=self.min_gain)
+        st.sent_q = [float(x) for x in qs[: d.drafts]]
+        st.sent_lookup = use_lookup and d.drafts > 0
+        return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
+
+__all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear",
+           "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
+           "probe_interval", "Decision", "choose_draft_length", "DEFAULT_OPTIONS", "POLICIES",
+           "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
+           "LOOKUP_PRIOR_Q", "suffix_candidate", "expected_accepted"]

@@ -1,0 +1,312 @@
+"""The `gated` train mode: LoRA deltas on SAT rows only, so standard tokens see exactly the base weights.
+
+Training: standard-token logits bit-identical to the base model's (tiny random models, tied and untied;
+the real SmolLM2 in the slow test) before and after training steps, SAT rows changed, the held-out SAT
+loss lowered (test_trainer's learning test), resume. Export: an adapter in the `lora` layout and a
+served directory whose base tensors are the base's unchanged (sha256 recorded and checked), never a
+merged model; apply-adapter and `sdsat fetch` rebuild it bit for bit; the loaded model gives the
+trained SAT logits."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdsat_vllm.config import SDSATConfig
+from sdsat_vllm.training.data import DataConfig
+from sdsat_vllm.training.export import apply_adapter, export_run
+from sdsat_vllm.training.gated import (
+    GATED_ADAPTER_DIR,
+    GatedLoRALinear,
+    base_tensor_digests,
+    check_base_tensors,
+    gate_of,
+    load_gated_dir,
+    load_gated_model,
+)
+from sdsat_vllm.training.layout import build_sat_batch, sample_insertion_points
+from sdsat_vllm.training.sat_setup import add_sat_tokens
+from sdsat_vllm.training.trainer import TrainConfig, make_trainable, sat_forward_loss, train
+from tiny_models import make_tiny_model, save_model_dir, tiny_training_passage
+
+K = 3
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    passage = tiny_training_passage()
+    (tmp_path / "a.txt").write_text((passage + "\n") * 10)
+    (tmp_path / "b.txt").write_text(passage)
+    return (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+
+
+def gated_cfg(out, corpus=None, **kw):
+    base = dict(model="tiny", output_dir=str(out), mode="gated", num_sat=K, blocks_per_seq=6, batch_size=4, steps=4,
+                dtype="fp32", lr=2e-2, sat_lr=2e-2, warmup_steps=1, eval_every=1000, eval_batches=1, log_every=1,
+                save_every=1000, lora_r=4, lora_alpha=8)
+    if corpus:
+        base["data"] = DataConfig(sources=corpus[:1], heldout_sources=corpus[1:], seq_len=48)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def sat_layout(sdsat, seed=0, batch=2, length=40, blocks=4):
+    ids = torch.randint(2, 380, (batch, length), generator=torch.Generator().manual_seed(seed))
+    pts = sample_insertion_points(batch, length, blocks, sdsat.num_sat, torch.Generator().manual_seed(seed + 1))
+    return ids, build_sat_batch(ids, pts, sdsat.sat_token_ids)
+
+
+def layout_logits(model, b):
+    with torch.no_grad():
+        return model(input_ids=b.input_ids, position_ids=b.position_ids,
+                     attention_mask=b.additive_mask(torch.float32)).logits
+
+
+def train_steps(model, sdsat, cfg, groups, steps, seed=0):
+    opt = torch.optim.AdamW(groups)
+    for s in range(steps):
+        _, b = sat_layout(sdsat, seed=100 + seed + s, batch=4)
+        loss, _ = sat_forward_loss(model, b, cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_standard_logits_are_the_base_models_bit_for_bit(tmp_path, tied):
+    base, _ = make_tiny_model(tie_word_embeddings=tied, initializer_range=0.2)  # no SATs at all
+    untrained, utok = make_tiny_model(tie_word_embeddings=tied, initializer_range=0.2)
+    add_sat_tokens(untrained, utok, K)  # the SAT rows as they start, no LoRA
+    model, tok = make_tiny_model(tie_word_embeddings=tied, initializer_range=0.2)
+    sdsat = add_sat_tokens(model, tok, K, train_mode="gated")
+    cfg = gated_cfg(tmp_path)
+    model, groups = make_trainable(model, sdsat, cfg)
+    V = base.config.vocab_size  # the base vocabulary; the SAT column is masked wherever SDSAT decodes
+    ids, b = sat_layout(sdsat)
+    L = b.num_standard
+    with torch.no_grad():
+        want = base(input_ids=ids).logits
+    want_layout = layout_logits(untrained, b)
+    for trained_steps in (0, 6):
+        train_steps(model, sdsat, cfg, groups, trained_steps)
+        with torch.no_grad():
+            got = model(input_ids=ids).logits  # the standard pass alone, as training computes it
+        assert torch.equal(got[..., :V], want), f"after {trained_steps} steps"
+        got_layout = layout_logits(model, b)  # standard and SAT rows in one forward
+        assert torch.equal(got_layout[:, :L, :V], want_layout[:, :L, :V]), f"after {trained_steps} steps"
+    # and the SAT rows did train: their logits moved away from the untrained SATs'
+    assert (got_layout[:, L:, :V] - want_layout[:, L:, :V]).abs().max() > 0.1
+    lora_b = [m.lora_B.weight for m in model.modules() if isinstance(m, GatedLoRALinear)]
+    assert len(lora_b) == 14 and all(w.abs().max() > 0 for w in lora_b)  # 7 linear layers x 2
+
+
+def test_a_gated_layer_returns_the_base_output_on_standard_rows_even_when_the_delta_is_not_finite():
+    model, tok = make_tiny_model()
+    sdsat = add_sat_tokens(model, tok, K)
+    from sdsat_vllm.training.gated import install_gated_lora
+
+    install_gated_lora(model, sdsat.sat_token_ids, 4, 8)
+    layer = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        layer.lora_B.weight.fill_(float("inf"))
+    ids = torch.tensor([[5, 6, 7, sdsat.sat_token_ids[0], sdsat.sat_token_ids[0]]])
+    gate_of(model).set_from_input_ids(ids)
+    x = torch.randn(1, 5, 64)
+    with torch.no_grad():
+        out = layer(x)
+        assert torch.equal(out[:, :3], layer.base(x)[:, :3])  # a where, not a multiply by 0
+        assert not torch.isfinite(out[:, 3:]).any()
+    gate_of(model).set_from_input_ids(ids[:, :3])
+    assert gate_of(model).rows is None  # no SAT: no delta computed at all
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert gate_of(model).rows is None  # the mask lives for one forward of the causal LM only
+    with pytest.raises(ValueError, match="needs input_ids"):
+        model(inputs_embeds=torch.randn(1, 3, 64))
+
+
+def test_export_writes_an_adapter_and_the_unchanged_base_never_a_merged_model(tmp_path, corpus):
+    """adapter/: the lora adapter's layout (same files, same keys) + sdsat.json saying gated, with the
+    base tensors' sha256. model/: the base's tensors bit for bit + the SAT rows + the adapter beside;
+    apply-adapter rebuilds it bit for bit; a changed base tensor is refused."""
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    train(gated_cfg(tmp_path / "run", corpus, model=str(base_dir)), model=model, tokenizer=tok)
+    run = tmp_path / "run"
+    adapter, served = run / "adapter", run / "model"
+    meta = json.loads((adapter / "sdsat.json").read_text())
+    assert meta["sdsat"]["train_mode"] == "gated" and meta["gated"]["lora_r"] == 4
+    assert SDSATConfig.from_pretrained(served).train_mode == "gated"
+
+    m2, t2 = make_tiny_model()
+    train(gated_cfg(tmp_path / "lora", corpus, mode="lora", steps=1, model=str(base_dir)), model=m2, tokenizer=t2)
+    lora = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    gated = load_file(adapter / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in gated.items()} == {k: v.shape for k, v in lora.items()}
+    lora_cfg = json.loads((tmp_path / "lora" / "adapter" / "adapter_config.json").read_text())
+    gated_cfg_json = json.loads((adapter / "adapter_config.json").read_text())
+    for key in ("peft_type", "r", "lora_alpha", "trainable_token_indices", "base_model_name_or_path"):
+        assert gated_cfg_json[key] == lora_cfg[key], key
+    assert sorted(gated_cfg_json["target_modules"]) == sorted(lora_cfg["target_modules"])
+
+    base_w, served_w = load_file(base_dir / "model.safetensors"), load_file(served / "model.safetensors")
+    assert base_w.keys() == served_w.keys()
+    for k, t in base_w.items():  # nothing merged: the base's tensors, the SAT rows appended to the vocabulary
+        assert torch.equal(served_w[k][: t.shape[0]], t), k
+    sat = sorted(SDSATConfig.from_pretrained(served).sat_id_set)
+    emb = served_w["model.embed_tokens.weight"]
+    assert torch.equal(emb[sat], gated["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"])
+    assert (served / GATED_ADAPTER_DIR / "adapter_model.safetensors").read_bytes() == \
+        (adapter / "adapter_model.safetensors").read_bytes()
+    check_base_tensors(served)
+
+    rebuilt = apply_adapter(str(base_dir), adapter, tmp_path / "rebuilt")
+    again = load_file(rebuilt / "model.safetensors")
+    assert again.keys() == served_w.keys() and all(torch.equal(again[k], served_w[k]) for k in again)
+    assert SDSATConfig.from_pretrained(rebuilt) == SDSATConfig.from_pretrained(served)
+
+    tampered, ttok = make_tiny_model()
+    with torch.no_grad():
+        tampered.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    tampered_dir = save_model_dir(tampered, ttok, tmp_path / "tampered")
+    with pytest.raises(ValueError, match=r"not the ones the gated adapter was trained on.*down_proj"):
+        apply_adapter(str(tampered_dir), adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    served_w["model.layers.0.self_attn.q_proj.weight"][0, 0] += 1.0
+    from safetensors.torch import save_file
+
+    save_file(served_w, served / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="q_proj.weight differs"):
+        check_base_tensors(served)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_loaded_adapter_gives_the_trained_models_logits(tmp_path, tied):
+    """load_gated_model(base, adapter) and the served directory compute what the trained model computed."""
+    model, tok = make_tiny_model(tie_word_embeddings=tied, initializer_range=0.2)
+    digests = base_tensor_digests(model, torch.float32)
+    sdsat = add_sat_tokens(model, tok, K, train_mode="gated")
+    cfg = gated_cfg(tmp_path / "run")
+    model, groups = make_trainable(model, sdsat, cfg)
+    train_steps(model, sdsat, cfg, groups, 5)
+    _, b = sat_layout(sdsat, seed=7)
+    trained = layout_logits(model, b)
+    export_run(model, tok, sdsat, cfg, tmp_path / "run", torch.float32, base_tensors=digests)
+
+    base, btok = make_tiny_model(tie_word_embeddings=tied, initializer_range=0.2)
+    loaded, _, loaded_sdsat = load_gated_model(base, tmp_path / "run" / "adapter", tokenizer=btok)
+    assert loaded_sdsat == sdsat and gate_of(loaded) is not None
+    assert torch.equal(layout_logits(loaded, b), trained)
+    served = load_gated_dir(tmp_path / "run" / "model", dtype=torch.float32).eval()
+    assert torch.equal(layout_logits(served, b), trained)
+
+
+def test_resume_continues_the_same_gated_run(tmp_path, corpus):
+    m, t = make_tiny_model()
+    train(gated_cfg(tmp_path / "straight", corpus, steps=4, export=False), model=m, tokenizer=t)
+    m, t = make_tiny_model()
+    train(gated_cfg(tmp_path / "interrupted", corpus, steps=4, export=False, max_minutes=0.0), model=m, tokenizer=t)
+    m, t = make_tiny_model()
+    train(gated_cfg(tmp_path / "interrupted", corpus, steps=4, export=False), model=m, tokenizer=t)
+    a = load_file(tmp_path / "straight" / "checkpoint" / "trainable.safetensors")
+    b = load_file(tmp_path / "interrupted" / "checkpoint" / "trainable.safetensors")
+    assert any(".lora_A." in k for k in a) and any("trainable_tokens" in k for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warm_start_a_gated_run_from_a_gated_adapter(tmp_path, corpus):
+    model, tok = make_tiny_model()
+    first = train(gated_cfg(tmp_path / "a", corpus, steps=3, eval_every=3), model=model, tokenizer=tok)
+    last = [json.loads(line) for line in open(first / "log.jsonl")][-1]["eval"]
+    model, tok = make_tiny_model()
+    warm = gated_cfg(tmp_path / "b", corpus, steps=1, lr=0.0, sat_lr=0.0, eval_every=1, export=False,
+                     init_adapter=str(first / "adapter"))
+    train(warm, model=model, tokenizer=tok)
+    got = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")][-1]["eval"]
+    assert got["sat_loss"] == pytest.approx(last["sat_loss"], abs=1e-5)
+
+
+def test_sdsat_fetch_builds_a_gated_model_from_base_and_adapter(tmp_path, corpus, monkeypatch):
+    """A shipped gated adapter resolves (`sdsat fetch NAME`) to a directory whose standard weights are
+    the base model's, checked by sha256, that the engine loads with its gate."""
+    from sdsat_vllm import adapters
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    train(gated_cfg(tmp_path / "run", corpus, model=str(base_dir), steps=2), model=model, tokenizer=tok)
+    spec = adapters.ShippedAdapter("tiny-gated-sdsat", str(base_dir), str(tmp_path / "run" / "adapter"))
+    monkeypatch.setitem(adapters.SHIPPED, spec.name, spec)
+    built = adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache")
+    assert built.parent == tmp_path / "cache" and built.name.startswith("tiny-gated-sdsat-")
+    assert SDSATConfig.from_pretrained(built).train_mode == "gated"
+    check_base_tensors(built)
+    a, b = load_file(built / "model.safetensors"), load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache") == built  # cached
+
+
+@pytest.mark.slow
+def test_real_smollm2_standard_logits_bit_identical_in_gated_mode(tmp_path):
+    """The real default model (SmolLM2-135M, tied embeddings), fp32: the gated training model's
+    standard-token logits equal the base model's bit for bit before and after training steps; the
+    export (bf16, as stored) keeps every base tensor, and the engine decodes as the base model."""
+    from sdsat_vllm.decoding.generator import SDSATGenerator
+    from sdsat_vllm.models import resolve_model
+    from sdsat_vllm.training.trainer import load_base
+
+    base, tok, _, _, stored = load_base("smollm2-135m")
+    model, tok2, *_ = load_base("smollm2-135m")
+    assert stored == torch.bfloat16
+    V = base.config.vocab_size
+    ids = torch.tensor([tok(tiny_training_passage()).input_ids[:96]])
+    with torch.no_grad():
+        want = base(input_ids=ids).logits
+    digests = base_tensor_digests(model, stored)
+    sdsat = add_sat_tokens(model, tok2, 5, train_mode="gated")
+    cfg = gated_cfg(tmp_path, model="smollm2-135m", num_sat=5, lora_r=16, lora_alpha=32, lr=1e-3, sat_lr=1e-3)
+    model, groups = make_trainable(model, sdsat, cfg)
+    opt = torch.optim.AdamW(groups)
+    for step in range(4):
+        with torch.no_grad():
+            got = model(input_ids=ids).logits
+        assert got.shape[-1] == V + 1 and torch.equal(got[..., :V], want), f"after {step} steps"
+        if step == 3:
+            break
+        pts = sample_insertion_points(1, 96, 8, 5, torch.Generator().manual_seed(step))
+        loss, _ = sat_forward_loss(model, build_sat_batch(ids, pts, sdsat.sat_token_ids), cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    lora_b = [m.lora_B.weight for m in model.modules() if isinstance(m, GatedLoRALinear)]
+    assert len(lora_b) == 30 * 7 and all(w.abs().max() > 0 for w in lora_b)
+
+    export_run(model, tok2, sdsat, cfg, tmp_path, stored, base_tensors=digests)  # checks the base tensors
+    base_w = load_file(resolve_model("smollm2-135m") / "model.safetensors")
+    served_w = load_file(tmp_path / "model" / "model.safetensors")
+    assert base_w.keys() == served_w.keys()
+    assert all(torch.equal(served_w[k][: t.shape[0]], t) for k, t in base_w.items())
+    gen = SDSATGenerator.from_pretrained(str(tmp_path / "model"))
+    plain = SDSATGenerator(base, tok)
+    prompt = "def fibonacci(n):\n"
+    ref = plain.generate(prompt, mode="ar", max_new_tokens=16, ignore_eos=True)
+    for mode in ("fused", "tree"):
+        assert gen.generate(prompt, mode=mode, max_new_tokens=16, ignore_eos=True).token_ids == ref.token_ids
+
+
+def test_sdsat_train_gated_and_generate_from_the_command_line(tmp_path, corpus, capsys):
+    """`sdsat train --mode gated` (bf16 autocast, the default dtype) then `sdsat generate RUN/model`."""
+    from sdsat_vllm.cli import main
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    rc = main(["train", "--model", str(base_dir), "--output-dir", str(tmp_path / "run"), "--mode", "gated",
+               "--num-sat", "2", "--steps", "2", "--batch-size", "2", "--blocks-per-seq", "3", "--seq-len", "40",
+               "--lora-r", "4", "--sources", corpus[0], "--heldout-sources", corpus[1]])
+    assert rc == 0
+    assert TrainConfig.from_dict(json.loads((tmp_path / "run" / "train_config.json").read_text())).mode == "gated"
+    capsys.readouterr()
+    rc = main(["generate", str(tmp_path / "run" / "model"), "--prompt", "def f(x):", "--mode", "tree",
+               "--max-new-tokens", "8", "--ignore-eos", "--compare-ar", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["same_as_ar"] and len(doc["token_ids"]) == 8

@@ -1,0 +1,288 @@
+"""Fast tests: the adaptive drafting policy as pure functions (hand-built probabilities and costs),
+its state machine on simulated requests, the option plumbing (no vLLM engine, no torch model)."""
+
+import random
+
+import pytest
+
+from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
+from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, LOOKUP_PRIOR_Q, AcceptanceCalibration, AdaptiveDrafter,
+                                           CostModel, Decision, best_steady_state, chain_gains, choose_draft_length,
+                                           device_default, expected_accepted, fit_local_linear, probe_interval,
+                                           steady_state, suffix_candidate, validate_options)
+
+CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
+CHEAP = CostModel.linear(0.001)    # a GPU at small N: extra tokens nearly free
+HIGH, LOW = [0.95] * 4, [0.05] * 4
+
+
+# ---------------------------------------------------------------- cost model
+
+
+def test_cost_model_linear_and_piecewise():
+    c = CostModel.linear(0.5, fixed=2.0)
+    assert c.time(0) == 2.0 and c.time(4) == 4.0 and c.marginal(10) == 0.5
+    k = CostModel(((0, 1.0), (10, 1.1), (20, 3.1)))
+    assert k.time(5) == pytest.approx(1.05) and k.marginal(5) == pytest.approx(0.01)
+    assert k.time(30) == pytest.approx(5.1) and k.marginal(100) == pytest.approx(0.2)  # last slope extends
+    assert device_default("cpu") is not device_default("cuda")
+    assert device_default("cpu").marginal(1) > device_default("cuda").marginal(1)
+
+
+def test_cost_model_refuses_nonsense():
+    with pytest.raises(ValueError):
+        CostModel(((0, 1.0),))
+    with pytest.raises(ValueError):
+        CostModel(((2, 1.0), (1, 2.0)))
+    with pytest.raises(ValueError):
+        CostModel.linear(-0.1)
+    with pytest.raises(ValueError, match="sdsat cost"):
+        CostModel.from_option("fast")
+    assert CostModel.from_option(0.2).marginal(3) == pytest.approx(0.2)
+    assert CostModel.from_option([[1, 1.0], [11, 1.7]]).time(11) == pytest.approx(1.7)
+
+
+def test_online_fit_recovers_the_slope_and_drops_idle_gaps():
+    rng = random.Random(0)
+    pts = [(n, 2.0 + 0.3 * n + rng.gauss(0, 0.02)) for n in [1, 5, 9, 13, 20] * 12]
+    pts += [(5, 500.0), (1, 900.0)]  # the engine idled between requests
+    m = fit_local_linear(pts, prior=CostModel.linear(0.01))
+    assert m.marginal(5) / m.time(0) == pytest.approx(0.15, rel=0.1)
+    # N never varies: nothing to fit a slope from, the prior's shape stays
+    flat = fit_local_linear([(6, 1.3 + rng.gauss(0, 0.01)) for _ in range(50)], prior=CPU)
+    assert flat.marginal(6) / flat.time(6) == pytest.approx(CPU.marginal(6) / CPU.time(6), rel=0.05)
+    assert fit_local_linear(pts[:3], prior=CPU) is CPU  # too few samples
+
+
+# ---------------------------------------------------------------- the policy
+
+
+def test_chain_gains():
+    assert chain_gains([0.5, 0.5, 1.0]) == [0.5, 0.25, 0.25]
+    assert chain_gains([]) == []
+
+
+def test_steady_state_by_hand():
+    # m = 1, alpha 0.5: A = .5, E_D = 1.5, pi_D = 2/3, pi_S = 1/3; tokens 4/3 per step, 8/3 tokens per forward
+    s = steady_state([0.5], 1, CostModel.linear(0.1))
+    assert s.tokens_per_step == pytest.approx(4 / 3) and s.tokens_in_forward == pytest.approx(8 / 3)
+    assert s.throughput == pytest.approx((4 / 3) / (1 + 0.1 * 8 / 3))
+    plain = steady_state([0.5], 0, CostModel.linear(0.1), batch_size=4)
+    assert plain.tokens_per_step == 1 and plain.batch_tokens == 4 and plain.throughput == pytest.approx(4 / 1.4)
+
+
+def test_drafts_more_when_likely_and_cheap():
+    d = choose_draft_length(HIGH, 4, CHEAP)
+    assert d == Decision(4, 4)
+
+
+def test_no_drafts_when_unlikely_and_costly():
+    d = choose_draft_length(LOW, 4, CPU, steps_since_probe=0)
+    assert d.drafts == 0 and d.tail == 0 and not d.probe
+
+
+def test_monotone_in_probability_and_cost():
+    ms = [choose_draft_length([p] * 4, 4, CPU, steps_since_probe=0).drafts for p in (0.05, 0.2, 0.4, 0.6, 0.8, 0.95)]
+    assert ms == sorted(ms) and ms[0] == 0 and ms[-1] == 4
+    by_cost = [choose_draft_length([0.6] * 4, 4, CostModel.linear(r), steps_since_probe=0)
+               for r in (0.001, 0.015, 0.075, 0.3, 1.0)]
+    assert [d.drafts for d in by_cost] == sorted([d.drafts for d in by_cost], reverse=True)
+    assert [d.tail for d in by_cost] == sorted([d.tail for d in by_cost], reverse=True)
+    assert by_cost[0] == Decision(4, 4) and by_cost[-1].tail == 0
+
+
+def test_never_more_than_n_drafts_in_hand_or_cap():
+    assert choose_draft_length([0.99] * 6, 4, CHEAP) == Decision(4, 4)        # n = 4
+    assert choose_draft_length([0.99] * 2, 4, CHEAP).drafts == 2              # only 2 fresh drafts
+    assert choose_draft_length([0.99] * 4, 4, CHEAP, cap=2) == Decision(2, 2)  # vLLM's per-batch-size count
+    assert choose_draft_length([0.99] * 4, 4, CHEAP, cap=0) == Decision(0, 0)  # speculation off at this size
+
+
+def test_tail_is_what_the_next_step_would_draft():
+    for alpha in ([0.9] * 4, [0.7] * 4, [0.9, 0.9, 0.2, 0.2], [0.3] * 4):
+        star = best_steady_state(alpha, 4, CPU).m
+        d = choose_draft_length([], 4, CPU, alpha=alpha, steps_since_probe=0)
+        assert d == Decision(0, star), alpha
+    assert best_steady_state([0.9, 0.9, 0.2, 0.2], 4, CPU).m == 2   # positions 3, 4 do not pay for themselves
+    assert best_steady_state([0.9] * 4, 4, CPU).m == 4
+
+
+def test_a_draft_that_risks_a_valuable_tail_is_held_back():
+    # same drafts in hand: a good request (its next drafts are worth a lot) keeps its tail fresh,
+    # a poor one (little to lose) also sends the 50% draft
+    good = choose_draft_length([0.95, 0.95, 0.5], 4, CPU, alpha=[0.9] * 4, steps_since_probe=0)
+    poor = choose_draft_length([0.95, 0.95, 0.5], 4, CPU, alpha=[0.3] * 4, steps_since_probe=0)
+    assert good.drafts == 2 and good.tail == 4
+    assert poor.drafts == 3 and poor.tail < good.tail
+
+
+def test_batch_backs_off():
+    ds = [choose_draft_length([0.8] * 4, 4, CPU, alpha=[0.8] * 4, batch_size=b, steps_since_probe=0)
+          for b in (1, 4, 16, 64)]
+    assert [d.tail for d in ds] == sorted([d.tail for d in ds], reverse=True)
+    assert ds[0].tail >= 3 and ds[-1].tail == 0
+    assert ds[-1].drafts <= 1
+    # where extra tokens are nearly free, a large batch still drafts
+    assert choose_draft_length([0.8] * 4, 4, CHEAP, alpha=[0.8] * 4, batch_size=64).tail >= 3
+
+
+def test_back_off_probes_every_k_steps_within_budget():
+    k = probe_interval(4, CPU, 1, budget=0.03)
+    assert 1 < k < 50
+    assert probe_interval(4, CPU, 64) > probe_interval(4, CPU, 1)      # more requests probing: rarer
+    assert probe_interval(4, CHEAP, 1) == 1                            # nearly free: every step
+    # cost of probing every k steps stays within the budget
+    assert 4 * CPU.marginal(1) / CPU.time(1) / k <= 0.03
+    ds = [choose_draft_length(LOW, 4, CPU, steps_since_probe=s) for s in range(2 * k)]
+    assert [d.probe for d in ds] == [False] * (k - 1) + [True] * (k + 1)
+    assert all(d.tail == (4 if d.probe else 0) and d.drafts == 0 for d in ds)
+    # the drafter's cycle: a new request probes first; once its running acceptance has left the
+    # engine-wide starting value (0.5), a probe's full tail is read the step after, and k steps later
+    # comes the next probe
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    tails = []
+    for _ in range(5 * k):
+        tails.append(dr.decide("r", [0.05] * tails[-1] if tails else []).tail)
+    on = [s for s, t in enumerate(tails) if t]
+    assert on[0] == 0 and on[-3:] == [on[-1] - 2 * k, on[-1] - k, on[-1]] and all(tails[s] == 4 for s in on[-3:])
+
+
+def test_calibration():
+    cal = AcceptanceCalibration(4)
+    assert cal.estimate(0, 0.9) == pytest.approx(0.9)          # nothing seen: the SAT's own probability
+    for _ in range(50):
+        cal.record_step([0.9, 0.9, 0.9], 0)                     # overconfident SATs: first draft rejected
+    assert cal.estimate(0, 0.92) < 0.1
+    assert cal.estimate(1, 0.9) == pytest.approx(0.9)           # position 2 was never reached
+    assert cal.estimate(0, 0.3) == pytest.approx(0.3)           # another bucket
+    cal.record_step([0.5, 0.5], 2)
+    assert cal.offered[1][5] == 1 and cal.accepted[1][5] == 1
+
+
+# ---------------------------------------------------------------- simulated requests
+
+
+def simulate(accept, q, cost, batch=1, n=4, steps=3000, fixed=False, seed=0, lookup_accept=None):
+    """A request class whose drafts are accepted with per-position probability `accept` and whose
+    SAT rows say `q`, in a batch of `batch` like it; its speed relative to plain decoding.
+    lookup_accept: a lookup candidate of n tokens is always there, accepted with these (its SAT
+    scores are q as well: the SATs cannot tell it apart)."""
+    rng = random.Random(seed)
+    drafter = AdaptiveDrafter(n, n, cost, online=False)
+    fresh, verified, accepted, time, tokens = [], None, 0, 0.0, 0
+    for _ in range(steps):
+        rates = accept
+        if fixed:
+            m, t = len(fresh), n
+        else:
+            lq = None
+            if lookup_accept is not None:
+                lq = list(q[:len(fresh)]) + [LOOKUP_PRIOR_Q] * (n - len(fresh))
+            d = drafter.decide("r", fresh, verified_real=verified, accepted=accepted, batch_size=batch, lookup_q=lq)
+            m, t = d.drafts, d.tail
+            assert m <= (n if d.lookup else len(fresh))
+            rates = lookup_accept if d.lookup else accept
+        assert m <= n and t <= n
+        time += cost.time(batch * (1 + m + t)) / batch
+        acc = 0
+        while acc < m and rng.random() < rates[acc]:
+            acc += 1
+        tokens += 1 + acc
+        verified, accepted = m, acc
+        fresh = list(q[:t]) if acc == m else []
+    return tokens / time * cost.time(batch) / batch
+
+
+@pytest.mark.parametrize("batch", [1, 4, 16, 64])
+def test_worst_case_within_10_percent_of_plain(batch):
+    # drafts never accepted, with SATs that look confident (calibration has to learn) or not
+    for q in ([0.9] * 4, [0.2] * 4):
+        assert simulate([0.0] * 4, q, CPU, batch) >= 0.95
+        assert simulate([0.0] * 4, q, CHEAP, batch) >= 0.95
+    assert simulate([0.0] * 4, [0.9] * 4, CPU, batch, fixed=True) < 0.75  # what the fixed policy does
+
+
+def test_good_drafts_pay_and_large_batches_back_off():
+    assert simulate([0.8] * 4, [0.8] * 4, CPU, 1) > 1.4
+    assert simulate([0.8] * 4, [0.8] * 4, CPU, 1) >= 0.95 * simulate([0.8] * 4, [0.8] * 4, CPU, 1, fixed=True)
+    assert simulate([0.8] * 4, [0.8] * 4, CHEAP, 16) > 2.0
+    big = simulate([0.8] * 4, [0.8] * 4, CPU, 64)
+    assert big >= 0.95 and simulate([0.8] * 4, [0.8] * 4, CPU, 64, fixed=True) < 0.5
+
+
+def test_lookup_backed_drafts_win_where_the_text_repeats():
+    # SATs that cannot predict this text, a lookup candidate that is right 90% of the time
+    sat_only = simulate([0.1] * 4, [0.3] * 4, CPU, 1)
+    combined = simulate([0.1] * 4, [0.3] * 4, CPU, 1, lookup_accept=[0.9] * 4)
+    assert sat_only >= 0.95 and combined > 1.5 * sat_only
+    # a lookup candidate that is always wrong costs little: its calibration learns
+    assert simulate([0.0] * 4, [0.2] * 4, CPU, 1, lookup_accept=[0.0] * 4) >= 0.9
+    # and good SATs keep drafting where the lookup is poor
+    assert simulate([0.8] * 4, [0.8] * 4, CPU, 1, lookup_accept=[0.1] * 4) > 1.4
+
+
+def test_the_chain_with_more_expected_accepted_tokens_is_sent():
+    dr = AdaptiveDrafter(4, 4, CHEAP, online=False)
+    d = dr.decide("r", [0.3] * 4, lookup_q=[0.9] * 4)
+    assert d.lookup and d.drafts == 4
+    d = dr.decide("s", [0.9] * 4, lookup_q=[0.3] * 4)
+    assert not d.lookup and d.drafts == 4
+    # lookup drafts are calibrated apart: rejecting them does not touch the SAT calibration
+    for _ in range(30):
+        dr.decide("r", [0.3] * 4, verified_real=4, accepted=0, lookup_q=[0.9] * 4)
+    assert dr.lookup_calibration.estimate(0, 0.9) < 0.2 and dr.calibration.estimate(0, 0.9) == pytest.approx(0.9)
+    assert not dr.decide("r", [0.5] * 4, lookup_q=[0.9] * 4).lookup
+    assert expected_accepted([0.5, 0.5]) == pytest.approx(0.75)
+
+
+def test_suffix_candidate():
+    toks = [1, 2, 3, 4, 9, 9, 1, 2, 3, 5, 7, 1, 2, 3]
+    assert suffix_candidate(toks, 3) == [5, 7, 1]                 # the latest earlier "1 2 3"
+    assert suffix_candidate(toks, 3, max_ngram=2) == [5, 7, 1]    # "2 3" last seen before 5 too
+    assert suffix_candidate([5, 6, 7, 8, 1, 2, 3, 4, 6, 7, 8], 2) == [1, 2]  # longest match "6 7 8" wins
+    assert suffix_candidate([1, 2, 3, 4, 5], 4) == []             # nothing repeats
+    assert suffix_candidate([1, 2, 900, 4, 1, 2], 4, stop={900}) == []  # never a SAT id
+    assert suffix_candidate([1, 2, 3, 900, 1, 2], 4, stop={900}) == [3]
+    assert suffix_candidate([1, 2, 3, 1, 2], 0) == []
+    assert suffix_candidate([7, 7, 7, 7], 2) == [7]                # overlapping occurrence, one token left
+
+
+def test_drafter_forgets_finished_requests_and_new_ones_probe():
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    assert dr.decide("a", []).probe
+    dr.decide("b", [])
+    dr.keep_only(["b"])
+    assert set(dr.states) == {"b"}
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_validate_options():
+    assert validate_options(None) == DEFAULT_OPTIONS and DEFAULT_OPTIONS["policy"] == "fixed"
+    assert validate_options({"policy": "adaptive", "cost": 0.02})["cost"] == 0.02
+    with pytest.raises(ValueError, match="unknown SDSAT option"):
+        validate_options({"polcy": "adaptive"})
+    with pytest.raises(ValueError, match="policy must be one of"):
+        validate_options({"policy": "greedy"})
+    with pytest.raises(ValueError, match="sdsat cost"):
+        validate_options({"cost": "cheap"})
+    with pytest.raises(ValueError, match="probe_budget"):
+        validate_options({"probe_budget": 2})
+    with pytest.raises(ValueError, match="lookup needs policy 'adaptive'"):
+        validate_options({"lookup": True})
+    assert validate_options({"policy": "adaptive", "lookup": True})["lookup"] is True
+
+
+def test_speculative_config_options_move_to_additional_config():
+    spec = {"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive", "sdsat-cost": 0.05}
+    rest, extra = split_sdsat_options(spec, {"other": 1, "sdsat": {"probe_budget": 0.01, "policy": "fixed"}})
+    assert rest == {"model": "sdsat", "num_speculative_tokens": 4}
+    assert extra == {"other": 1, "sdsat": {"probe_budget": 0.01, "policy": "adaptive", "cost": 0.05}}
+    plain = {"model": "sdsat"}
+    assert split_sdsat_options(plain, {}) == (plain, {})
+    assert split_sdsat_options(None, {}) == (None, {})
+    with pytest.raises(ValueError, match="need model='sdsat'"):
+        split_sdsat_options({"model": "ngram", "sdsat_policy": "adaptive"}, {})
+    with pytest.raises(ValueError, match="unknown SDSAT option"):
+        split_sdsat_options({"model": "sdsat", "sdsat_polcy": "adaptive"}, {})
