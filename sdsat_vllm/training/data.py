@@ -1,4 +1,5 @@
-"""Training text: the interpreter's standard library source by default, or any text/JSONL files.
+"""Training text: the interpreter's standard library source by default, or any text/JSONL files
+(JSONL may be gzipped: `.jsonl.gz`).
 
 Files are split into train and held-out by a stable hash of their path (the same split on every
 machine and every resume) unless the held-out files are named explicitly; they are tokenized with an
@@ -8,6 +9,7 @@ reads exactly the same tensor.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
@@ -60,7 +62,7 @@ def corpus_files(sources: tuple[str, ...]) -> list[Path]:
             files.append(root)
             continue
         for p in sorted(root.rglob("*")):
-            if p.suffix in TEXT_SUFFIXES and p.is_file() and "site-packages" not in p.parts:
+            if (p.suffix in TEXT_SUFFIXES or is_jsonl(p)) and p.is_file() and "site-packages" not in p.parts:
                 files.append(p)
     if not files:
         raise ValueError(f"no text files ({sorted(TEXT_SUFFIXES)}) found in {[str(r) for r in roots]}")
@@ -73,10 +75,21 @@ def is_heldout(path: Path, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def is_jsonl(path: Path) -> bool:
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
+def open_text(path: Path):
+    """Text files, gzipped or not (shipped training data is stored gzipped)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
 def read_texts(path: Path) -> list[str]:
-    if path.suffix == ".jsonl":
+    if is_jsonl(path):
         texts = []
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open_text(path) as f:
             for i, line in enumerate(f):
                 if line.strip():
                     row = json.loads(line)
@@ -85,7 +98,8 @@ def read_texts(path: Path) -> list[str]:
                         raise ValueError(f"{path}:{i + 1}: a JSONL row needs a 'text' (or 'content') string field")
                     texts.append(text)
         return texts
-    return [path.read_text(encoding="utf-8", errors="replace")]
+    with open_text(path) as f:
+        return [f.read()]
 
 
 def pack_tokens(tokenizer, files: list[Path], seq_len: int, max_tokens: int | None, desc: str) -> torch.Tensor:

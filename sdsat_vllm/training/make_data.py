@@ -38,7 +38,7 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, stdlib_root
+from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, open_text, stdlib_root
 
 CHAT_INSTRUCTION = "Complete this Python code. Answer with the code only.\n\n```python\n{prompt}```"
 PROMPT_KINDS = ("def_doc", "def_body", "class_doc")
@@ -146,7 +146,7 @@ def prompts_from_python(source: str, label: str, split_key: str, rng: random.Ran
 def prompts_from_jsonl(path: Path) -> list[Prompt]:
     """Rows {"prompt": str, optional "source"}; a malformed file is refused whole, before any work."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -169,7 +169,7 @@ def collect_prompts(cfg: MakeDataConfig) -> list[Prompt]:
     std = stdlib_root()
     prompts: list[Prompt] = []
     for path in corpus_files(cfg.sources):
-        if path.suffix == ".jsonl":
+        if is_jsonl(path):
             prompts.extend(prompts_from_jsonl(path))
         elif path.suffix == ".py":
             # the split key is the path inside its source root: the same split wherever the root lies

@@ -56,3 +56,18 @@ def test_without_heldout_files_one_file_is_held_out(tmp_path):
     train, heldout = load_datasets(DataConfig(sources=(str(tmp_path),), heldout_fraction=1e-12, seq_len=8), tok)
     assert train.shape[0] > heldout.shape[0] > 0
     assert train.shape[1] == heldout.shape[1] == 8
+
+
+def test_gzipped_jsonl_reads_like_plain(tmp_path):
+    import gzip
+    import json
+
+    tok = make_tiny_tokenizer()
+    rows = "".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n"}) + "\n" for i in range(40))
+    (tmp_path / "a.jsonl").write_text(rows)
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(rows)
+    held = _write(tmp_path / "held.txt", "class HeldOut:\n    pass\n" * 30)
+    plain, _ = load_datasets(DataConfig(sources=[str(tmp_path / "a.jsonl")], heldout_sources=[held], seq_len=16), tok)
+    gz, _ = load_datasets(DataConfig(sources=[str(tmp_path / "b.jsonl.gz")], heldout_sources=[held], seq_len=16), tok)
+    assert torch.equal(plain, gz)
