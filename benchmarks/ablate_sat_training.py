@@ -29,14 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "sdsat_vllm" / "adapters" / "smollm2-135m-lora-k5"
+# the adapter shipped before self-distillation (smollm2-135m-sdsat-stdlib): the warm rows start from it
+STDLIB_ADAPTER = REPO / "sdsat_vllm" / "adapters" / "smollm2-135m-lora-k5"
 
 # The shipped adapter's recipe: every row differs from it in what its name says.
 SHARED = ["--model", "smollm2-135m", "--mode", "lora", "--lora-r", "8", "--lora-alpha", "16", "--num-sat", "5",
           "--blocks-per-seq", "24", "--batch-size", "4", "--lr", "5e-4", "--sat-lr", "2e-3", "--warmup-steps", "10",
           "--dtype", "fp32", "--threads", "1", "--eval-every", "100000", "--eval-batches", "16",
           "--save-every", "100000", "--log-every", "5", "--no-export", "--seq-len", "256"]
-WARM = ["--init-adapter", str(SHIPPED)]
+WARM = ["--init-adapter", str(STDLIB_ADAPTER)]
 
 # name -> (group, flags). "{data}" is the self-distilled training file.
 ROWS: dict[str, tuple[str, list[str]]] = {

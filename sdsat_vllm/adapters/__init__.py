@@ -44,7 +44,10 @@ class ShippedAdapter:
 
 
 SHIPPED = {a.name: a for a in [
-    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5"),
+    # the default: warm-started from the stdlib adapter, then trained on the model's own completions
+    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd"),
+    # the previous default (stdlib source only), kept to compare against and as the warm start
+    ShippedAdapter("smollm2-135m-sdsat-stdlib", "smollm2-135m", "smollm2-135m-lora-k5"),
 ]}
 DEFAULT_SDSAT_MODEL = "smollm2-135m-sdsat"
 
