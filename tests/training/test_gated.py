@@ -33,14 +33,6 @@ from tiny_models import make_tiny_model, save_model_dir, tiny_training_passage
 K = 3
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    passage = tiny_training_passage()
-    (tmp_path / "a.txt").write_text((passage + "\n") * 10)
-    (tmp_path / "b.txt").write_text(passage)
-    return (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
-
-
 def gated_cfg(out, corpus=None, **kw):
     base = dict(model="tiny", output_dir=str(out), mode="gated", num_sat=K, blocks_per_seq=6, batch_size=4, steps=4,
                 dtype="fp32", lr=2e-2, sat_lr=2e-2, warmup_steps=1, eval_every=1000, eval_batches=1, log_every=1,

@@ -11,15 +11,7 @@ from sdsat_vllm.training.data import DataConfig
 from sdsat_vllm.training.export import apply_adapter
 from sdsat_vllm.training.sat_setup import add_sat_tokens
 from sdsat_vllm.training.trainer import TrainConfig, train
-from tiny_models import make_tiny_model, save_model_dir, tiny_training_passage
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    passage = tiny_training_passage()
-    (tmp_path / "a.txt").write_text((passage + "\n") * 10)
-    (tmp_path / "b.txt").write_text(passage)
-    return (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+from tiny_models import make_tiny_model, save_model_dir
 
 
 def tiny_cfg(out, corpus, **kw):
