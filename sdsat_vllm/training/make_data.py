@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import random
-import textwrap
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -446,7 +446,7 @@ def run(args) -> int:
         cfg = MakeDataConfig(**{f.name: v[f.name] for f in fields(MakeDataConfig)})
         counts = make_data(cfg)
     except (ValueError, FileNotFoundError) as e:
-        print(f"sdsat make-data: error: {e}")
+        print(f"sdsat make-data: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"out": cfg.out, "heldout": cfg.heldout_out, **counts}))
     return 0
