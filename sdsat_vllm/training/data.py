@@ -5,6 +5,12 @@ Files are split into train and held-out by a stable hash of their path (the same
 machine and every resume) unless the held-out files are named explicitly; they are tokenized with an
 EOS between files, packed into rows of seq_len tokens, and cached next to the run so a resumed run
 reads exactly the same tensor.
+
+Row boundaries: a document that ended on its own (a source file, a completion that stopped) is
+followed by EOS, which is a fair target (the model learns where answers end, as the base model
+does). A JSONL row cut by its generator's token budget (`finish_reason: "length"`) ended
+mid-thought: its separator is no target, or the trained model would learn to stop answers early.
+No token of the next document is a target from context of the previous one (`TokenRows.label_ok`).
 """
 
 from __future__ import annotations
@@ -86,7 +92,31 @@ def open_text(path: Path):
     return open(path, encoding="utf-8", errors="replace")
 
 
-def read_texts(path: Path) -> list[str]:
+@dataclass(slots=True, frozen=True)
+class Text:
+    text: str
+    ended: bool = True  # False: cut by a token budget, so the EOS after it is no target
+
+
+@dataclass(slots=True, frozen=True)
+class TokenRows:
+    """Packed training rows and which of their tokens may be predicted from the tokens before them."""
+
+    ids: torch.Tensor  # [N, L] token ids
+    label_ok: torch.Tensor  # [N, L] bool: False for a cut document's separator and a document's first token
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, index) -> "TokenRows":
+        return TokenRows(self.ids[index], self.label_ok[index])
+
+
+def read_texts(path: Path) -> list[Text]:
     if is_jsonl(path):
         texts = []
         with open_text(path) as f:
@@ -96,36 +126,44 @@ def read_texts(path: Path) -> list[str]:
                     text = row.get("text", row.get("content")) if isinstance(row, dict) else None
                     if not isinstance(text, str):
                         raise ValueError(f"{path}:{i + 1}: a JSONL row needs a 'text' (or 'content') string field")
-                    texts.append(text)
+                    texts.append(Text(text, row.get("finish_reason") != "length"))
         return texts
     with open_text(path) as f:
-        return [f.read()]
+        return [Text(f.read())]
 
 
-def pack_tokens(tokenizer, files: list[Path], seq_len: int, max_tokens: int | None, desc: str) -> torch.Tensor:
-    """[N, seq_len] rows of consecutive tokens (files joined with EOS); the ragged tail is dropped."""
+def pack_tokens(tokenizer, files: list[Path], seq_len: int, max_tokens: int | None, desc: str) -> TokenRows:
+    """[N, seq_len] rows of consecutive tokens (documents joined with EOS); the ragged tail is dropped."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []
+    ok: list[bool] = []
     for path in tqdm(files, desc=desc, unit="file", leave=False):
-        for text in read_texts(path):
-            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        for doc in read_texts(path):
+            toks = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+            ids.extend(toks)
+            ok.extend([False] + [True] * (len(toks) - 1))  # a document's first token has no context
             if eos is not None:
                 ids.append(eos)
+                ok.append(doc.ended)
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     n = len(ids) // seq_len
     if n == 0:
         raise ValueError(f"{desc}: only {len(ids)} tokens, fewer than one sequence of {seq_len}")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    return TokenRows(torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len),
+                     torch.tensor(ok[: n * seq_len], dtype=torch.bool).view(n, seq_len))
 
 
-def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+PACKING_VERSION = 2  # part of the cache key: a cache written by older packing code is never read
+
+
+def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> tuple[TokenRows, TokenRows]:
     """(train [N, L], heldout [N', L]) token rows, cached in cache_dir when given."""
-    key = hashlib.sha256(json.dumps([repr(cfg), tokenizer.name_or_path, len(tokenizer)]).encode()).hexdigest()[:16]
-    cache = cache_dir / f"data-{key}.pt" if cache_dir else None
+    key = hashlib.sha256(json.dumps([repr(cfg), tokenizer.name_or_path, len(tokenizer), PACKING_VERSION]).encode())
+    cache = cache_dir / f"data-{key.hexdigest()[:16]}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         d = torch.load(cache)
-        return d["train"], d["heldout"]
+        return TokenRows(*d["train"]), TokenRows(*d["heldout"])
     files = corpus_files(cfg.sources)
     random.Random(cfg.shuffle_seed).shuffle(files)
     if cfg.heldout_sources:
@@ -146,6 +184,6 @@ def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> 
     heldout = pack_tokens(tokenizer, heldout_files, cfg.seq_len, cfg.max_heldout_tokens, "tokenize held-out")
     if cache is not None:
         tmp = cache.with_suffix(".tmp")
-        torch.save({"train": train, "heldout": heldout}, tmp)
+        torch.save({"train": (train.ids, train.label_ok), "heldout": (heldout.ids, heldout.label_ok)}, tmp)
         tmp.replace(cache)
     return train, heldout

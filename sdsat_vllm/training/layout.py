@@ -57,12 +57,15 @@ def sample_insertion_points(batch_size: int, seq_len: int, num_blocks: int, num_
     return scores.topk(num_blocks, dim=1).indices.sort(dim=1).values
 
 
-def build_sat_batch(input_ids: torch.Tensor, insertion_points: torch.Tensor, sat_token_ids) -> SATBatch:
+def build_sat_batch(input_ids: torch.Tensor, insertion_points: torch.Tensor, sat_token_ids,
+                    label_ok: torch.Tensor | None = None) -> SATBatch:
     """Lay out one training batch.
 
     input_ids:        [B, L]  standard tokens
     insertion_points: [B, M]  p per block (SATs stand for x_{p+2}..x_{p+K+1})
     sat_token_ids:    K ids, the token of SAT j is sat_token_ids[j-1]
+    label_ok:         [B, L]  bool, False where a token may not be predicted from what precedes it
+                      (a document boundary, `data.TokenRows`); None: every token may
     """
     device = input_ids.device
     B, L = input_ids.shape
@@ -85,6 +88,14 @@ def build_sat_batch(input_ids: torch.Tensor, insertion_points: torch.Tensor, sat
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=device)
     labels[:, : L - 1] = input_ids[:, 1:]
     labels[:, L:] = input_ids.gather(1, (p[:, :, None] + j + 1).reshape(B, S))
+    if label_ok is not None:
+        ok = label_ok.to(device)
+        labels[:, : L - 1].masked_fill_(~ok[:, 1:], IGNORE_INDEX)
+        # SAT j of block p predicts x_{p+j+1} from x_{<=p}: only if no boundary lies in x_{p+1..p+j+1}.
+        bad_before = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=device), (~ok).long().cumsum(1)], 1)
+        first, last = (p + 1)[:, :, None], (p[:, :, None] + j + 1)  # [B, M, 1], [B, M, K]
+        crossed = bad_before.gather(1, (last + 1).reshape(B, S)) - bad_before.gather(1, first.expand(B, M, K).reshape(B, S))
+        labels[:, L:].masked_fill_(crossed > 0, IGNORE_INDEX)
 
     # Attention. Standard block: causal. SAT rows: standard keys <= p, own-block SATs <= j.
     allowed = torch.zeros(B, T, T, dtype=torch.bool, device=device)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import TRAIN_MODES, SDSATConfig, write_json_atomic
-from .data import DataConfig, load_datasets
+from .data import DataConfig, TokenRows, load_datasets
 from .layout import IGNORE_INDEX, SATBatch, build_sat_batch, sample_insertion_points
 from .sat_setup import add_sat_tokens
 
@@ -231,6 +231,7 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     # SAT j of block p drafts x_{p+j+1}; the standard position p+j predicts the same token.
     same_target = batch.position_ids[:, L:]  # [B, S]
     offsets = batch.sat_offsets[L:].repeat(B)  # [B*S] in 1..K
+    valid = (sat_labels != IGNORE_INDEX).flatten()  # [B*S] False: the target lies across a document boundary
     log_p = F.log_softmax(sat_logits.float(), dim=-1).flatten(0, 1)  # [B*S, V]
     if cfg.target == "soft" and std_logits is not None:
         # Drafts are accepted when they match the model, not the corpus: learn its whole distribution
@@ -238,9 +239,9 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
         teacher = std_logits.detach().float()[torch.arange(B)[:, None], same_target].softmax(-1).flatten(0, 1)
         per_token = -(teacher * log_p).sum(-1)
     else:
-        per_token = F.nll_loss(log_p, sat_labels.flatten(), reduction="none")
-    w = cfg.offset_weight_tensor.to(per_token.device)[offsets.to(per_token.device)]
-    sat_loss = (w * per_token).sum() / w.sum()
+        per_token = F.nll_loss(log_p, sat_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
+    w = cfg.offset_weight_tensor.to(per_token.device)[offsets.to(per_token.device)] * valid.to(per_token.device)
+    sat_loss = (w * per_token).sum() / w.sum().clamp(min=1e-9)
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
     if cfg.mode not in ("frozen", "gated"):  # their standard logits are the base model's: nothing to learn
@@ -250,17 +251,17 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
 
     with torch.no_grad():
         pred = sat_logits.argmax(-1)  # [B, S]
-        acc = _per_offset_mean((pred == sat_labels).flatten(), offsets, K)
+        acc = _per_offset_mean((pred == sat_labels).flatten()[valid], offsets[valid], K)
         agree = None
         if with_agree:
             own = std_logits.argmax(-1).gather(1, same_target)
-            agree = _per_offset_mean((pred == own).flatten(), offsets, K)
+            agree = _per_offset_mean((pred == own).flatten()[valid], offsets[valid], K)
     stats = StepStats(loss.item(), None if std_loss is None else std_loss.item(), sat_loss.item(), acc, agree)
     return loss, stats
 
 
 @torch.no_grad()
-def evaluate(model, rows: torch.Tensor, sdsat: SDSATConfig, cfg: TrainConfig, num_batches: int | None = None,
+def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_batches: int | None = None,
              seed: int = 1234) -> dict:
     """SAT accuracy and agreement per offset on held-out rows (fixed insertion points per seed)."""
     was_training = model.training
@@ -270,9 +271,10 @@ def evaluate(model, rows: torch.Tensor, sdsat: SDSATConfig, cfg: TrainConfig, nu
     K = sdsat.num_sat
     acc_sum, agree_sum, loss_sum, batches = [0.0] * K, [0.0] * K, 0.0, 0
     for start in range(0, n, cfg.batch_size):
-        ids = rows[start:start + cfg.batch_size]
-        pts = sample_insertion_points(ids.shape[0], ids.shape[1], cfg.blocks_per_seq, K, g)
-        _, st = sat_forward_loss(model, build_sat_batch(ids, pts, sdsat.sat_token_ids), cfg, with_agree=True)
+        chunk = rows[start:start + cfg.batch_size]
+        pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g)
+        batch = build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
+        _, st = sat_forward_loss(model, batch, cfg, with_agree=True)
         acc_sum = [a + b for a, b in zip(acc_sum, st.sat_acc)]
         agree_sum = [a + b for a, b in zip(agree_sum, st.sat_agree)]
         loss_sum += st.sat_loss
@@ -294,7 +296,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batch_for(step: int, micro: int, rows: torch.Tensor, sdsat: SDSATConfig, cfg: TrainConfig) -> SATBatch:
+def batch_for(step: int, micro: int, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig) -> SATBatch:
     """The batch of (step, micro-step) is a pure function of the seed: a resumed run sees the same data."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 131 + micro)
     n = rows.shape[0]
@@ -303,9 +305,9 @@ def batch_for(step: int, micro: int, rows: torch.Tensor, sdsat: SDSATConfig, cfg
     epoch, slot = divmod(k, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     idx = perm[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
-    ids = rows[idx]
-    pts = sample_insertion_points(ids.shape[0], ids.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g)
-    return build_sat_batch(ids, pts, sdsat.sat_token_ids)
+    chunk = rows[idx]
+    pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g)
+    return build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
 
 
 def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_dir: Path) -> None:

@@ -14,8 +14,8 @@ def _write(path: Path, text: str) -> str:
     return str(path)
 
 
-def _rows_contain(rows: torch.Tensor, ids: list[int]) -> bool:
-    flat = rows.flatten().tolist()
+def _rows_contain(rows, ids: list[int]) -> bool:
+    flat = rows.ids.flatten().tolist()
     return any(flat[i : i + len(ids)] == ids for i in range(len(flat) - len(ids) + 1))
 
 
@@ -70,4 +70,28 @@ def test_gzipped_jsonl_reads_like_plain(tmp_path):
     held = _write(tmp_path / "held.txt", "class HeldOut:\n    pass\n" * 30)
     plain, _ = load_datasets(DataConfig(sources=[str(tmp_path / "a.jsonl")], heldout_sources=[held], seq_len=16), tok)
     gz, _ = load_datasets(DataConfig(sources=[str(tmp_path / "b.jsonl.gz")], heldout_sources=[held], seq_len=16), tok)
-    assert torch.equal(plain, gz)
+    assert torch.equal(plain.ids, gz.ids) and torch.equal(plain.label_ok, gz.label_ok)
+
+
+def test_a_row_cut_by_its_token_budget_teaches_no_end_of_answer(tmp_path):
+    """EOS after a completion that stopped is a target; after one cut by max_tokens it is not (else the
+    trained model learns to end answers early), and no document's first token is predicted from the last."""
+    import json
+
+    tok = make_tiny_tokenizer()
+    eos = tok.eos_token_id
+    rows = [{"text": "def a(x):\n    return x\n", "finish_reason": "stop"},
+            {"text": "def b(y):\n    y = y + 1\n", "finish_reason": "length"},
+            {"text": "class C:\n    pass\n"}]  # no finish_reason: a document that ended
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = _write(tmp_path / "held.txt", "class HeldOut:\n    pass\n" * 30)
+    lengths = [len(tok(r["text"], add_special_tokens=False).input_ids) + 1 for r in rows]  # + EOS each
+    train, _ = load_datasets(DataConfig(sources=[str(tmp_path / "a.jsonl")], heldout_sources=[held],
+                                        seq_len=sum(lengths)), tok)
+    ids, ok = train.ids[0].tolist(), train.label_ok[0].tolist()
+    ends = [sum(lengths[: i + 1]) - 1 for i in range(3)]
+    assert [ids[e] for e in ends] == [eos] * 3
+    assert [ok[e] for e in ends] == [True, False, True]
+    starts = [0, ends[0] + 1, ends[1] + 1]
+    assert [ok[s] for s in starts] == [False] * 3
+    assert sum(ok) == len(ok) - 4

@@ -74,3 +74,21 @@ def test_sat_rows_equal_a_separate_decode_time_forward():
     for m, p in enumerate([3, 9]):
         alone = model(input_ids=torch.cat([ids[:, : p + 1], torch.tensor([sats])], 1)).logits
         torch.testing.assert_close(laid_out[0, 20 + 3 * m: 20 + 3 * (m + 1)], alone[0, p + 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_no_label_across_a_document_boundary():
+    """label_ok False at t: neither the standard position t-1 nor any SAT whose span x_{p+1..p+j+1} covers
+    t is trained; targets before the boundary keep their labels."""
+    L = 12
+    ids = torch.arange(100, 100 + L)[None]
+    ok = torch.ones(1, L, dtype=torch.bool)
+    ok[0, 6] = False  # x_6 starts a new document (or is the separator of a cut one)
+    b = build_sat_batch(ids, torch.tensor([[1, 3, 6]]), [7, 8, 9], label_ok=ok)
+    std = b.labels[0, :L].tolist()
+    assert std[5] == IGNORE_INDEX and std[4] == 105 and std[6] == 107
+    sat = b.labels[0, L:].view(3, 3).tolist()
+    assert sat[0] == [103, 104, 105]  # block after x_1: x_2..x_5 stay inside the first document
+    assert sat[1] == [105, IGNORE_INDEX, IGNORE_INDEX]  # block after x_3: x_6 would be crossed from j=2 on
+    assert sat[2] == [108, 109, 110]  # block after x_6: x_7..x_10 all after the boundary
+    unmasked = build_sat_batch(ids, torch.tensor([[1, 3, 6]]), [7, 8, 9])
+    assert (unmasked.labels != IGNORE_INDEX).sum() > (b.labels != IGNORE_INDEX).sum()
