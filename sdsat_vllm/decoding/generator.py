@@ -54,7 +54,7 @@ from .tree import (
     make_layout,
     tree_depth,
     tree_max_width,
-    tree_position_ids,
+    tree_step_tensors,
     validate_tree_shape,
 )
 
@@ -300,11 +300,16 @@ class SDSATGenerator:
         past_len = run.cache.get_seq_length()
         # [1, q_len]
         input_ids = torch.tensor([layout.input_ids], dtype=torch.long, device=device)
-        # [1, q_len]
-        position_ids = tree_position_ids(layout.parents, past_len, device=device)
-        # [1, 1, q_len, past_len + q_len], or None: a plain causal chain needs no custom mask
-        mask = None if layout.is_chain else build_tree_attention_mask(layout.parents, past_len, self.model.dtype,
-                                                                       device=device)
+        if layout.is_chain:  # a plain causal chain (every step of ar and fused, a prefill): no custom mask
+            # [1, q_len]
+            position_ids = torch.arange(past_len, past_len + layout.q_len, device=device)[None]
+            mask = None
+        else:
+            steps = tree_step_tensors(layout)  # mask and positions from one builder, no per-token loop
+            # [1, q_len]
+            position_ids = steps.position_ids(past_len, device=device)[None]
+            # [1, 1, q_len, past_len + q_len]
+            mask = build_tree_attention_mask(steps, past_len, self.model.dtype, device=device)
         out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                          past_key_values=run.cache, use_cache=True, logits_to_keep=layout.q_len - layout.root)
         m = run.metrics

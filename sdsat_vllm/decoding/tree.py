@@ -17,9 +17,10 @@ position + 1. That one rule gives every layout of docs/design.md, section 1.3:
 
 Chain tokens come first and SAT blocks last, so the KV entries of accepted chain drafts sit right
 after the head: dropping the rest is a crop. `build_tree_attention_mask` is the one place the
-custom mask is made (the tree-mask kernel of docs/design.md, section 5 replaces it). `tree_step_tensors` builds
-the same relation without a per-token loop, with the compact form that kernel takes (one int64
-ancestor word per new token), the positions and the KV entries to keep after verification.
+custom mask is made for transformers (the tree-mask kernel of docs/design.md, section 5 takes its
+compact form). Both come from `tree_step_tensors`, which builds the relation without a per-token
+loop (pointer doubling), with the compact form that kernel takes (one int64 ancestor word per new
+token), the positions and the KV entries to keep after verification.
 """
 
 from __future__ import annotations
@@ -150,7 +151,10 @@ def tree_position_ids(parents: Sequence[int], past_len: int, device=None) -> tor
 
 def tree_ancestor_mask(parents: Sequence[int], device=None) -> torch.Tensor:
     """[q_len, q_len] bool: entry (i, j) is True when new token i attends to new token j
-    (j is i itself or one of its ancestors). Row i is the per-query ancestor bitmask of docs/design.md, section 5."""
+    (j is i itself or one of its ancestors). Row i is the per-query ancestor bitmask of docs/design.md, section 5.
+
+    The definition, one token at a time: the reference `tree_ancestor_matrix` (what every forward
+    uses, no per-token loop) is tested against."""
     q = len(parents)
     mask = torch.zeros(q, q, dtype=torch.bool)
     for i, p in enumerate(parents):
@@ -163,11 +167,12 @@ def tree_ancestor_mask(parents: Sequence[int], device=None) -> torch.Tensor:
 
 
 def build_tree_attention_mask(
-    parents: Sequence[int], past_len: int, dtype: torch.dtype, device=None
+    parents: "Sequence[int] | TreeStepTensors", past_len: int, dtype: torch.dtype, device=None
 ) -> torch.Tensor:
     """The attention mask of one tree-verify forward, in the form transformers takes with a cache.
 
-    parents:  [q_len] parent of each new token (-1: attends to the cached context only)
+    parents:  [q_len] parent of each new token (-1: attends to the cached context only), or the
+              step's `TreeStepTensors` when the caller built them already (positions come from them too)
     past_len: number of tokens in the KV cache (all attended by every new token)
     Returns:  [1, 1, q_len, past_len + q_len] additive float mask of `dtype`: 0 where attended,
               finfo(dtype).min where not. (Additive float, not bool: transformers' sdpa path takes
@@ -175,9 +180,10 @@ def build_tree_attention_mask(
 
     This is the single function the tree-mask kernel replaces (docs/design.md, section 5).
     """
-    q = len(parents)
+    steps = parents if isinstance(parents, TreeStepTensors) else tree_step_tensors(parents)
+    q = steps.q_len
     # [q_len, q_len]
-    among_new = tree_ancestor_mask(parents, device=device)
+    among_new = steps.ancestors.to(device)
     # [q_len, past_len + q_len]
     allowed = torch.cat([torch.ones(q, past_len, dtype=torch.bool, device=device), among_new], dim=1)
     mask = torch.zeros(q, past_len + q, dtype=dtype, device=device)

@@ -105,6 +105,11 @@ class TokenRows:
     ids: torch.Tensor  # [N, L] token ids
     label_ok: torch.Tensor  # [N, L] bool: False for a cut document's separator and a document's first token
 
+    @classmethod
+    def unbroken(cls, ids: torch.Tensor) -> "TokenRows":
+        """Rows with no document boundary in them: every token may be predicted."""
+        return cls(ids, torch.ones_like(ids, dtype=torch.bool))
+
     @property
     def shape(self) -> torch.Size:
         return self.ids.shape

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sdsat_vllm.decoding.generator import MODES, SPECULATIVE_MODES, SDSATGenerator
+from sdsat_vllm.training.data import TokenRows
 from sdsat_vllm.training.export import export_run
 from sdsat_vllm.training.gated import SATGate, base_tensor_digests
 from sdsat_vllm.training.sat_setup import add_sat_tokens
@@ -39,7 +40,7 @@ def tiny_gated(tmp_path_factory):
             prompt = torch.randint(2, 380, (PROMPT_LEN,), generator=g).tolist()
             rows.append(prompt + base_gen.generate(prompt, mode="ar", max_new_tokens=ROW_LEN - PROMPT_LEN,
                                                    ignore_eos=True).token_ids)
-        rows = torch.tensor(rows)  # [4, ROW_LEN] the base's own greedy text
+        rows = TokenRows.unbroken(torch.tensor(rows))  # [4, ROW_LEN] the base's own greedy text
 
         model, mtok = base_model()
         digests = base_tensor_digests(model, torch.float32)
@@ -59,7 +60,7 @@ def tiny_gated(tmp_path_factory):
             opt.zero_grad()
         export_run(model, mtok, sdsat, cfg, out, torch.float32, base_tensors=digests)
         gated_gen = SDSATGenerator.from_pretrained(str(out / "model"))
-        return base_gen, gated_gen, [r[:PROMPT_LEN] for r in rows.tolist()], out
+        return base_gen, gated_gen, [r[:PROMPT_LEN] for r in rows.ids.tolist()], out
     finally:
         torch.set_num_threads(before)
 

@@ -52,6 +52,24 @@ def test_topk_tree_with_a_chain_shape_is_the_tree_mode():
         assert getattr(a.metrics, f) == getattr(b.metrics, f), f
 
 
+def test_tree_steps_build_no_mask_one_token_at_a_time(monkeypatch):
+    """Every tree forward takes its mask and positions from `tree_step_tensors` (pointer doubling): the
+    per-token definition is never called, and the outputs stay those of `ar`."""
+    from sdsat_vllm.decoding import tree
+
+    gen = _gen("llama")
+    ref = gen.generate(PROMPT, mode="ar", max_new_tokens=16, ignore_eos=True)
+    built = []
+    real = tree.tree_step_tensors
+    monkeypatch.setattr(tree, "tree_ancestor_mask", lambda *a, **k: pytest.fail("per-token mask loop called"))
+    monkeypatch.setattr("sdsat_vllm.decoding.generator.tree_step_tensors", lambda lay: built.append(lay) or real(lay))
+    for mode, kw in (("tree", {}), ("topk_tree", {"tree_shape": [[0], [1], [0, 0], [0, 0, 0]]})):
+        built.clear()
+        out = gen.generate(PROMPT, mode=mode, num_sat=4, max_new_tokens=16, ignore_eos=True, **kw)
+        assert out.token_ids == ref.token_ids, mode
+        assert built and all(not lay.is_chain for lay in built), mode
+
+
 def test_sampling_is_reproducible_with_a_seed():
     gen = _gen("qwen2")
     for mode in MODES:
