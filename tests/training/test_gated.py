@@ -223,10 +223,12 @@ def test_sdsat_fetch_builds_a_gated_model_from_base_and_adapter(tmp_path, corpus
     """A shipped gated adapter resolves (`sdsat fetch NAME`) to a directory whose standard weights are
     the base model's, checked by sha256, that the engine loads with its gate."""
     from sdsat_vllm import adapters
+    from sdsat_vllm.adapters.manifest import write_manifest
 
     model, tok = make_tiny_model()
     base_dir = save_model_dir(model, tok, tmp_path / "base")
     train(gated_cfg(tmp_path / "run", corpus, model=str(base_dir), steps=2), model=model, tokenizer=tok)
+    write_manifest(tmp_path / "run" / "adapter")  # what shipping an adapter includes
     spec = adapters.ShippedAdapter("tiny-gated-sdsat", str(base_dir), str(tmp_path / "run" / "adapter"))
     monkeypatch.setitem(adapters.SHIPPED, spec.name, spec)
     built = adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache")

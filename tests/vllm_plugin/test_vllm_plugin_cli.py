@@ -282,6 +282,60 @@ def test_vllm_serve_spelling_starts_sdsat(flags, n, plain_baseline, sdsat_model_
     assert problem is None, problem
 
 
+def test_plugin_problem_reads_vllm_plugins_as_vllm_does():
+    from sdsat_vllm.vllm_plugin import plugin_problem, require_plugin
+
+    assert plugin_problem({}) is None  # unset: vLLM loads every plugin (and this checkout is installed)
+    assert plugin_problem({"VLLM_PLUGINS": "other,sdsat"}) is None
+    for value in ("other", "", "other, sdsat"):  # vLLM splits on "," and does not strip spaces
+        assert f"VLLM_PLUGINS={value!r} leaves out the 'sdsat' plugin" in plugin_problem({"VLLM_PLUGINS": value})
+    off = {"VLLM_PLUGINS": "other"}
+    for config in (None, {}, {"model": "ngram", "num_speculative_tokens": 3}):
+        require_plugin(config, off)  # no SDSAT asked for: nothing to say
+    require_plugin({"model": "sdsat"}, {"VLLM_PLUGINS": "sdsat"})
+    with pytest.raises(RuntimeError) as e:
+        require_plugin({"model": "sdsat", "num_speculative_tokens": 2}, off)
+    msg = str(e.value)
+    assert "VLLM_PLUGINS='other' leaves out the 'sdsat' plugin" in msg
+    assert "Invalid repository ID or local directory specified: 'sdsat'" in msg and "drop the speculative config" in msg
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")
+def test_vllm_plugins_without_sdsat_error_is_explained(tmp_path):
+    """What a config asking for sdsat gets when VLLM_PLUGINS leaves the plugin out, in a fresh process
+    (no engine: vLLM's config resolution only). vLLM's own error is about a draft model named 'sdsat',
+    since no SDSAT code runs in its processes (README.md, "Serving in production", explains it); our
+    entry points say the cause before building anything."""
+    model = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
+    env = {**vllm_env(), "VLLM_PLUGINS": "some_other_plugin", "HF_HUB_OFFLINE": "1"}  # offline: no Hub retries
+    code = f"""
+from sdsat_vllm.vllm_plugin import require_plugin
+spec = {{"model": "sdsat"}}
+try:
+    require_plugin(spec)
+except RuntimeError as e:
+    print("OURS:", e)
+from vllm.engine.arg_utils import EngineArgs
+try:
+    EngineArgs(model={str(model)!r}, max_model_len=256, speculative_config=spec).create_engine_config()
+except Exception as e:
+    print("VLLM:", str(e).splitlines()[:3])
+else:
+    print("VLLM: accepted")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+    ours = next((line for line in r.stdout.splitlines() if line.startswith("OURS:")), "")
+    theirs = next((line for line in r.stdout.splitlines() if line.startswith("VLLM:")), "")
+    assert "leaves out the 'sdsat' plugin" in ours, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Invalid repository ID or local directory specified: 'sdsat'" in theirs, r.stdout[-2000:] + r.stderr[-3000:]
+    # `sdsat demo` stops at once with the cause, before resolving a model or starting vLLM
+    r = subprocess.run([sys.executable, "-m", "sdsat_vllm.cli", "demo"], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode != 0 and "VLLM_PLUGINS='some_other_plugin' leaves out the 'sdsat' plugin" in r.stderr, \
+        r.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")
