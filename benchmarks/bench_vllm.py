@@ -12,7 +12,7 @@ JSON + markdown table + PNG plots:
 
 MODEL: an SDSAT model (default: the shipped smollm2-135m-sdsat; any HF directory whose config.json
 carries the `sdsat` block works). Methods (default: plain ngram pard sdsat; `all`: every one), each
-a fresh `LLM` on the same checkpoint, per prompt set:
+a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-up paid once per method):
 
 * plain: vLLM without speculation (the baseline every speedup is a ratio against);
 * ngram: vLLM's prompt-lookup drafting (`{"method": "ngram", ...}`);
@@ -91,7 +91,7 @@ from sdsat_vllm.bench import (
     git_state,
     prompt_set,
     quiet_vllm,
-    run_vllm,
+    run_vllm_workloads,
     sdsat_draft_len,
 )
 from sdsat_vllm.metrics_vocabulary import acceptance_rate_per_pos
@@ -218,26 +218,30 @@ def engine_runs(args, k: int, pard_dir: Path | None) -> list[tuple[str, dict | N
     return runs
 
 
-def run_method(method, spec, model_dir, prompts, sampling, batch_sizes, kw, prompt_set_name="humaneval"):
-    """One fresh engine for `method`; a row per batch size."""
-    res = run_vllm(model_dir, spec, prompts, sampling, batch_sizes=batch_sizes, engine_kw=kw)
+def run_method(method, spec, model_dir, workloads, batch_sizes, kw):
+    """One fresh engine for `method`, every prompt set in it; a row per (prompt set, batch size).
+
+    workloads: {prompt set name: (prompts, SamplingParams)}"""
+    startup, results = run_vllm_workloads(model_dir, spec, list(workloads.values()), batch_sizes=batch_sizes,
+                                          engine_kw=kw)
     rows = []
-    for r in res.runs:
-        d = r.spec  # vLLM's counters over the pass, with the decoded tokens: every figure of the vocabulary
-        rows.append(dict(prompt_set=prompt_set_name, method=method, batch_size=r.batch_size,
-                         num_prompts=len(prompts), temperature=sampling.temperature, output_tokens=r.tokens,
-                         wall_s=r.wall_s, tokens_per_s=r.tokens_per_s,
-                         tokens_per_decode_forward=d.tokens_per_decode_forward if spec else 1.0,
-                         acceptance_rate=d.acceptance_rate if spec else None,
-                         acceptance_rate_per_pos=d.acceptance_rate_per_pos if spec else None,
-                         real_draft_acceptance_rate_per_pos=d.real_draft_acceptance_rate_per_pos,
-                         draft_len=sdsat_draft_len(spec),
-                         mean_acceptance_length=d.mean_acceptance_length if spec else None,
-                         num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
-                         num_accepted_tokens=d.num_accepted_tokens,
-                         num_accepted_tokens_per_pos=list(d.num_accepted_tokens_per_pos),
-                         num_decoded_tokens=d.num_decoded_tokens, speculative_config=spec,
-                         startup_s=res.startup_s, token_ids=r.token_ids))
+    for (name, (prompts, sampling)), runs in zip(workloads.items(), results):
+        for r in runs:
+            d = r.spec  # vLLM's counters over the pass, with the decoded tokens: every figure of the vocabulary
+            rows.append(dict(prompt_set=name, method=method, batch_size=r.batch_size,
+                             num_prompts=len(prompts), temperature=sampling.temperature, output_tokens=r.tokens,
+                             wall_s=r.wall_s, tokens_per_s=r.tokens_per_s,
+                             tokens_per_decode_forward=d.tokens_per_decode_forward if spec else 1.0,
+                             acceptance_rate=d.acceptance_rate if spec else None,
+                             acceptance_rate_per_pos=d.acceptance_rate_per_pos if spec else None,
+                             real_draft_acceptance_rate_per_pos=d.real_draft_acceptance_rate_per_pos,
+                             draft_len=sdsat_draft_len(spec),
+                             mean_acceptance_length=d.mean_acceptance_length if spec else None,
+                             num_drafts=d.num_drafts, num_draft_tokens=d.num_draft_tokens,
+                             num_accepted_tokens=d.num_accepted_tokens,
+                             num_accepted_tokens_per_pos=list(d.num_accepted_tokens_per_pos),
+                             num_decoded_tokens=d.num_decoded_tokens, speculative_config=spec,
+                             startup_s=startup, token_ids=r.token_ids))
     return rows
 
 
@@ -457,14 +461,16 @@ def main(argv=None) -> int:
                       f"{len(prompts)}, so that row measures batch {len(prompts)} (raise --num-prompts)", flush=True)
 
     runs = engine_runs(args, k, pard_dir)
-    rows = []
+    workloads = {}
     for name, (prompts, stop) in sets.items():
         seeded = name == "worst" and temperature[name] > 0  # each request seeded alike for every method
-        sampling = SamplingParams(temperature=temperature[name], top_p=args.top_p, max_tokens=args.max_tokens,
-                                  stop=None if args.no_stop else stop, seed=args.worst_seed if seeded else None)
-        for method, spec in runs:
-            print(f"[{name}/{method}] speculative_config={spec}", flush=True)
-            rows += run_method(method, spec, model_dir, prompts, sampling, args.batch_sizes, kw, name)
+        workloads[name] = (prompts, SamplingParams(temperature=temperature[name], top_p=args.top_p,
+                                                   max_tokens=args.max_tokens, stop=None if args.no_stop else stop,
+                                                   seed=args.worst_seed if seeded else None))
+    rows = []
+    for method, spec in runs:  # one engine per method, every prompt set in it: start-up is paid once
+        print(f"[{method}] speculative_config={spec}", flush=True)
+        rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw)
     add_speedups(rows)
 
     print()

@@ -30,7 +30,7 @@ from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 
 __all__ = ["HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
            "chat_formatter", "cpu_name", "engine_kwargs", "git_state", "humaneval_prompts", "norepeat_prompts",
-           "prompt_set", "quiet_vllm", "run_vllm", "sdsat_draft_len", "worst_case_prompts"]
+           "prompt_set", "quiet_vllm", "run_vllm", "run_vllm_workloads", "sdsat_draft_len", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
@@ -249,6 +249,17 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
     call per group; B = 1 is the latency case) and take vLLM's spec-decode counters over that pass
     only. The engine is shut down at the end, also on error. `max_num_seqs` defaults to the
     largest batch size; `engine_kw` (see :func:`engine_kwargs`) may set it."""
+    startup, (runs,) = run_vllm_workloads(model_dir, speculative_config, [(prompts, sampling)],
+                                          batch_sizes=batch_sizes, engine_kw=engine_kw)
+    return EngineRun(startup, runs)
+
+
+def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | None,
+                       workloads: Sequence[tuple[Sequence[str], Any]], *, batch_sizes: Sequence[int] = (1,),
+                       engine_kw: dict[str, Any] | None = None) -> tuple[float, list[list[TimedRun]]]:
+    """:func:`run_vllm` for several (prompts, sampling) workloads in one engine, one after another
+    (each timed at every batch size as there): start-up is paid once per engine, not per workload.
+    Returns (start-up seconds, the TimedRuns of each workload in order)."""
     from vllm import LLM, SamplingParams
 
     draft_len = sdsat_draft_len(speculative_config)
@@ -256,24 +267,28 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
     t0 = time.perf_counter()
     llm = LLM(model=str(model_dir), speculative_config=speculative_config, **kw)
     startup = time.perf_counter() - t0
-    runs = []
+    results: list[list[TimedRun]] = []
     try:
+        warm = list(workloads[0][0])
         for bs in batch_sizes:
-            llm.generate(list(prompts[:bs]), SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
-        for bs in batch_sizes:
-            before = from_llm_metrics(llm.get_metrics(), draft_len)
-            outs = []
-            t0 = time.perf_counter()
-            for i in range(0, len(prompts), bs):
-                outs += llm.generate(list(prompts[i:i + bs]), sampling, use_tqdm=False)
-            wall = time.perf_counter() - t0
-            token_ids = [list(o.outputs[0].token_ids) for o in outs]
-            # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards
-            spec = dataclasses.replace(from_llm_metrics(llm.get_metrics(), draft_len) - before,
-                                       num_decoded_tokens=sum(map(len, token_ids)) - len(token_ids))
-            runs.append(TimedRun(bs, wall, token_ids, [o.outputs[0].text for o in outs], spec))
+            llm.generate(warm[:bs], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+        for prompts, sampling in workloads:
+            runs = []
+            for bs in batch_sizes:
+                before = from_llm_metrics(llm.get_metrics(), draft_len)
+                outs = []
+                t0 = time.perf_counter()
+                for i in range(0, len(prompts), bs):
+                    outs += llm.generate(list(prompts[i:i + bs]), sampling, use_tqdm=False)
+                wall = time.perf_counter() - t0
+                token_ids = [list(o.outputs[0].token_ids) for o in outs]
+                # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards
+                spec = dataclasses.replace(from_llm_metrics(llm.get_metrics(), draft_len) - before,
+                                           num_decoded_tokens=sum(map(len, token_ids)) - len(token_ids))
+                runs.append(TimedRun(bs, wall, token_ids, [o.outputs[0].text for o in outs], spec))
+            results.append(runs)
     finally:
         shutdown_llm(llm)
         del llm
         gc.collect()
-    return EngineRun(startup, runs)
+    return startup, results
