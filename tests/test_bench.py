@@ -6,7 +6,6 @@ and vLLM's INFO logging is off unless -v. The real engines run in the slow tests
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import pytest
 
 import fake_vllm
 from sdsat_vllm import bench
+from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,9 +38,7 @@ def fake(monkeypatch, tmp_path):
 
 def load_bench_vllm():
     before = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_vllm", ROOT / "benchmarks" / "bench_vllm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_vllm")
     assert sys.path == before  # imported normally, no sys.path edit
     return module
 

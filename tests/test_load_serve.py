@@ -5,24 +5,19 @@ leaves children behind). The real servers run in tests/vllm_plugin/test_vllm_plu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ls():
-    spec = importlib.util.spec_from_file_location("load_serve", ROOT / "benchmarks" / "load_serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("load_serve")
 
 
 ALL_KINDS = {"completions", "chat", "stream", "no-stream", "greedy", "sampled", "n>1", "stop-greedy", "stop-sampled",

@@ -3,20 +3,15 @@ perplexity over the predictable tokens only, with the SAT logits masked."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("measure_merge", ROOT / "benchmarks" / "measure_merge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("measure_merge")
 
 
 def test_compare_outputs_counts_differences_and_where_they_start():

@@ -5,23 +5,18 @@ greedy and sampled, n > 1, stop strings, logprobs, JSON schema, two requests SDS
 same request sent alone to plain vLLM, RSS measured before and after, no process left behind.
 The full run (200 requests, the shipped model) is `python benchmarks/load_serve.py`."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from vllm_plugin_helpers import VLLM_AVAILABLE, passage
+from benchmark_scripts import load_benchmark
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_serve():
-    spec = importlib.util.spec_from_file_location("load_serve", ROOT / "benchmarks" / "load_serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("load_serve")
 
 
 def test_load_plain_vs_sdsat_small(sdsat_model_dir, tmp_path):
