@@ -23,10 +23,12 @@ a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-u
 * pard:  the zero-code baseline: the same checkpoint as its own `draft_model` with
   `parallel_drafting` (PARD), its SAT id as `pard_token`. Two copies of the weights, a draft pass
   and a verify pass per round: SDSAT's reference two-step, in stock vLLM;
-* sdsat: the plugin, `{"model": "sdsat", "num_speculative_tokens": N}`, fixed policy (n drafts and
-  an n-SAT tail every step; fused: one forward per step while drafts are accepted);
-* sdsat-adaptive: the same with `"sdsat_policy": "adaptive"` (drafts and tail chosen per request
-  and step from the drafts' probabilities and the machine's cost; docs/design.md, section 4.5);
+* sdsat: the plugin under its fixed policy, `{"model": "sdsat", "num_speculative_tokens": N,
+  "sdsat_policy": "fixed"}` (n drafts and an n-SAT tail every step; fused: one forward per step
+  while drafts are accepted): what the SATs draft, every step;
+* sdsat-adaptive: the plugin's default policy, `"sdsat_policy": "adaptive"` (drafts and tail chosen
+  per request and step from the drafts' probabilities and the machine's cost; docs/design.md,
+  section 4.5);
 * sdsat-adaptive-lookup: adaptive with `"sdsat_lookup": true` (a continuation of the request's own
   suffix found earlier in its text competes with the SAT drafts).
 
@@ -196,7 +198,7 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
         return {"method": "draft_model", "model": str(pard_dir), "num_speculative_tokens": args.pard_tokens or k + 1,
                 "parallel_drafting": True}
     if method == "sdsat":
-        return {"model": "sdsat", "num_speculative_tokens": n}
+        return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "fixed"}
     if method in ("sdsat-adaptive", "sdsat-adaptive-lookup"):
         spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive"}
         if method == "sdsat-adaptive-lookup":

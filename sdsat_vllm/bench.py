@@ -27,6 +27,7 @@ from typing import Any
 
 from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
+from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
            "chat_formatter", "cpu_name", "engine_kwargs", "git_state", "humaneval_prompts", "norepeat_prompts",
@@ -204,12 +205,12 @@ def engine_kwargs(*, max_model_len: int, dtype: str | None = None, gpu_memory_ut
 
 
 def sdsat_draft_len(speculative_config: dict | None) -> int | None:
-    """n for the SDSAT plugin under its fixed policy, whose real drafts are always n =
-    num_speculative_tokens long, so that its steps with a real draft can be counted (see
-    vllm_plugin/metrics.py); None for plain decoding and for methods whose drafts vary in length:
-    the SDSAT plugin's adaptive policy (`sdsat_policy: adaptive`) among them."""
+    """n for the SDSAT plugin under its fixed policy (`sdsat_policy: fixed`), whose real drafts
+    are always n = num_speculative_tokens long, so that its steps with a real draft can be counted
+    (see vllm_plugin/metrics.py); None for plain decoding and for methods whose drafts vary in
+    length: the SDSAT plugin's adaptive policy (its default) among them."""
     if (speculative_config and speculative_config.get("model") == "sdsat"
-            and speculative_config.get("sdsat_policy", "fixed") == "fixed"):
+            and speculative_config.get("sdsat_policy", DEFAULT_OPTIONS["policy"]) == "fixed"):
         return int(speculative_config["num_speculative_tokens"])
     return None
 

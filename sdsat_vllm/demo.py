@@ -51,8 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, auto on GPU")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--no-drafter-figures", dest="drafter_figures", action="store_false",
+                        help="skip the third engine, SDSAT under the fixed policy (n drafts every step), whose "
+                             "real-draft acceptance per position is what the SATs alone achieve")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show vLLM's INFO logging (by default only its warnings and errors)")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _per_pos(rates: list[float]) -> str:
@@ -74,33 +81,53 @@ def run(args) -> int:
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens,
                               stop=HUMANEVAL_STOP if args.stop else None)
     kw = {**engine_kwargs(max_model_len=args.max_model_len, dtype=args.dtype), "max_num_seqs": 4}
-    spec = {"model": "sdsat", "num_speculative_tokens": n}
+    spec = {"model": "sdsat", "num_speculative_tokens": n}  # the plugin's default policy (adaptive)
+    fixed_spec = {**spec, "sdsat_policy": "fixed"}
     print(f"model: {model_dir}  (K={sdsat.num_sat} SATs, SAT ids {sorted(set(sdsat.sat_token_ids))})")
     print(f"{len(prompts)} prompts, one at a time, max_tokens={args.max_tokens}, temperature={args.temperature}")
     print("plain vLLM decoding ...", flush=True)
     plain = run_vllm(model_dir, None, prompts, sampling, engine_kw=kw).runs[0]
     print(f"SDSAT through vLLM: speculative_config={json.dumps(spec)} ...", flush=True)
     fast = run_vllm(model_dir, spec, prompts, sampling, engine_kw=kw).runs[0]
+    fixed = None
+    if args.drafter_figures:
+        print(f"SDSAT, fixed policy (what the SATs draft, every step): speculative_config={json.dumps(fixed_spec)} ...",
+              flush=True)
+        fixed = run_vllm(model_dir, fixed_spec, prompts, sampling, engine_kw=kw).runs[0]
 
-    s = fast.spec  # draft_len = n: the proposer always drafts exactly n real tokens (min(n, K) = n)
+    def same_as_plain(run) -> int:
+        return sum(a == b for a, b in zip(plain.token_ids, run.token_ids))
+
     speedup = fast.tokens_per_s / plain.tokens_per_s
-    same = sum(a == b for a, b in zip(plain.token_ids, fast.token_ids))
     print()
     print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
-    print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s")
-    print(f"  speedup: {speedup:.2f}x   mean acceptance length: {s.mean_acceptance_length:.2f} tokens per decode "
-          f"forward   draft acceptance rate: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
-    print("  acceptance rate per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_rate_per_pos))
-    print("    vLLM's (per draft, SAT-only forwards included): " + _per_pos(s.acceptance_rate_per_pos))
+    print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s"
+          "   (adaptive policy: drafts and SAT tail sized per step)")
+    print(f"  speedup: {speedup:.2f}x   tokens per decode forward: {_fmt(fast.spec.tokens_per_decode_forward)}")
+    if fixed is not None:
+        s = fixed.spec  # draft_len = n: under the fixed policy every drafting step offers exactly n real drafts
+        print(f"  SDSAT, fixed policy: {fixed.tokens_per_s:7.1f} tokens/s = {fixed.tokens_per_s / plain.tokens_per_s:.2f}x"
+              f"   mean acceptance length: {s.mean_acceptance_length:.2f} tokens per decode forward"
+              f"   draft acceptance rate: {s.acceptance_rate:.1%} ({s.num_accepted_tokens}/{s.num_draft_tokens})")
+        print("  acceptance rate per draft position, real drafts: " + _per_pos(s.real_draft_acceptance_rate_per_pos))
+        print("    vLLM's (per draft, SAT-only forwards included): " + _per_pos(s.acceptance_rate_per_pos))
     if args.temperature == 0:
+        runs = [fast] + ([fixed] if fixed is not None else [])
+        same = min(same_as_plain(r) for r in runs)
         print(f"  greedy outputs identical to plain decoding: {same}/{len(prompts)}"
+              + (" (both policies)" if fixed is not None else "")
               + ("" if same == len(prompts) or kw["dtype"] == "float32" else
                  "  (in half precision a different number of tokens per forward can flip near-ties)"))
     print("\nfirst completion (SDSAT):\n" + prompts[0] + fast.texts[0])
     if args.json:
+        def result(run) -> dict:
+            return dict(tokens=run.tokens, wall_s=run.wall_s, tokens_per_s=run.tokens_per_s, **run.spec.to_dict(),
+                        speedup=run.tokens_per_s / plain.tokens_per_s, identical_outputs=same_as_plain(run))
+
         Path(args.json).write_text(json.dumps(dict(
             model=str(model_dir), n=n, prompts=len(prompts), max_tokens=args.max_tokens, temperature=args.temperature,
             plain=dict(tokens=plain.tokens, wall_s=plain.wall_s, tokens_per_s=plain.tokens_per_s),
-            sdsat=dict(tokens=fast.tokens, wall_s=fast.wall_s, tokens_per_s=fast.tokens_per_s, **s.to_dict()),
-            speedup=speedup, identical_outputs=same), indent=2))
+            sdsat=dict(speculative_config=spec, **result(fast)),
+            sdsat_fixed=None if fixed is None else dict(speculative_config=fixed_spec, **result(fixed)),
+            speedup=speedup, identical_outputs=same_as_plain(fast)), indent=2))
     return 0

@@ -46,7 +46,7 @@ def load_bench_vllm():
 def test_run_vllm_times_after_warm_up_and_shuts_down(fake):
     FakeLLM, model = fake
     sampling = fake_vllm.SamplingParams(temperature=0, max_tokens=20)
-    spec = {"model": "sdsat", "num_speculative_tokens": 3}
+    spec = {"model": "sdsat", "num_speculative_tokens": 3, "sdsat_policy": "fixed"}
     prompts = ["a" * 10, "b" * 11, "c" * 12]
     res = bench.run_vllm(model, spec, prompts, sampling, batch_sizes=[1, 2], engine_kw={"seed": 0})
     (llm,) = FakeLLM.instances
@@ -97,24 +97,42 @@ def test_demo_prints_its_figures(fake, capsys, tmp_path):
                                   "--json", str(out_json)])) == 0
     out = capsys.readouterr().out
     assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING" and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    plain, sdsat = FakeLLM.instances
+    plain, sdsat, fixed = FakeLLM.instances
+    # the headline run uses the plugin's default policy; the third engine pins the fixed policy, whose
+    # every drafting step offers n real drafts, for the drafter's own per-position figures
     assert plain.spec is None and sdsat.spec == {"model": "sdsat", "num_speculative_tokens": 2}
-    assert plain.shut_down and sdsat.shut_down and plain.kw["max_num_seqs"] == 4 and plain.kw["dtype"] == "float32"
+    assert fixed.spec == {"model": "sdsat", "num_speculative_tokens": 2, "sdsat_policy": "fixed"}
+    assert all(i.shut_down for i in (plain, sdsat, fixed)) and plain.kw["max_num_seqs"] == 4
+    assert plain.kw["dtype"] == "float32"
     assert all(s.stop == bench.HUMANEVAL_STOP for _, s in plain.calls[1:])
     doc = json.loads(out_json.read_text())
-    s = doc["sdsat"]
-    assert doc["identical_outputs"] == 3 and s["draft_len"] == 2
+    s = doc["sdsat_fixed"]
+    assert doc["identical_outputs"] == 3 and s["draft_len"] == 2 and s["identical_outputs"] == 3
+    assert doc["sdsat"]["draft_len"] is None and doc["sdsat"]["real_draft_acceptance_rate_per_pos"] is None
     real = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["real_draft_acceptance_rate_per_pos"]))
     per_draft = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["acceptance_rate_per_pos"]))
     assert f"acceptance rate per draft position, real drafts: {real}\n" in out
     assert f"vLLM's (per draft, SAT-only forwards included): {per_draft}\n" in out
-    assert (f"speedup: {doc['speedup']:.2f}x   mean acceptance length: {s['mean_acceptance_length']:.2f} tokens per "
-            "decode forward" in out)
+    assert (f"speedup: {doc['speedup']:.2f}x   tokens per decode forward: "
+            f"{doc['sdsat']['tokens_per_decode_forward']:.2f}\n" in out)
+    assert f"mean acceptance length: {s['mean_acceptance_length']:.2f} tokens per decode forward" in out
+    assert "greedy outputs identical to plain decoding: 3/3 (both policies)" in out
     # the fake engine counts every decode forward as a draft (as vLLM does under SDSAT) and no stop string
     # cuts an accepted token: the mean acceptance length is the tokens per decode forward
-    assert s["num_decoded_tokens"] == doc["sdsat"]["tokens"] - 3
     assert s["mean_acceptance_length"] == pytest.approx(s["tokens_per_decode_forward"])
-    assert "greedy outputs identical to plain decoding: 3/3" in out
+    assert s["num_decoded_tokens"] == s["tokens"] - 3
+
+
+def test_demo_without_drafter_figures(fake, tmp_path):
+    from sdsat_vllm import demo
+
+    FakeLLM, model = fake
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    out_json = tmp_path / "demo.json"
+    assert demo.run(p.parse_args(["--model", str(model), "--num-prompts", "2", "--no-drafter-figures",
+                                  "--json", str(out_json)])) == 0
+    assert len(FakeLLM.instances) == 2 and json.loads(out_json.read_text())["sdsat_fixed"] is None
 
 
 def test_demo_verbose_leaves_vllm_logging_alone(fake):

@@ -93,7 +93,7 @@ def test_chat_formatter(tmp_path, monkeypatch):
 
 
 def test_sdsat_draft_len_only_for_the_fixed_policy():
-    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4}) == 4
+    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4}) is None  # adaptive: the default
     assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "fixed"}) == 4
     assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive"}) is None
     assert bench.sdsat_draft_len({"method": "suffix", "num_speculative_tokens": 4}) is None

@@ -52,7 +52,7 @@ from typing import Iterable, Sequence
 #: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
 #: ``additional_config={"sdsat": {...}}``), with their defaults.
 DEFAULT_OPTIONS = {
-    "policy": "fixed",        # "fixed": n drafts + n SAT tail, always (the behaviour before issue 13); "adaptive"
+    "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail, always
     "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
     "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
     "min_gain": 0.02,         # speculate only if the steady state beats plain decoding by this much

@@ -136,8 +136,8 @@ class SDSATProposer:
     SpeculativeConfig refuses keys it does not know, so the ``sdsat_<name>`` keys users put in
     ``speculative_config`` are moved there by the ``speculative_config_sdsat_options`` patch
     (``additional_config`` is vLLM's own carrier of backend options, hashed into the config and
-    shipped to every worker). ``policy="fixed"`` (default): n drafts + an n-SAT tail, always.
-    ``policy="adaptive"``: per request and step, m <= n drafts and a tail t <= n chosen by
+    shipped to every worker). ``policy="fixed"``: n drafts + an n-SAT tail, always.
+    ``policy="adaptive"`` (default): per request and step, m <= n drafts and a tail t <= n chosen by
     :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
     the request's own text instead (:func:`policy.suffix_candidate`), when that chain is expected
     to be accepted further. Both policies honour vLLM's per-batch-size count

@@ -5,7 +5,7 @@ from the session fixture `plain_baseline`."""
 import json
 
 import pytest
-from vllm_plugin_helpers import (ALLOWED_OTHERS, ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, baseline_single_cases,
+from vllm_plugin_helpers import (ALLOWED_OTHERS, ENGINE_KW, FIXED, N_DRAFTS, VLLM_AVAILABLE, baseline_single_cases,
                                  mixed_prompts, passage, sampling_distribution_check, shutdown)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
@@ -16,8 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm,
 def sdsat_llm(sdsat_model_dir, plain_baseline):  # baseline first: one engine alive at a time
     from vllm import LLM
 
-    llm = LLM(model=str(sdsat_model_dir), speculative_config={"model": "sdsat", "num_speculative_tokens": N_DRAFTS},
-              **ENGINE_KW)
+    llm = LLM(model=str(sdsat_model_dir), speculative_config=FIXED, **ENGINE_KW)
     yield llm
     shutdown(llm)
 

@@ -5,7 +5,7 @@ per worker (VLLM_CPU_OMP_THREADS_BIND="0|1" on a 2-core machine)."""
 import os
 
 import pytest
-from vllm_plugin_helpers import ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, mixed_prompts, shutdown
+from vllm_plugin_helpers import ENGINE_KW, FIXED, VLLM_AVAILABLE, mixed_prompts, shutdown
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
@@ -28,7 +28,7 @@ def _run_tp2(model_dir, backend):
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(model_dir), tensor_parallel_size=2, distributed_executor_backend=backend,
-              speculative_config={"model": "sdsat", "num_speculative_tokens": N_DRAFTS}, **ENGINE_KW)
+              speculative_config=FIXED, **ENGINE_KW)
     try:
         mp = mixed_prompts()
         res = llm.generate([p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m) for _, m in mp])

@@ -259,7 +259,7 @@ def test_drafter_forgets_finished_requests_and_new_ones_probe():
 
 
 def test_validate_options():
-    assert validate_options(None) == DEFAULT_OPTIONS and DEFAULT_OPTIONS["policy"] == "fixed"
+    assert validate_options(None) == DEFAULT_OPTIONS and DEFAULT_OPTIONS["policy"] == "adaptive"
     assert validate_options({"policy": "adaptive", "cost": 0.02})["cost"] == 0.02
     with pytest.raises(ValueError, match="unknown SDSAT option"):
         validate_options({"polcy": "adaptive"})
@@ -270,7 +270,8 @@ def test_validate_options():
     with pytest.raises(ValueError, match="probe_budget"):
         validate_options({"probe_budget": 2})
     with pytest.raises(ValueError, match="lookup needs policy 'adaptive'"):
-        validate_options({"lookup": True})
+        validate_options({"policy": "fixed", "lookup": True})
+    assert validate_options({"lookup": True})["policy"] == "adaptive"  # the default policy takes lookup
     assert validate_options({"policy": "adaptive", "lookup": True})["lookup"] is True
 
 

@@ -22,7 +22,7 @@ _get = http_get
 
 
 def spec_json(n=N_DRAFTS) -> str:
-    return json.dumps({"model": "sdsat", "num_speculative_tokens": n})
+    return json.dumps({"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "fixed"})
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,9 @@ VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
 ENGINE_KW = dict(max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=True, dtype="float32",
                  disable_log_stats=False, seed=0)
 N_DRAFTS = 4  # the trained fixture has K=4
+# The exactness tests pin the fixed policy, which drafts n tokens every step whatever their odds, so
+# that every step goes through verification; the default (adaptive) policy has its own tests.
+FIXED = {"model": "sdsat", "num_speculative_tokens": N_DRAFTS, "sdsat_policy": "fixed"}
 ALLOWED_OTHERS = [50, 60, 70, 80, 90]  # allowed_token_ids beside a SAT id (baseline: these alone, plain vLLM)
 
 
