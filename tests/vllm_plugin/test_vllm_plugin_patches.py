@@ -24,12 +24,14 @@ def test_register_is_idempotent_and_wraps_once():
     from vllm.config.speculative import SpeculativeConfig
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     def targets():
         return (SpeculativeConfig.__post_init__, Scheduler.update_from_output, GPUModelRunner.propose_draft_token_ids,
-                EngineArgs.add_cli_args, InputProcessor._validate_params, EngineArgs.create_speculative_config)
+                EngineArgs.add_cli_args, InputProcessor._validate_params, EngineArgs.create_speculative_config,
+                AsyncLLM.shutdown)
 
     before = targets()
     register()
@@ -69,6 +71,11 @@ class InputProcessor:
         pass
 
 
+class AsyncLLM:
+    def shutdown(self):  # lost its timeout (and the engine/handler shutdown order the patch relies on)
+        pass
+
+
 def test_check_fails_loudly_when_vllm_changes():
     from types import SimpleNamespace
 
@@ -88,6 +95,35 @@ def test_check_fails_loudly_when_vllm_changes():
         REGISTRY["sdsat_request_validation"].check(SimpleNamespace(InputProcessor=InputProcessor))
     with pytest.raises(PatchCheckError, match="speculative_config_sdsat_options.*additional_config"):
         REGISTRY["speculative_config_sdsat_options"].check(SimpleNamespace(EngineArgs=EngineArgs))
+    with pytest.raises(PatchCheckError, match="shutdown_ends_requests.*timeout"):
+        REGISTRY["shutdown_ends_requests"].check(SimpleNamespace(AsyncLLM=AsyncLLM))
+
+
+def test_shutdown_ends_in_flight_requests_on_the_handlers_loop():
+    """AsyncLLM.shutdown runs in an executor thread; the requests' EngineDeadError must be handed over on
+    the event loop that owns their queues (tests/vllm_plugin/test_vllm_plugin_faults.py: SIGTERM under load)."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from sdsat_vllm.vllm_plugin.patches import end_in_flight_requests
+
+    got = []
+    processor = SimpleNamespace(propagate_error=lambda e: got.append((type(e), threading.get_ident())))
+    assert end_in_flight_requests(SimpleNamespace(output_processor=processor, output_handler=None)) is False
+
+    async def main():
+        handler = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        engine = SimpleNamespace(output_processor=processor, output_handler=handler)
+        done = await asyncio.to_thread(end_in_flight_requests, engine)  # as from the shutdown thread
+        await asyncio.sleep(0)
+        handler.cancel()
+        return done
+
+    assert asyncio.run(main()) is True
+    assert got == [(EngineDeadError, threading.get_ident())]
 
 
 def test_vllm_cpu_expand_kernel_bug_and_fix():

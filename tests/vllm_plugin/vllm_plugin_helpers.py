@@ -138,8 +138,12 @@ def sampling_distribution_check(sdsat_llm, sdsat_model_dir) -> None:
 
 # ---------------------------------------------------------------- `vllm serve` as a user types it
 
-SERVE_ARGS = ["--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager", "--dtype", "float32",
-              "--gpu-memory-utilization", "0.3"]
+def serve_args(max_model_len: int = 512) -> list[str]:
+    return ["--host", "127.0.0.1", "--max-model-len", str(max_model_len), "--enforce-eager", "--dtype", "float32",
+            "--gpu-memory-utilization", "0.3"]
+
+
+SERVE_ARGS = serve_args()
 
 
 
@@ -153,11 +157,12 @@ def log_tail(path: Path, n: int = 60) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
 
 
-def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 400):
+def start_server(args: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 400,
+                 max_model_len: int = 512):
     """`vllm serve ARGS` on a free loopback port; returns (process, base URL) once /health answers.
     Raises RuntimeError with the log's tail if it exits or does not come up in time."""
     port = free_port()
-    cmd = vllm_command() + ["serve", *args, "--port", str(port)] + SERVE_ARGS
+    cmd = vllm_command() + ["serve", *args, "--port", str(port)] + serve_args(max_model_len)
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env or vllm_env(), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
