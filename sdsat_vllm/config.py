@@ -21,6 +21,9 @@ from typing import Any
 
 TRAIN_MODES = ("full", "lora", "frozen", "gated")
 CONFIG_KEY = "sdsat"
+#: Inside a served gated model directory: the adapter's LoRA matrices alone, as a plain peft LoRA
+#: adapter for vLLM's loader (training/gated.py writes it, the vLLM plugin loads it).
+GATED_VLLM_LORA_DIR = "sdsat_vllm_lora"
 
 
 class SDSATConfigError(ValueError):
@@ -134,3 +137,19 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def gated_vllm_lora(model_dir: str | os.PathLike) -> tuple[Path, int]:
+    """(directory, rank) of a served gated model's vLLM LoRA view; SDSATConfigError saying what to
+    do when the directory lacks it (built before it existed, or damaged)."""
+    lora_dir = Path(model_dir) / GATED_VLLM_LORA_DIR
+    try:
+        rank = int(json.loads((lora_dir / "adapter_config.json").read_text())["r"])
+        if not (lora_dir / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(lora_dir / "adapter_model.safetensors")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SDSATConfigError(
+            f"{model_dir} is a gated SDSAT model, but its vLLM LoRA view {GATED_VLLM_LORA_DIR}/ is missing or "
+            f"unreadable ({type(e).__name__}: {e}); rebuild the directory with `sdsat fetch NAME` or "
+            f"`sdsat apply-adapter BASE ADAPTER OUT`") from None
+    return lora_dir, rank

@@ -32,6 +32,20 @@ def tiny_trained_sdsat_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gated_dirs(tmp_path_factory):
+    """tiny_models.train_tiny_gated: dict(base_dir, gated_dir, prompts, run) of a tiny gated SDSAT
+    model whose SATs draft the base's own continuations of `prompts`."""
+    from tiny_models import train_tiny_gated
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_tiny_gated(tmp_path_factory.mktemp("tiny_gated"))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def tiny_trained_sdsat(tiny_trained_sdsat_dir):
     """(model, tokenizer, sdsat_config) of the tiny trained model, fp32, eval mode.
     Prompts taken from tiny_models.tiny_training_passage() get accepted drafts."""

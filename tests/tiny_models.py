@@ -87,6 +87,55 @@ def save_model_dir(model, tokenizer, path) -> Path:
     return path
 
 
+GATED_K, GATED_PROMPT_LEN, GATED_ROW_LEN = 4, 8, 64
+
+
+def train_tiny_gated(out, steps: int = 150) -> dict:
+    """A tiny gated SDSAT model whose SATs learnt the base's own greedy continuations of 4 random
+    prompts (self-distilled), exported with `export_run`. Returns dict(base_dir: the base model alone
+    (no SATs), gated_dir: the served gated directory, prompts: the 4 prompts as token ids, run: the
+    export directory). The base is a tiny random Llama with peaked logits (initializer_range 0.2) so
+    that its continuations are learnable. Call with torch on one thread (~1 min)."""
+    from sdsat_vllm.decoding.generator import SDSATGenerator
+    from sdsat_vllm.training.data import TokenRows
+    from sdsat_vllm.training.export import export_run
+    from sdsat_vllm.training.gated import base_tensor_digests
+    from sdsat_vllm.training.sat_setup import add_sat_tokens
+    from sdsat_vllm.training.trainer import TrainConfig, batch_for, lr_factor, make_trainable, sat_forward_loss
+
+    out = Path(out)
+    base, tok = make_tiny_model(initializer_range=0.2)
+    base_dir = save_model_dir(base, tok, out / "base")
+    base_gen = SDSATGenerator(base, tok)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(4):
+        prompt = torch.randint(2, 380, (GATED_PROMPT_LEN,), generator=g).tolist()
+        rows.append(prompt + base_gen.generate(prompt, mode="ar", max_new_tokens=GATED_ROW_LEN - GATED_PROMPT_LEN,
+                                               ignore_eos=True).token_ids)
+    rows = TokenRows.unbroken(torch.tensor(rows))  # [4, GATED_ROW_LEN] the base's own greedy text
+
+    model, mtok = make_tiny_model(initializer_range=0.2)
+    digests = base_tensor_digests(model, torch.float32)
+    sdsat = add_sat_tokens(model, mtok, GATED_K, train_mode="gated")
+    cfg = TrainConfig(model="tiny", output_dir=str(out / "run"), mode="gated", num_sat=GATED_K, blocks_per_seq=12,
+                      batch_size=4, steps=steps, dtype="fp32", lr=1e-2, sat_lr=1e-2, warmup_steps=5, lora_r=8,
+                      lora_alpha=16)
+    torch.manual_seed(0)
+    model, groups = make_trainable(model, sdsat, cfg)
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
+    for step in range(cfg.steps):
+        for group, lr in zip(opt.param_groups, (cfg.sat_lr, cfg.lr)):
+            group["lr"] = lr * lr_factor(step, cfg)
+        loss, _ = sat_forward_loss(model, batch_for(step, 0, rows, sdsat, cfg), cfg)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    export_run(model, mtok, sdsat, cfg, out / "run", torch.float32, base_tensors=digests)
+    return dict(base_dir=base_dir, gated_dir=out / "run" / "model", run=out / "run",
+                prompts=[r[:GATED_PROMPT_LEN] for r in rows.ids.tolist()])
+
+
 if __name__ == "__main__":  # python tests/tiny_models.py OUT_DIR: a tiny SDSAT model dir for poking at
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from sdsat_vllm.training.sat_setup import add_sat_tokens

@@ -26,8 +26,12 @@ Files
   is the one thing those loaders do not know) and records the sha256 of every base tensor.
 - Served model directory (`RUN/model`, `sdsat apply-adapter`, `sdsat fetch NAME-sdsat`): the base
   model's tensors unchanged (the SAT rows appended to the vocabulary, nothing merged), the `sdsat`
-  block with `train_mode: gated`, and the adapter copied into `sdsat_adapter/`. The base tensors'
-  sha256 are checked when the directory is built. `load_gated_dir` (the engine) attaches the gate.
+  block with `train_mode: gated`, the adapter copied into `sdsat_adapter/`, and its LoRA matrices
+  alone in `sdsat_vllm_lora/` (a plain peft LoRA adapter: vLLM's LoRA loader refuses the SAT-row
+  tensor, which the directory's embedding matrix already holds). The base tensors' sha256 are
+  checked when the directory is built. `load_gated_dir` (the engine) attaches the gate; the vLLM
+  plugin loads `sdsat_vllm_lora/` as a LoRA whose per-token mapping covers SAT tokens only
+  (vllm_plugin/patches.py, `gated_lora_mapping`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import SDSATConfig
+from ..config import GATED_VLLM_LORA_DIR, SDSATConfig
 from .export import ADAPTER_META, save_model_dir
 from .sat_setup import add_sat_tokens
 
@@ -415,9 +419,33 @@ def save_gated_model_dir(model, tokenizer, sdsat: SDSATConfig, adapter_dir: Path
 
     def finish(tmp: Path) -> None:
         shutil.copytree(adapter_dir, tmp / GATED_ADAPTER_DIR)
+        write_vllm_lora(adapter_dir, tmp / GATED_VLLM_LORA_DIR)
         check_base_tensors(tmp)
 
     return save_model_dir(model, tokenizer, sdsat, out_dir, dtype=dtype, finish=finish)
+
+
+def write_vllm_lora(adapter_dir: Path, out_dir: Path) -> Path:
+    """The adapter's LoRA matrices as a plain peft LoRA adapter that vLLM's loader takes: the
+    `lora_A`/`lora_B` tensors under peft's keys, and a config with the layers' short names
+    (q_proj, ...), rank and alpha. Nothing else: the SAT rows live in the model's embedding."""
+    from safetensors.torch import load_file, save_file
+
+    from ..config import write_json_atomic
+
+    meta = read_adapter_meta(adapter_dir)
+    tensors = {k: v for k, v in load_file(Path(adapter_dir) / ADAPTER_WEIGHTS).items()
+               if k.endswith((".lora_A.weight", ".lora_B.weight"))}
+    if not tensors:
+        raise ValueError(f"{adapter_dir} has no LoRA matrices")
+    short = sorted({k[: -len(".lora_A.weight")].rsplit(".", 1)[-1] for k in tensors})
+    out_dir.mkdir(parents=True)
+    save_file(tensors, out_dir / ADAPTER_WEIGHTS)
+    write_json_atomic(out_dir / "adapter_config.json", {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": meta["gated"]["lora_r"],
+        "lora_alpha": meta["gated"]["lora_alpha"], "lora_dropout": 0.0, "bias": "none", "target_modules": short,
+        "base_model_name_or_path": meta["sdsat"].get("base_model") or ""})
+    return out_dir
 
 
 def build_gated_model_dir(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, model=None,

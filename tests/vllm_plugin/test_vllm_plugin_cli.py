@@ -207,9 +207,10 @@ def test_sat_ids_only_when_sdsat_drafts(tmp_path):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")
-def test_request_validation_wraps_input_processor():
+def test_request_validation_wraps_input_processor(tmp_path):
     """The wrapper around InputProcessor._validate_params: vLLM's checks first, then ours, as the
-    VLLMValidationError the OpenAI server turns into a 400; requests without SDSAT untouched."""
+    VLLMValidationError the OpenAI server turns into a 400; requests without SDSAT untouched. And
+    around _validate_lora: a user LoRA on a gated SDSAT engine is a 400 (its LoRA slot is the SATs')."""
     from vllm.exceptions import VLLMValidationError
 
     from sdsat_vllm.vllm_plugin import PROPOSER_PATH
@@ -225,6 +226,9 @@ def test_request_validation_wraps_input_processor():
                 raise VLLMValidationError("vLLM's own check")
             return "resolved"
 
+        def _validate_lora(self, lora_request):
+            return "lora ok"
+
     _apply_request_validation(SimpleNamespace(InputProcessor=InputProcessor))
     ip = InputProcessor(SimpleNamespace(model=PROPOSER_PATH))
     assert ip._validate_params(_sp(allowed_token_ids=[SAT, 7]), ("generate",)) == "resolved"
@@ -237,6 +241,17 @@ def test_request_validation_wraps_input_processor():
         ip._validate_params(_sp(logprob_token_ids=[7]), ("generate",))
     plain = InputProcessor(None)
     assert plain._validate_params(_sp(allowed_token_ids=[SAT], logprob_token_ids=[7]), ("generate",)) == "resolved"
+    mine = SimpleNamespace(lora_name="mine")
+    assert ip._validate_lora(mine) == "lora ok" and plain._validate_lora(mine) == "lora ok"  # not gated
+    (tmp_path / "sdsat_vllm_lora").mkdir()
+    (tmp_path / "sdsat_vllm_lora" / "adapter_config.json").write_text('{"r": 8}')
+    (tmp_path / "sdsat_vllm_lora" / "adapter_model.safetensors").write_bytes(b"")
+    gated = InputProcessor(SimpleNamespace(model=PROPOSER_PATH))
+    gated.model_config = SimpleNamespace(model=str(tmp_path), hf_config=SimpleNamespace(
+        sdsat={"sat_token_ids": [SAT] * 3, "train_mode": "gated"}))
+    assert gated._validate_lora(None) == "lora ok"
+    with pytest.raises(VLLMValidationError, match="gated SDSAT model.*user LoRA adapters cannot be combined"):
+        gated._validate_lora(mine)
 
 
 # ---------------------------------------------------------------- real `vllm serve` starts (slow)

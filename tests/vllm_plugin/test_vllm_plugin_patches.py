@@ -39,8 +39,12 @@ def test_register_is_idempotent_and_wraps_once():
     patches.apply_now()
     after = targets()
     assert before == after
-    for f in after:
-        assert f.__sdsat_patch__ and not hasattr(f.__sdsat_original__, "__sdsat_patch__")
+    for f in after:  # each patch wraps its target once (two patches may share a target: a chain of two)
+        names = []
+        while hasattr(f, "__sdsat_patch__"):
+            names.append(f.__sdsat_patch__)
+            f = f.__sdsat_original__
+        assert names and len(names) == len(set(names)), names
 
 
 # A vLLM that changed underneath: same class names, different code.
@@ -199,20 +203,33 @@ def test_engine_args_clear_errors(tmp_path):
                    speculative_config={"model": "sdsat", "num_speculative_tokens": 5}).create_engine_config()
 
 
-def test_engine_args_refuse_a_gated_model(tmp_path):
-    """vLLM would serve a gated model's base weights without its LoRA deltas (exact, but the SATs would
-    draft nonsense): refused up front until the gate exists in vLLM (issue 9, point 4)."""
+def test_engine_args_gated_model_turns_lora_on_or_is_refused_without_its_lora_view(tmp_path, tiny_gated_dirs):
+    """A gated model's SATs need its LoRA deltas: the engine gets LoRA enabled with a rank that fits
+    the adapter (patch gated_enable_lora); a gated directory without the vLLM LoRA view (built before
+    it existed) is refused with the fix, before any engine starts; a lora model keeps LoRA off."""
+    import shutil
+
     from vllm.engine.arg_utils import EngineArgs
 
-    from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.config import GATED_VLLM_LORA_DIR
     from sdsat_vllm.vllm_plugin import register
 
     register()
-    d = make_tiny_sdsat_dir(tmp_path / "m", num_sat=3)
-    gated = SDSATConfig.from_dict({**SDSATConfig.from_pretrained(d).to_dict(), "train_mode": "gated"})
-    gated.save_to(d)
-    with pytest.raises(Exception, match=r"(?s)gated SDSAT model.*vLLM serving of gated models is not built yet"):
-        EngineArgs(model=str(d), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
+    gated = tiny_gated_dirs["gated_dir"]
+    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
+    assert cfg.lora_config is not None and cfg.lora_config.max_lora_rank >= 8  # fits the adapter (r 8)
+    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config={"model": "sdsat"}, enable_lora=True,
+                     max_lora_rank=32).create_engine_config()
+    assert cfg.lora_config.max_lora_rank == 32  # a user's larger rank stays
+    assert EngineArgs(model=str(gated), max_model_len=256).create_engine_config().lora_config is None  # no SDSAT
+    d = make_tiny_sdsat_dir(tmp_path / "lora", num_sat=3)
+    assert EngineArgs(model=str(d), max_model_len=256,
+                      speculative_config={"model": "sdsat"}).create_engine_config().lora_config is None
+    old = tmp_path / "old"
+    shutil.copytree(gated, old)
+    shutil.rmtree(old / GATED_VLLM_LORA_DIR)
+    with pytest.raises(Exception, match=r"(?s)gated SDSAT model.*LoRA view sdsat_vllm_lora/ is missing.*sdsat fetch"):
+        EngineArgs(model=str(old), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
 
 
 def test_each_registry_entry_sits_beside_its_check_and_apply():
@@ -233,3 +250,40 @@ def test_each_registry_entry_sits_beside_its_check_and_apply():
         # its functions come before its registration, and no other patch's function lies in between
         assert max(lines) < registered_at[name], name
         assert not [ln for ln in others if min(lines) < ln < registered_at[name]], name
+
+
+def test_gated_token_mapping_gives_the_adapter_to_sat_tokens_only():
+    import numpy as np
+
+    from sdsat_vllm.vllm_plugin.patches import gated_token_mapping
+
+    ids = np.array([5, 9, 384, 384, 7, 385, 384])  # a standard run, a SAT tail, a standard token, a SAT
+    assert gated_token_mapping(ids, np.array([384, 385]), 42) == (0, 0, 42, 42, 0, 42, 42)
+    assert gated_token_mapping(ids[:2], np.array([384]), 42) == (0, 0)
+
+
+def test_cpu_lora_no_lora_rows_get_no_delta():
+    """vLLM's PyTorch bgmv_shrink takes index -1 ("no LoRA") as the last adapter slot; patched, such
+    rows shrink to 0 (so the expand adds nothing) and LoRA rows are unchanged."""
+    import torch
+
+    from sdsat_vllm.vllm_plugin import patches, register
+
+    register()
+    patches.apply_now()
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    x = torch.randn(3, 16)
+    a = torch.randn(1, 1, 4, 16)  # [max_loras, 1, r, in]: one adapter slot
+    idx = torch.tensor([-1, 0, -1])
+    out = torch.full((3, 4), 7.0)
+    lora_ops.bgmv_shrink(x, a, out, idx, 0.5)
+    assert out[0].abs().sum() == 0 and out[2].abs().sum() == 0
+    assert torch.allclose(out[1], 0.5 * a[0, 0] @ x[1])
+    buggy = torch.full((3, 4), 7.0)
+    lora_ops.bgmv_shrink.__sdsat_original__(x, a, buggy, idx, 0.5)
+    assert buggy[0].abs().sum() > 0  # the upstream bug this patch exists for
+    # the prefill path goes through the module's bgmv_shrink too
+    seg = torch.full((3, 4), 7.0)
+    lora_ops.sgmv_shrink(x, a, seg, torch.tensor([0, 1, 2]), torch.tensor([1, 1, 1]), idx, 3, 1, 3, 0.5)
+    assert torch.equal(seg, out)

