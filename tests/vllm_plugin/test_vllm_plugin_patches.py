@@ -262,9 +262,10 @@ def test_gated_token_mapping_gives_the_adapter_to_sat_tokens_only():
     assert gated_token_mapping(ids[:2], np.array([384]), 42) == (0, 0)
 
 
-def test_cpu_lora_no_lora_rows_get_no_delta():
-    """vLLM's PyTorch bgmv_shrink takes index -1 ("no LoRA") as the last adapter slot; patched, such
-    rows shrink to 0 (so the expand adds nothing) and LoRA rows are unchanged."""
+def test_cpu_lora_ops_give_no_lora_rows_nothing_and_lora_rows_their_adapter():
+    """vLLM's PyTorch bgmv ops take index -1 ("no LoRA") as the last adapter slot; patched, such rows
+    get no delta, and every other row exactly its adapter's (naive reference: per-row matmuls),
+    through the segment (prefill) entry points too."""
     import torch
 
     from sdsat_vllm.vllm_plugin import patches, register
@@ -273,17 +274,29 @@ def test_cpu_lora_no_lora_rows_get_no_delta():
     patches.apply_now()
     from vllm.lora.ops.torch_ops import lora_ops
 
-    x = torch.randn(3, 16)
-    a = torch.randn(1, 1, 4, 16)  # [max_loras, 1, r, in]: one adapter slot
-    idx = torch.tensor([-1, 0, -1])
-    out = torch.full((3, 4), 7.0)
-    lora_ops.bgmv_shrink(x, a, out, idx, 0.5)
-    assert out[0].abs().sum() == 0 and out[2].abs().sum() == 0
-    assert torch.allclose(out[1], 0.5 * a[0, 0] @ x[1])
-    buggy = torch.full((3, 4), 7.0)
+    torch.manual_seed(0)
+    n, d_in, r, d_out = 5, 16, 4, 12
+    x = torch.randn(n, d_in)
+    a = torch.randn(2, 1, r, d_in)      # two adapter slots
+    b = torch.randn(2, 1, d_out, r)
+    idx = torch.tensor([-1, 0, 1, -1, 0])
+
+    def ref_delta(i):  # the LoRA delta of row i
+        return torch.zeros(d_out) if idx[i] < 0 else 0.5 * b[idx[i], 0] @ (a[idx[i], 0] @ x[i])
+
+    mid = torch.full((n, r), 7.0)
+    lora_ops.bgmv_shrink(x, a, mid, idx, 0.5)
+    assert mid[0].abs().sum() == 0 and mid[3].abs().sum() == 0
+    out = torch.ones(n, d_out)
+    lora_ops.bgmv_expand(mid, b, out, idx, True)
+    assert torch.allclose(out, 1 + torch.stack([ref_delta(i) for i in range(n)]), atol=1e-5)
+    sliced = torch.ones(n, 2 * d_out)
+    lora_ops.bgmv_expand_slice(mid, b, sliced, idx, d_out, d_out, True)
+    assert torch.equal(sliced[:, :d_out], torch.ones(n, d_out)) and torch.allclose(sliced[:, d_out:], out, atol=1e-5)
+    seg_mid = torch.full((n, r), 7.0)
+    lora_ops.sgmv_shrink(x, a, seg_mid, torch.tensor([0, 1, 2, 3, 4]), torch.ones(5, dtype=torch.long), idx, 5, 1, 5,
+                         0.5)
+    assert torch.equal(seg_mid, mid)
+    buggy = torch.full((n, r), 7.0)
     lora_ops.bgmv_shrink.__sdsat_original__(x, a, buggy, idx, 0.5)
-    assert buggy[0].abs().sum() > 0  # the upstream bug this patch exists for
-    # the prefill path goes through the module's bgmv_shrink too
-    seg = torch.full((3, 4), 7.0)
-    lora_ops.sgmv_shrink(x, a, seg, torch.tensor([0, 1, 2]), torch.tensor([1, 1, 1]), idx, 3, 1, 3, 0.5)
-    assert torch.equal(seg, out)
+    assert buggy[0].abs().sum() > 0  # the upstream bug this patch exists for: row 0 got slot -1 = slot 1
