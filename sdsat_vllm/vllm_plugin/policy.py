@@ -361,6 +361,7 @@ def choose_draft_length(
     batch_size: int = 1,
     cap: int | None = None,
     steps_since_probe: int = 0,
+    probe_clock: int | None = None,
     probe_budget: float = 0.03,
     min_gain: float = 0.02,
 ) -> Decision:
@@ -374,7 +375,11 @@ def choose_draft_length(
     steps_since_probe: forwards since this request last had a full tail (min(n, cap) SAT rows) read.
     The tail is m* (see the module docstring); every k steps (:func:`probe_interval`) it is the full
     min(n, cap) instead, so that the running acceptance of positions beyond m* stays current (a
-    request in back-off, m* = 0, gets its only SAT rows from these probes).
+    request in back-off, m* = 0, gets its only SAT rows from these probes). probe_clock: the
+    engine's step count; when given, the probe falls on the steps where (probe_clock + 1) % k == 0
+    instead, the same steps for every request, so that the steps between carry no speculative token
+    at all (vLLM then samples them on its plain path, which costs less than its rejection sampler,
+    most of all for sampled requests).
     """
     n = max(int(n), 0)
     limit = n if cap is None else max(0, min(n, int(cap)))
@@ -389,9 +394,10 @@ def choose_draft_length(
     ss = best_steady_state(alpha, limit, cost, b, min_gain)
     tail = ss.m
     probe = False
-    if tail < limit and steps_since_probe + 1 >= probe_interval(limit - tail, cost, b, probe_budget,
-                                                                 ss.batch_tokens):
-        tail, probe = limit, True
+    if tail < limit:
+        k = probe_interval(limit - tail, cost, b, probe_budget, ss.batch_tokens)
+        if ((probe_clock + 1) % k == 0) if probe_clock is not None else (steps_since_probe + 1 >= k):
+            tail, probe = limit, True
 
     # kappa: one more token in this forward, in tokens (Dinkelbach: the batch's rate times T'(N))
     kappa = ss.throughput * cost.marginal(ss.batch_tokens)
@@ -469,10 +475,13 @@ def expected_accepted(p: Sequence[float]) -> float:
 # per-request state around the policy (what the proposer keeps between steps)
 
 
+NEVER_PROBED = 1 << 20
+
+
 @dataclass
 class RequestState:
     alpha: list[float]                  # running per-position acceptance estimate
-    since_probe: int = 1 << 20          # forwards since a full tail was read (a new request probes first)
+    since_probe: int = NEVER_PROBED     # forwards since a full tail was read (a new request probes first)
     sent_q: list[float] = field(default_factory=list)  # SAT max probabilities of the drafts in flight
     sent_lookup: bool = False           # ... which came from the lookup candidate (its own calibration)
 
@@ -500,6 +509,11 @@ class AdaptiveDrafter:
         self.lookup_calibration = AcceptanceCalibration(num_sat)
         self.alpha_global = [0.5] * n
         self.states: dict[str, RequestState] = {}
+        self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
+
+    def tick(self) -> None:
+        """One engine step begins (the proposer calls it once per step, before any decide)."""
+        self.clock += 1
 
     def cost(self) -> CostModel:
         return self.online.model() if self.online is not None else self.fixed_cost
@@ -541,6 +555,7 @@ class AdaptiveDrafter:
                 qs, p, use_lookup = lookup_q, p_lookup, True
         d = choose_draft_length(p, self.n, self.cost(), alpha=st.alpha, batch_size=batch_size, cap=cap,
                                 steps_since_probe=st.since_probe, probe_budget=self.probe_budget,
+                                probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
                                 min_gain=self.min_gain)
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0

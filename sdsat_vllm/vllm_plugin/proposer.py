@@ -303,6 +303,7 @@ class SDSATProposer:
         from .policy import LOOKUP_PRIOR_Q, suffix_candidate
 
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
+        self.drafter.tick()
         self.drafter.keep_only(req_ids)
         batch = sum(1 for s in sampled_token_ids if s)
         sat_set = frozenset(self.sat_ids)

@@ -142,9 +142,32 @@ def test_back_off_probes_every_k_steps_within_budget():
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     tails = []
     for _ in range(5 * k):
+        dr.tick()
         tails.append(dr.decide("r", [0.05] * tails[-1] if tails else []).tail)
     on = [s for s, t in enumerate(tails) if t]
     assert on[0] == 0 and on[-3:] == [on[-1] - 2 * k, on[-1] - k, on[-1]] and all(tails[s] == 4 for s in on[-3:])
+    # with the engine's clock (probe_clock) the probe falls on the same steps whatever the request
+    assert [choose_draft_length(LOW, 4, CPU, steps_since_probe=s, probe_clock=c).probe
+            for s, c in ((0, k - 1), (10 * k, k), (0, 2 * k - 1))] == [True, False, True]
+
+
+def test_requests_in_back_off_probe_on_the_same_steps():
+    """Requests that arrived at different steps, once past their first probe, probe together: the
+    steps between carry no speculative token at all (vLLM's plain sampling path)."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    k = probe_interval(4, CPU, 2, budget=0.03)
+    last: dict[str, int] = {}
+    probes: dict[str, list[int]] = {"a": [], "b": []}
+    for step in range(6 * k):
+        dr.tick()
+        for r in ("a", "b") if step >= 3 else ("a",):  # b arrives 3 steps later
+            d = dr.decide(r, [0.05] * last.get(r, 0), batch_size=2)
+            last[r] = d.tail
+            if d.tail:
+                probes[r].append(step)
+    assert probes["b"][0] == 3  # a new request probes first
+    later = [s for s in probes["a"] if s > 3 + k]
+    assert later and later == [s for s in probes["b"] if s > 3 + k]
 
 
 def test_calibration():
