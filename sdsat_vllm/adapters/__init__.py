@@ -50,9 +50,9 @@ class ShippedAdapter:
 
 
 SHIPPED = {a.name: a for a in [
-    # the default: warm-started from the stdlib adapter, then 150 steps on the model's own completions
-    # (no EOS target after a completion cut by max_tokens; benchmarks/results/README.md, section 6)
-    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd2"),
+    # the default: warm-started from the stdlib adapter, then 240 steps on the model's own completions
+    # (no EOS target after a completion cut by max_tokens; benchmarks/results/README.md, sections 6-7)
+    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd3"),
     # the previous default (stdlib source only), kept to compare against and as the warm start
     ShippedAdapter("smollm2-135m-sdsat-stdlib", "smollm2-135m", "smollm2-135m-lora-k5"),
 ]}
