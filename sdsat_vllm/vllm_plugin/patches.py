@@ -1029,10 +1029,11 @@ def _apply_lora_mapping(mod: Any) -> None:
     p = REGISTRY["gated_lora_mapping"]
 
     def make(orig):
-        def set_active_loras(self, input_batch, num_scheduled_tokens, num_sampled_tokens=None, *args, **kwargs):
+        def set_active_loras(self, input_batch, num_scheduled_tokens, num_sampled_tokens=None, mapping_type=None):
             gate = _runner_gate(self)
             if gate is None:
-                return orig(self, input_batch, num_scheduled_tokens, num_sampled_tokens, *args, **kwargs)
+                kw = {} if mapping_type is None else {"mapping_type": mapping_type}
+                return orig(self, input_batch, num_scheduled_tokens, num_sampled_tokens, **kw)
             n_tokens = int(num_scheduled_tokens.sum())
             n_sampled = len(num_scheduled_tokens) if num_sampled_tokens is None else int(num_sampled_tokens.sum())
             ids = self.input_ids.cpu[:n_tokens].numpy()
@@ -1045,8 +1046,8 @@ def _apply_lora_mapping(mod: Any) -> None:
             # whose buffers hold one segment per request; the gate makes two per request (standard
             # tokens, then the SAT tail), which overflows them at max_num_seqs requests. On GPU the
             # flag selects nothing (the same kernels serve both).
-            mapping = LoRAMapping(token_mapping, (0,) * n_sampled, is_prefill=False, **(
-                {"type": args[0]} if args else {"type": kwargs["mapping_type"]} if "mapping_type" in kwargs else {}))
+            mapping = LoRAMapping(token_mapping, (0,) * n_sampled, is_prefill=False,
+                                  **({} if mapping_type is None else {"type": mapping_type}))
             self.lora_manager.set_active_adapters({gate.request}, mapping)
             return None
 

@@ -208,14 +208,19 @@ def _serve_args(spec: bool) -> list[str]:
                                                               "--max-num-seqs", str(MAX_NUM_SEQS)]
 
 
+def _start(model_dir, spec: bool, log):
+    """(process, base URL) of the module's server, plain or SDSAT; a failed start fails the test."""
+    try:
+        return start_server([str(model_dir), *_serve_args(spec)], log, max_model_len=MAX_MODEL_LEN)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
 @pytest.fixture(scope="module")
 def plain_answers(sdsat_model_dir, passage_ids, tmp_path_factory):
     """What a plain `vllm serve` (same model and flags, no speculation) answers, each request alone."""
     log = tmp_path_factory.mktemp("plain") / "server.log"
-    try:
-        proc, base = start_server([str(sdsat_model_dir), *_serve_args(False)], log, max_model_len=MAX_MODEL_LEN)
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    proc, base = _start(sdsat_model_dir, False, log)
     try:
         out = {"greedy": [answer(*post(base, r)) for r in greedy_requests()],
                "boundary": run_boundary(base, boundary_cases(passage_ids))}
@@ -228,10 +233,7 @@ def plain_answers(sdsat_model_dir, passage_ids, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(sdsat_model_dir, plain_answers, tmp_path_factory):
     log = tmp_path_factory.mktemp("sdsat") / "server.log"
-    try:
-        proc, base = start_server([str(sdsat_model_dir), *_serve_args(True)], log, max_model_len=MAX_MODEL_LEN)
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    proc, base = _start(sdsat_model_dir, True, log)
     yield {"base": base, "proc": proc, "log": log}
     problem = stop_server(proc, log)  # clean stop after the faults
     assert problem is None, problem
