@@ -15,6 +15,15 @@ agreement per SAT offset (SAT argmax == the model's own
 argmax at the position that predicts the same token: the teacher-forced proxy of greedy draft
 acceptance) and accuracy (SAT argmax == the data's token). `warm` rows start from the shipped
 adapter (K=5, one SAT id, LoRA r=8), the others from scratch; compare rows only within a group.
+
+With `--decode`, every row is also exported (its command re-run without `--no-export`: it resumes at
+its last step and writes model/) and decoded through vLLM: the SDSAT plugin under the fixed policy
+(n = the row's K drafts and a K-SAT tail every step, so every real draft is K long), batch 1,
+greedy, fp32, on the first `--decode-prompts` HumanEval prompts (bench_vllm.py's set), no stop
+strings (as the demo and `bench_vllm.py --no-stop`), at most `--decode-max-tokens` each. Columns added: mean acceptance length (tau: tokens per decode
+forward) and the acceptance rate per position of real drafts (sdsat_vllm/metrics_vocabulary.py).
+Decoding needs no quiet machine (tau and acceptance do not depend on load), so it runs beside the
+training rows, one engine at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +62,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "cold-k3": ("cold", ["--sources", "{data}", "--num-sat", "3"]),
     "cold-distinct": ("cold", ["--sources", "{data}", "--distinct-sats"]),
     "cold-r16": ("cold", ["--sources", "{data}", "--lora-r", "16", "--lora-alpha", "32"]),
+    # LoRA deltas on SAT rows only: the served model stays the base model bit for bit (issue 9)
+    "cold-gated": ("cold", ["--sources", "{data}", "--mode", "gated"]),
 }
 
 
@@ -59,15 +71,22 @@ def _flag(flags: list[str], name: str) -> int:
     return int(flags[len(flags) - 1 - flags[::-1].index(name) + 1])  # the last occurrence wins, as in argparse
 
 
-def run_row(name: str, args) -> dict:
-    group, flags = ROWS[name]
-    out = Path(args.work_dir) / name
+def train_command(name: str, args) -> list[str]:
+    """The row's `sdsat train` command: the shared flags, its own, and the steps its token budget buys."""
+    _, flags = ROWS[name]
     all_flags = [*SHARED, *[f.format(data=args.data) for f in flags]]
     per_step = _flag(all_flags, "--batch-size") * (_flag(all_flags, "--seq-len")
                                                    + _flag(all_flags, "--blocks-per-seq") * _flag(all_flags, "--num-sat"))
     steps = _flag(all_flags, "--steps") if "--steps" in all_flags else max(1, round(args.tokens / per_step))
-    cmd = [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(out), *all_flags,
-           "--heldout-sources", args.heldout, "--steps", str(steps)]
+    return [sys.executable, "-m", "sdsat_vllm.cli", "train", "--output-dir", str(Path(args.work_dir) / name),
+            *all_flags, "--heldout-sources", args.heldout, "--steps", str(steps)]
+
+
+def run_row(name: str, args) -> dict:
+    group, flags = ROWS[name]
+    out = Path(args.work_dir) / name
+    cmd = train_command(name, args)
+    steps = int(cmd[-1])
     t0 = time.time()
     log_path = out / "log.jsonl"
     finished = log_path.is_file() and any(json.loads(line).get("step") == steps and "eval" in line
@@ -88,34 +107,106 @@ def run_row(name: str, args) -> dict:
             "heldout_sat_loss": last_eval["eval"]["sat_loss"]}
 
 
+def decode_row(name: str, args, lock) -> dict:
+    """Export the row (once) and decode the HumanEval prompts with it through vLLM (one engine at a
+    time: `lock`); the figures land in WORK/NAME/decode.json, reused when there."""
+    out = Path(args.work_dir) / name
+    result = out / "decode.json"
+    if not result.is_file():
+        with lock:
+            if not (out / "model" / "config.json").is_file():
+                cmd = [c for c in train_command(name, args) if c != "--no-export"]
+                with open(Path(args.work_dir) / f"{name}.log", "a") as log:
+                    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            with open(Path(args.work_dir) / f"{name}.decode.log", "a") as log:
+                subprocess.run([sys.executable, str(Path(__file__).resolve()), "--decode-one", str(out / "model"),
+                                "--decode-prompts", str(args.decode_prompts),
+                                "--decode-max-tokens", str(args.decode_max_tokens), "--out", str(result)],
+                               check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    return json.loads(result.read_text())
+
+
+def decode_one(model_dir: str, num_prompts: int, max_tokens: int) -> dict:
+    """One vLLM engine on `model_dir`, the SDSAT plugin's fixed policy at n = K, batch 1, greedy."""
+    from sdsat_vllm.bench import engine_kwargs, prompt_set, quiet_vllm, run_vllm
+
+    quiet_vllm()
+    from vllm import SamplingParams
+
+    from sdsat_vllm.config import SDSATConfig
+
+    k = SDSATConfig.from_pretrained(model_dir).num_sat
+    # no stop strings (as `bench_vllm.py --no-stop` and the demo): a model that restarts with "\ndef "
+    # would otherwise stop after one token under HumanEval's stops and leave nothing to measure
+    prompts, _ = prompt_set("humaneval", num_prompts)
+    spec = {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "fixed"}
+    run = run_vllm(model_dir, spec, prompts, SamplingParams(temperature=0, max_tokens=max_tokens),
+                   engine_kw=engine_kwargs(max_model_len=1024)).runs[0]
+    d = run.spec
+    return {"model": model_dir, "speculative_config": spec, "prompt_set": "humaneval", "num_prompts": len(prompts),
+            "stop": None,
+            "max_tokens": max_tokens, "output_tokens": run.tokens,
+            "mean_acceptance_length": d.mean_acceptance_length,
+            "real_draft_acceptance_rate_per_pos": d.real_draft_acceptance_rate_per_pos,
+            "acceptance_rate_per_pos": d.acceptance_rate_per_pos, "num_drafts": d.num_drafts,
+            "num_accepted_tokens_per_pos": list(d.num_accepted_tokens_per_pos)}
+
+
 def markdown(results: list[dict], args) -> str:
     def per(xs):
         return " ".join(f"{x:.3f}" for x in xs)
 
+    decode = any("decode" in r for r in results)
     lines = [f"{args.tokens} training tokens per row, {args.parallel} rows at a time (1 thread each); "
-             f"held-out: {args.heldout}", "",
-             "| row | group | steps | train tok/s | SAT targets/s | held-out agreement per offset | accuracy per offset |",
-             "|---|---|---|---|---|---|---|"]
+             f"held-out: {args.heldout}"
+             + (f"; decoded: vLLM, fixed policy n=K, batch 1, greedy, {args.decode_prompts} HumanEval prompts "
+                f"x <= {args.decode_max_tokens} tokens" if decode else ""), "",
+             "| row | group | steps | train tok/s | SAT targets/s | held-out agreement per offset | accuracy per offset |"
+             + (" tau | real-draft acceptance per position |" if decode else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if decode else "")]
     for r in results:
-        lines.append(f"| {r['row']} | {r['group']} | {r['steps']} | {r['tokens_per_s']:.0f} | "
-                     f"{r['sat_targets_per_s']:.0f} | {per(r['heldout_agree'])} | {per(r['heldout_acc'])} |")
+        line = (f"| {r['row']} | {r['group']} | {r['steps']} | {r['tokens_per_s']:.0f} | "
+                f"{r['sat_targets_per_s']:.0f} | {per(r['heldout_agree'])} | {per(r['heldout_acc'])} |")
+        if "decode" in r:
+            d = r["decode"]
+            line += f" {d['mean_acceptance_length']:.2f} | {per(d['real_draft_acceptance_rate_per_pos'])} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="self-distilled training JSONL (sdsat make-data)")
-    p.add_argument("--heldout", required=True, help="held-out JSONL every row is evaluated on")
+    p.add_argument("--data", help="self-distilled training JSONL (sdsat make-data)")
+    p.add_argument("--heldout", help="held-out JSONL every row is evaluated on")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--tokens", type=int, default=40000, help="training tokens per row (SATs included)")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--work-dir", default="runs/ablation")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    p.add_argument("--decode", action="store_true", help="also export every row and decode through vLLM")
+    p.add_argument("--decode-prompts", type=int, default=16)
+    p.add_argument("--decode-max-tokens", type=int, default=128)
+    p.add_argument("--decode-one", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the child process of --decode
     args = p.parse_args(argv)
+    if args.decode_one:
+        figures = decode_one(args.decode_one, args.decode_prompts, args.decode_max_tokens)
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+        return 0
+    if not (args.data and args.heldout):
+        p.error("--data and --heldout are required")
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout
-    with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda name: run_row(name, args), args.rows))
+    trainers, engine_lock = threading.Semaphore(args.parallel), threading.Lock()
+
+    def row(name: str) -> dict:
+        with trainers:  # `--parallel` rows train at a time; a finished row decodes while the next ones train
+            r = run_row(name, args)
+        if args.decode:
+            r["decode"] = decode_row(name, args, engine_lock)
+        return r
+
+    with ThreadPoolExecutor(len(args.rows)) as pool:
+        results = list(pool.map(row, args.rows))
     table = markdown(results, args)
     print(table)
     if args.out:

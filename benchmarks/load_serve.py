@@ -9,7 +9,7 @@ served twice, one server after the other, each by vLLM's own `vllm serve` on a f
 127.0.0.1 (loopback only; `HF_HUB_OFFLINE=1` and `VLLM_NO_USAGE_STATS=1` unless set):
 
 * plain: no speculative config;
-* sdsat: `--speculative-config '{"model": "sdsat"}'` (n = K drafts per step, the fixed policy).
+* sdsat: `--speculative-config '{"model": "sdsat"}'` (n = K, the plugin's default policy: adaptive).
 
 Each server: start (bounded by --startup-timeout), a warm-up (a completion, a chat and a JSON-schema
 request), its process tree's RSS ("before"), the concurrent pass (every request of the mix, at most
