@@ -378,8 +378,8 @@ def choose_draft_length(
     request in back-off, m* = 0, gets its only SAT rows from these probes). probe_clock: the
     engine's step count; when given, the probe falls on the steps where (probe_clock + 1) % k == 0
     instead, the same steps for every request, so that the steps between carry no speculative token
-    at all (vLLM then samples them on its plain path, which costs less than its rejection sampler,
-    most of all for sampled requests).
+    at all (the patch no_draft_step_plain_sampler then lets vLLM sample them on its plain path,
+    which costs less than its rejection sampler, most of all for sampled requests).
     """
     n = max(int(n), 0)
     limit = n if cap is None else max(0, min(n, int(cap)))

@@ -183,6 +183,9 @@ class SDSATProposer:
         self._last_lse = None
         self._last_logits = None
         self.drafter = None
+        # set per step by the patch no_draft_step_plain_sampler: False when no request of the step
+        # carries a draft (then no SAT row is in it and the observer has nothing to read)
+        self.step_has_drafts = True
         if self.adaptive:
             try:
                 from vllm.platforms import current_platform
@@ -216,6 +219,9 @@ class SDSATProposer:
         # pass's (execute_model); the argmax is taken now, before the sampler changes the logits
         # in place. The hidden-states identity tells later whether this is that call.
         self._last_hidden = hidden_states
+        if not self.step_has_drafts:
+            self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
+            return
         if self.adaptive:
             # the SAT rows' max probability (temperature 1, SAT ids excluded): one logsumexp per row
             import torch

@@ -300,3 +300,39 @@ def test_cpu_lora_ops_give_no_lora_rows_nothing_and_lora_rows_their_adapter():
     buggy = torch.full((n, r), 7.0)
     lora_ops.bgmv_shrink.__sdsat_original__(x, a, buggy, idx, 0.5)
     assert buggy[0].abs().sum() > 0  # the upstream bug this patch exists for: row 0 got slot -1 = slot 1
+
+
+def test_steps_without_drafts_sample_on_the_plain_path_for_sdsat_only():
+    """no_draft_step_plain_sampler: spec-decode metadata with no draft anywhere is dropped (vLLM's
+    plain sampler then samples), for the SDSAT proposer only and never for hybrid models."""
+    from types import SimpleNamespace
+
+    from sdsat_vllm.vllm_plugin.patches import REGISTRY, PatchCheckError, _apply_no_draft_plain
+
+    class Runner:
+        def __init__(self, num_draft, drafter, hybrid=False):
+            self.meta = SimpleNamespace(num_draft_tokens=num_draft, logits_indices="rows")
+            self.drafter = drafter
+            self.model_config = SimpleNamespace(is_hybrid=hybrid, is_attention_free=False)
+
+        def _prepare_inputs(self, scheduler_output, num_scheduled_tokens):
+            return "rows", self.meta, 1 + max(self.meta.num_draft_tokens)
+
+    _apply_no_draft_plain(SimpleNamespace(GPUModelRunner=Runner))
+
+    class SDSAT:
+        step_has_drafts = True
+
+        def sdsat_propose_with_context(self):  # what marks the SDSAT proposer
+            pass
+
+    sdsat = SDSAT()
+    assert Runner([0, 0, 0], sdsat)._prepare_inputs(None, None) == ("rows", None, 1)
+    assert sdsat.step_has_drafts is False
+    with_drafts = Runner([0, 3, 0], sdsat)
+    assert with_drafts._prepare_inputs(None, None) == ("rows", with_drafts.meta, 4) and sdsat.step_has_drafts
+    for other in (Runner([0, 0], SimpleNamespace()), Runner([0, 0], None), Runner([0, 0], SDSAT(), hybrid=True)):
+        assert other._prepare_inputs(None, None)[1] is other.meta  # another drafter, none, a hybrid model
+
+    with pytest.raises(PatchCheckError, match="no_draft_step_plain_sampler.*speculative_config is not None"):
+        REGISTRY["no_draft_step_plain_sampler"].check(SimpleNamespace(GPUModelRunner=Runner))
