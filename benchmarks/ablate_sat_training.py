@@ -20,8 +20,9 @@ With `--decode`, every row is also exported (its command re-run without `--no-ex
 its last step and writes model/) and decoded through vLLM: the SDSAT plugin under the fixed policy
 (n = the row's K drafts and a K-SAT tail every step, so every real draft is K long), batch 1,
 greedy, fp32, on the first `--decode-prompts` HumanEval prompts (bench_vllm.py's set), no stop
-strings (as the demo and `bench_vllm.py --no-stop`), at most `--decode-max-tokens` each. Columns added: mean acceptance length (tau: tokens per decode
-forward) and the acceptance rate per position of real drafts (sdsat_vllm/metrics_vocabulary.py).
+strings (as the demo and `bench_vllm.py --no-stop`), at most `--decode-max-tokens` each. Columns
+added: mean acceptance length (tau: tokens per decode forward) and the acceptance rate per position
+of real drafts (sdsat_vllm/metrics_vocabulary.py).
 Decoding needs no quiet machine (tau and acceptance do not depend on load), so it runs beside the
 training rows, one engine at a time.
 """

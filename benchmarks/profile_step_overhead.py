@@ -8,8 +8,8 @@ Issue 13: the adaptive policy backs off to plain steps when drafts do not pay, y
 the worst-case prompts it ran ~20% slower than plain. This splits the wall time of the same
 `generate` call into the parts both methods share (the model's forward, sampling, the scheduler)
 and the parts only speculation has (the SDSAT proposer and its policy, the SAT-logit observer,
-vLLM's rejection sampler and spec-decode metadata), and counts the tokens each forward carried
-(probes, drafts and SAT tails lengthen it). vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+vLLM's rejection sampler and spec-decode metadata), and counts the forward calls (probes, drafts
+and SAT tails lengthen a forward; the model-forward part shows what they cost). vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
 so that one profile sees the engine core and the model runner. Profiling slows Python-heavy parts
 more than the forward's C++ kernels: compare the parts' shares between methods, not with the
 benchmark's tokens/s.
@@ -44,7 +44,7 @@ PARTS = (
 
 
 def _cumulative(stats: pstats.Stats) -> dict[str, float]:
-    """"file:function" -> cumulative seconds (the largest entry where several share the name)."""
+    """{'file:function': cumulative seconds}, the largest entry where several share the name."""
     out: dict[str, float] = {}
     for (path, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():
         key = f"{Path(path).name}:{func}"
