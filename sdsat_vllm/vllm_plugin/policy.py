@@ -481,7 +481,8 @@ NEVER_PROBED = 1 << 20
 @dataclass
 class RequestState:
     alpha: list[float]                  # running per-position acceptance estimate
-    since_probe: int = NEVER_PROBED     # forwards since a full tail was read (a new request probes first)
+    since_probe: int = NEVER_PROBED     # forwards since a full tail was read (a new request probes first,
+    #                                     unless the engine-wide acceptance says drafting does not pay)
     sent_q: list[float] = field(default_factory=list)  # SAT max probabilities of the drafts in flight
     sent_lookup: bool = False           # ... which came from the lookup candidate (its own calibration)
 
@@ -535,9 +536,15 @@ class AdaptiveDrafter:
         lookup_q: a lookup candidate's scores, one per candidate token (the fresh SAT row's
         probability of that token where there is one, else LOOKUP_PRIOR_Q); None: no candidate.
         The chain with the larger expected accepted length is drafted from (Decision.lookup)."""
+        limit = self.n if cap is None else max(0, min(self.n, cap))
         st = self.states.get(req_id)
         if st is None:
             st = self.states[req_id] = RequestState(alpha=list(self.alpha_global))
+            if best_steady_state(st.alpha, limit, self.cost(), batch_size, self.min_gain).m == 0:
+                # by the engine-wide acceptance drafting does not pay at this batch size: the request
+                # starts in back-off, on the engine's probe steps, instead of probing at once (under
+                # load every new request's probe would lengthen the forward for nothing)
+                st.since_probe = 0
         if st.sent_q and verified_real and verified_real <= len(st.sent_q):
             cal = self.lookup_calibration if st.sent_lookup else self.calibration
             cal.record_step(st.sent_q[:verified_real], min(max(accepted, 0), verified_real))
@@ -546,7 +553,6 @@ class AdaptiveDrafter:
         for j, pj in enumerate(p[: self.n]):
             st.alpha[j] += self.ALPHA_STEP * (pj - st.alpha[j])
             self.alpha_global[j] += self.ALPHA_STEP_GLOBAL * (pj - self.alpha_global[j])
-        limit = self.n if cap is None else max(0, min(self.n, cap))
         st.since_probe = 0 if fresh_q and len(fresh_q) >= limit else st.since_probe + 1
         qs, use_lookup = fresh_q, False
         if lookup_q:

@@ -270,6 +270,24 @@ def test_suffix_candidate():
     assert suffix_candidate([7, 7, 7, 7], 2) == [7]                # overlapping occurrence, one token left
 
 
+def test_new_requests_start_in_back_off_where_drafting_does_not_pay():
+    """A new request probes at once where the engine-wide acceptance says drafting pays (batch 1 on
+    this cost model), and otherwise starts in back-off on the engine's probe steps: under load a
+    stream of new requests then adds no SAT rows between those steps."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    assert best_steady_state(dr.alpha_global, 4, CPU, 1).m > 0 and dr.decide("first", []).probe
+    assert best_steady_state(dr.alpha_global, 4, CPU, 64).m == 0
+    probing = []
+    for step in range(300):  # a new request every step at batch 64
+        dr.tick()
+        if dr.decide(f"r{step}", [], batch_size=64).tail:
+            probing.append(step)
+    k = probe_interval(4, CPU, 64, budget=dr.probe_budget)
+    # only the engine's probe steps (clock + 1 divisible by k; the clock reads step + 1 here), not one
+    # probe per new request
+    assert probing == [s for s in range(300) if (s + 2) % k == 0] and 1 <= len(probing) <= 3
+
+
 def test_drafter_forgets_finished_requests_and_new_ones_probe():
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     assert dr.decide("a", []).probe
