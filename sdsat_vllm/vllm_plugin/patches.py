@@ -340,6 +340,12 @@ def _check_runner(mod: Any) -> None:
     _require_fields(p, SchedulerOutput, "total_num_scheduled_tokens", "num_spec_tokens_to_schedule")
 
 
+def _sdsat_drafter(runner: Any) -> Any:
+    """The runner's SDSAT proposer, or None (another drafter, or none)."""
+    drafter = getattr(runner, "drafter", None)
+    return drafter if hasattr(drafter, "sdsat_propose_with_context") else None
+
+
 def _apply_runner(mod: Any) -> None:
     p = REGISTRY["runner_propose_context"]
 
@@ -347,16 +353,17 @@ def _apply_runner(mod: Any) -> None:
         sig = inspect.signature(orig)
 
         def propose_draft_token_ids(self, *args, **kwargs):
-            hook = getattr(getattr(self, "drafter", None), "sdsat_propose_with_context", None)
-            if hook is None:
+            drafter = _sdsat_drafter(self)
+            if drafter is None:
                 return orig(self, *args, **kwargs)
             a = sig.bind(self, *args, **kwargs).arguments
             if not isinstance(a["sampled_token_ids"], list):
                 return orig(self, *args, **kwargs)
             self._draft_probs = None
             self._draft_prob_req_ids = None
-            return hook(self.input_batch, a["sampled_token_ids"], a["sample_hidden_states"],
-                        a["spec_decode_metadata"], scheduler_output=a["scheduler_output"])
+            return drafter.sdsat_propose_with_context(self.input_batch, a["sampled_token_ids"],
+                                                      a["sample_hidden_states"], a["spec_decode_metadata"],
+                                                      scheduler_output=a["scheduler_output"])
 
         return propose_draft_token_ids
 
@@ -1349,12 +1356,6 @@ register(Patch(
 
 # --------------------------------------------------------------------------------------------
 # 13. no_draft_step_plain_sampler: a step where no request carries a draft samples on vLLM's plain path
-
-
-def _sdsat_drafter(runner: Any) -> Any:
-    """The runner's SDSAT proposer, or None (another drafter, or none)."""
-    drafter = getattr(runner, "drafter", None)
-    return drafter if hasattr(drafter, "sdsat_propose_with_context") else None
 
 
 def _check_no_draft_plain(mod: Any) -> None:
