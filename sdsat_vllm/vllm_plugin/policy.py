@@ -52,6 +52,7 @@ from typing import Iterable, Sequence
 #: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
 #: ``additional_config={"sdsat": {...}}``), with their defaults.
 DEFAULT_OPTIONS = {
+    "mode": "fused",          # "fused": [x, d, SAT tail]; "tree": a SAT block after x and every draft (tree_step.py)
     "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail, always
     "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
     "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
@@ -59,6 +60,7 @@ DEFAULT_OPTIONS = {
     "lookup": False,          # lookup-backed drafts (adaptive policy only): a suffix match in the request's text
 }
 POLICIES = ("fixed", "adaptive")
+MODES = ("fused", "tree")
 #: The key of vLLM's ``additional_config`` that carries the options to the proposer in every worker.
 ADDITIONAL_CONFIG_KEY = "sdsat"
 
@@ -71,6 +73,14 @@ def validate_options(options: dict | None) -> dict:
         raise ValueError(f"unknown SDSAT option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)} "
                          f"(in speculative_config as sdsat_<name>, or additional_config={{'sdsat': {{...}}}})")
     out = {**DEFAULT_OPTIONS, **options}
+    if out["mode"] not in MODES:
+        raise ValueError(f"sdsat mode must be one of {list(MODES)}, got {out['mode']!r}")
+    if out["mode"] == "tree":
+        # a tree step always drafts from the block at the accepted position: n drafts, n + 1 blocks
+        if options.get("policy", "fixed") != "fixed" or out["lookup"] is True:
+            raise ValueError("sdsat mode 'tree' drafts n tokens every step (policy 'fixed'); the adaptive policy "
+                             "and lookup drafts work with mode 'fused'")
+        out["policy"] = "fixed"
     if out["policy"] not in POLICIES:
         raise ValueError(f"sdsat policy must be one of {list(POLICIES)}, got {out['policy']!r}")
     if out["cost"] not in ("online", "default"):
@@ -569,6 +579,6 @@ class AdaptiveDrafter:
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "Decision", "choose_draft_length", "DEFAULT_OPTIONS", "POLICIES",
+           "probe_interval", "Decision", "choose_draft_length", "DEFAULT_OPTIONS", "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_Q", "suffix_candidate", "expected_accepted"]

