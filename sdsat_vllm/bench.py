@@ -205,12 +205,13 @@ def engine_kwargs(*, max_model_len: int, dtype: str | None = None, gpu_memory_ut
 
 
 def sdsat_draft_len(speculative_config: dict | None) -> int | None:
-    """n for the SDSAT plugin under its fixed policy (`sdsat_policy: fixed`), whose real drafts
-    are always n = num_speculative_tokens long, so that its steps with a real draft can be counted
-    (see vllm_plugin/metrics.py); None for plain decoding and for methods whose drafts vary in
-    length: the SDSAT plugin's adaptive policy (its default) among them."""
-    if (speculative_config and speculative_config.get("model") == "sdsat"
-            and speculative_config.get("sdsat_policy", DEFAULT_OPTIONS["policy"]) == "fixed"):
+    """n for the SDSAT plugin under its fixed policy (`sdsat_policy: fixed`, and tree mode, which
+    implies it), whose real drafts are always n = num_speculative_tokens long, so that its steps
+    with a real draft can be counted (see vllm_plugin/metrics.py); None for plain decoding and for
+    methods whose drafts vary in length: the SDSAT plugin's adaptive policy (its default) among them."""
+    if speculative_config and speculative_config.get("model") == "sdsat" and (
+            speculative_config.get("sdsat_policy", DEFAULT_OPTIONS["policy"]) == "fixed"
+            or speculative_config.get("sdsat_mode") == "tree"):
         return int(speculative_config["num_speculative_tokens"])
     return None
 

