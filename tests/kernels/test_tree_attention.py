@@ -428,3 +428,23 @@ def test_package_and_reference_work_without_triton():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "TRITON_INTERPRET": "0"})
     assert r.returncode == 0 and "ok paged_tree_attention needs triton" in r.stdout, r.stderr[-2000:]
+
+
+def test_kernel_benchmark_smoke_run_checks_the_kernel_and_writes_its_table(tmp_path):
+    """benchmarks/bench_tree_kernel.py --smoke (the GPU benchmark's correctness pass at tiny shapes)."""
+    _impl("triton")  # skips where the kernel cannot run
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("bench_tree_kernel")
+    # the tree layout the benchmark times: SDSAT's step (x, m drafts, m + 1 blocks of m), a chain below it
+    assert bench.tree_parents(3) == [-1, 0, 1]  # too short for a block: a chain
+    assert bench.tree_parents(5) == [-1, 0, 0, 1, 3]  # x, d1, B0 (at x), B1 (at d1), then a chain
+    assert bench.tree_parents(9) == [-1, 0, 1, 0, 3, 1, 5, 2, 7]  # m = 2: x, d1, d2, three blocks of 2
+    out = tmp_path / "k.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    rows = __import__("json").loads(out.read_text())["rows"]
+    assert [(r["batch_size"], r["new_tokens"]) for r in rows] == [(1, 1), (1, 11), (3, 1), (3, 11)]
+    assert "| B | new tokens |" in out.with_suffix(".md").read_text()
