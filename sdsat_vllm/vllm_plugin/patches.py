@@ -843,7 +843,10 @@ def split_sdsat_options(spec: Any, additional: Any) -> tuple[Any, Any]:
                          f"(it is a {type(additional).__name__}); put them in additional_config['sdsat'] instead")
     opts = dict(additional.get(ADDITIONAL_CONFIG_KEY) or {})
     opts.update({k.replace("-", "_")[len(OPTION_PREFIX):]: spec[k] for k in keys})
-    validate_options(opts)
+    if validate_options(opts)["mode"] == "tree":
+        from .tree_attention import check_tree_platform
+
+        check_tree_platform()  # before any engine starts, not in the worker
     rest = {k: v for k, v in spec.items() if k not in keys}
     return rest, {**additional, ADDITIONAL_CONFIG_KEY: opts}
 

