@@ -95,6 +95,7 @@ def test_chat_formatter(tmp_path, monkeypatch):
 def test_sdsat_draft_len_only_for_the_fixed_policy():
     assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4}) is None  # adaptive: the default
     assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "fixed"}) == 4
+    assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_mode": "tree"}) == 4
     assert bench.sdsat_draft_len({"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive"}) is None
     assert bench.sdsat_draft_len({"method": "suffix", "num_speculative_tokens": 4}) is None
 
@@ -234,6 +235,7 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     assert specs[0] is None  # plain first
     assert specs[2]["method"] == "suffix" and specs[5] == {"model": "sdsat", "num_speculative_tokens": 3,
                                                            "sdsat_policy": "adaptive"}
+    assert specs[-1] == {"model": "sdsat", "num_speculative_tokens": 3, "sdsat_mode": "tree"}
     # norepeat (no chat template in this model directory): the Question frame, greedy, stopping at the next
     # question; worst: no stop strings, sampled at temperature 1, each request seeded
     timed = {(s.temperature, s.seed, tuple(s.stop or ())) for i in FakeLLM.instances for _, s in i.calls
@@ -243,7 +245,7 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     assert norepeat_calls and all(p.startswith("Question: ") for ps in norepeat_calls for p in ps)
     doc = json.loads(out_json.read_text())
     rows = doc["results"]
-    assert len(rows) == 2 * 7 * 2 and doc["meta"]["prompt_sets"]["worst"]["seed"] == 0
+    assert len(rows) == 2 * len(b.METHODS) * 2 and len(b.METHODS) == 8 and doc["meta"]["prompt_sets"]["worst"]["seed"] == 0
     assert doc["meta"]["prompt_sets"]["worst"]["temperature"] == 1.0
     assert doc["meta"]["prompt_sets"]["norepeat"]["chat_template"] is False
     assert {r["outputs_differing_from_plain"] is None for r in rows if r["prompt_set"] == "worst"} == {True}
@@ -254,7 +256,9 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     for r in rows:
         assert f"{r['speedup_vs_plain']:.2f}x" in next(
             ln for ln in out.splitlines() if ln.split()[:3] == [r["prompt_set"], r["method"], str(r["batch_size"])])
-    assert (tmp_path / "policy.md").read_text().count("\n| worst |") == 14
+    tree = next(r for r in rows if r["method"] == "sdsat-tree")
+    assert tree["draft_len"] == 3  # tree mode drafts n every step: its real-draft figures are known
+    assert (tmp_path / "policy.md").read_text().count("\n| worst |") == 2 * len(b.METHODS)
 
 
 def importlib_find(name):
