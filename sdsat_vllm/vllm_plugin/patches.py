@@ -1522,17 +1522,16 @@ def _check_tree_attention(mod: Any) -> None:
 def _apply_tree_attention(mod: Any) -> None:
     p = REGISTRY["tree_attention_cpu"]
     decoder = mod.AttentionType.DECODER
+    from . import tree_attention  # once: the wrapper runs in every attention layer of every model
 
     def make(orig):
         def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
             out = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-            from .tree_attention import active_step, recompute_block_rows
-
-            step = active_step()
+            step = tree_attention.active_step()
             if step is None or attn_metadata is None or self.attn_type != decoder \
                     or attn_metadata.num_actual_tokens != step.num_tokens or not attn_metadata.causal:
                 return out
-            recompute_block_rows(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
+            tree_attention.recompute_block_rows(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
             return out
 
         return forward

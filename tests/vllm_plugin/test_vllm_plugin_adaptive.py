@@ -5,8 +5,8 @@ per-request draft counts and tails that differ from row to row and step to step.
 model and plain-vLLM reference as test_vllm_plugin_engine.py; one engine per configuration."""
 
 import pytest
-from vllm_plugin_helpers import (ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, mixed_prompts, passage, repeat_prompt,
-                                 sampling_distribution_check, shutdown)
+from vllm_plugin_helpers import (ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, greedy_batch, passage, repeat_prompt,
+                                 sampling_distribution_check, shutdown, spec_summary)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
@@ -22,20 +22,6 @@ def sat_id(sdsat_model_dir):
     from sdsat_vllm.config import SDSATConfig
 
     return SDSATConfig.from_pretrained(sdsat_model_dir).sat_token_ids[0]
-
-
-def spec_summary(llm):
-    from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
-
-    return from_llm_metrics(llm.get_metrics())
-
-
-def greedy_batch(llm, idx=None):
-    from vllm import SamplingParams
-
-    mp = mixed_prompts() if idx is None else [mixed_prompts()[i] for i in idx]
-    res = llm.generate([p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m) for _, m in mp])
-    return [list(r.outputs[0].token_ids) for r in res]
 
 
 def test_with_vllm_per_batch_size_count(sdsat_model_dir, plain_baseline, sat_id):

@@ -13,27 +13,13 @@ test can watch the proposer. Same tiny trained model and plain-vLLM reference as
 import os
 
 import pytest
-from vllm_plugin_helpers import (ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, mixed_prompts, passage, sampling_distribution_check,
-                                 shutdown)
+from vllm_plugin_helpers import (ENGINE_KW, N_DRAFTS, VLLM_AVAILABLE, greedy_batch, passage,
+                                 sampling_distribution_check, shutdown, spec_summary)
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm,
               pytest.mark.skipif(not VLLM_AVAILABLE, reason="vLLM is not installed")]
 
 TREE = {"model": "sdsat", "num_speculative_tokens": N_DRAFTS, "sdsat_mode": "tree"}
-
-
-def spec_summary(llm):
-    from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
-
-    return from_llm_metrics(llm.get_metrics())
-
-
-def greedy_batch(llm, idx=None):
-    from vllm import SamplingParams
-
-    mp = mixed_prompts() if idx is None else [mixed_prompts()[i] for i in idx]
-    res = llm.generate([p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m) for _, m in mp])
-    return [list(r.outputs[0].token_ids) for r in res]
 
 
 @pytest.fixture(scope="module")

@@ -105,6 +105,22 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
+def spec_summary(llm):
+    """vLLM's spec-decode counters of an LLM so far (subtract two to get a pass's)."""
+    from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
+
+    return from_llm_metrics(llm.get_metrics())
+
+
+def greedy_batch(llm, idx=None) -> list[list[int]]:
+    """Token ids of the mixed prompts (all, or those at idx) generated greedily as one batch."""
+    from vllm import SamplingParams
+
+    mp = mixed_prompts() if idx is None else [mixed_prompts()[i] for i in idx]
+    res = llm.generate([p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m) for _, m in mp])
+    return [list(r.outputs[0].token_ids) for r in res]
+
+
 def sampling_distribution_check(sdsat_llm, sdsat_model_dir, prompt_ids=None, reference_dir=None,
                                 temperature: float = 2.0) -> None:
     """Lossless sampling: the 2nd sampled token has the plain distribution. Reference: the exact
