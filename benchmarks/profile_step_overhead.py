@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--methods", nargs="+", default=["plain", "sdsat-adaptive"],
-                   choices=["plain", "sdsat", "sdsat-adaptive", "sdsat-tree"])
+                   choices=["plain", "ngram", "suffix", "sdsat", "sdsat-adaptive", "sdsat-adaptive-lookup",
+                            "sdsat-tree"])
     p.add_argument("-n", "--num-speculative-tokens", type=int, default=None, help="default: the model's K")
     p.add_argument("--prompt-set", default="worst")
     p.add_argument("--num-prompts", type=int, default=64)
@@ -97,7 +98,12 @@ def main(argv=None) -> int:
     specs = {"plain": None,
              "sdsat": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "fixed"},
              "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive"},
-             "sdsat-tree": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_mode": "tree"}}
+             "sdsat-adaptive-lookup": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive",
+                                       "sdsat_lookup": True},
+             "sdsat-tree": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_mode": "tree"},
+             # bench_vllm.py's settings for vLLM's own drafters
+             "ngram": {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
+             "suffix": {"method": "suffix", "num_speculative_tokens": k, "suffix_decoding_max_cached_requests": 0}}
     results = {}
     for method in args.methods:
         llm = LLM(model=str(model_dir), speculative_config=specs[method], max_num_seqs=args.batch_size,

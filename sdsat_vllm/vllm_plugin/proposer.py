@@ -133,6 +133,51 @@ def plan_drafts(
     return DraftPlan(drafts, gather, rows_for)
 
 
+#: committed tokens a lookup searches for a suffix match
+LOOKUP_WINDOW = 4096
+
+
+def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float], logprobs: Any, off: int, cap: int,
+                  sat_set: frozenset[int] | set[int]) -> list[tuple[list[int], list[float]]]:
+    """A row's lookup-backed chains with their q (policy.score_lookup), at most `cap` tokens each: the
+    continuation of its text's suffix and, where the row has fresh SAT rows, the first SAT draft
+    followed by the continuation of the text with that draft appended (the SATs are best at their
+    first position; the lookup carries on from it). Pure apart from torch: tested with hand-built
+    inputs.
+
+    text:      [num_tokens] int, the row's committed tokens (numpy; the last LOOKUP_WINDOW searched)
+    fresh_top: the row's fresh SAT argmaxes (empty: none); fresh_q: their probabilities
+    logprobs:  [num_gathered, vocab] the gathered SAT rows' log-probabilities, the row's first at
+               `off` (None: lookup tokens are scored by their match alone)
+    """
+    import numpy as np
+
+    from .policy import score_lookup, suffix_match
+
+    text = np.asarray(text)[-LOOKUP_WINDOW:]
+
+    def sat_probs(tokens: list[int], first_row: int) -> list[float]:
+        # SAT row first_row + j's probability of tokens[j], for the rows the row has
+        k = min(len(tokens), len(fresh_top) - first_row)
+        if k <= 0 or logprobs is None:
+            return []
+        import torch
+
+        ids = torch.tensor(tokens[:k], dtype=torch.long, device=logprobs.device).unsqueeze(-1)
+        return logprobs[off + first_row: off + first_row + k].gather(1, ids).exp().squeeze(-1).tolist()
+
+    out = []
+    match = suffix_match(text, cap, stop=sat_set)
+    if match is not None:
+        out.append((match.tokens, score_lookup(match.ngram, sat_probs(match.tokens, 0), len(match.tokens))))
+    if len(fresh_top) and cap > 1:
+        after = suffix_match(np.append(text, fresh_top[0]), cap - 1, stop=sat_set)
+        if after is not None:
+            q = score_lookup(after.ngram, sat_probs(after.tokens, 1), len(after.tokens))
+            out.append(([int(fresh_top[0])] + after.tokens, [float(fresh_q[0])] + q))
+    return out
+
+
 class SDSATProposer:
     """vLLM `custom_class` proposer. Built by vLLM in each worker as ``SDSATProposer(vllm_config)``.
 
@@ -376,8 +421,6 @@ class SDSATProposer:
 
     def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,
                   sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int) -> list[list[int]]:
-        from .policy import LOOKUP_PRIOR_Q, suffix_candidate
-
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
         self.drafter.tick()
         self.drafter.keep_only(req_ids)
@@ -396,15 +439,11 @@ class SDSATProposer:
             if self.lookup and cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
-                cand = suffix_candidate(input_batch.token_ids_cpu[row, :n_tok], cap, stop=sat_set)
-                if cand:
-                    lookup_q = [LOOKUP_PRIOR_Q] * len(cand)
-                    k = min(len(cand), cnt)
-                    if k and logprobs is not None:
-                        import torch
-
-                        ids = torch.tensor(cand[:k], dtype=torch.long, device=logprobs.device).unsqueeze(-1)
-                        lookup_q[:k] = logprobs[off:off + k].gather(1, ids).exp().squeeze(-1).tolist()
+                options = lookup_chains(input_batch.token_ids_cpu[row, :n_tok], top[off:off + cnt], q[off:off + cnt],
+                                        logprobs, off, cap, sat_set)
+                best = self.drafter.pick_lookup([oq for _, oq in options])
+                if best is not None:
+                    cand, lookup_q = options[best]
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,
                                     accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q)
@@ -414,4 +453,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "plan_drafts", "DraftPlan", "count_trailing_sats", "PROPOSER_PATH"]
+__all__ = ["SDSATProposer", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LOOKUP_WINDOW",
+           "PROPOSER_PATH"]

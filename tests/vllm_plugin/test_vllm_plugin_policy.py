@@ -6,10 +6,11 @@ import random
 import pytest
 
 from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
-from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, LOOKUP_PRIOR_Q, AcceptanceCalibration, AdaptiveDrafter,
-                                           CostModel, Decision, best_steady_state, chain_gains, choose_draft_length,
-                                           device_default, expected_accepted, fit_local_linear, probe_interval,
-                                           steady_state, suffix_candidate, validate_options)
+from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel,
+                                           Decision, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
+                                           device_default, expected_accepted, fit_local_linear, lookup_prior_q,
+                                           probe_interval, score_lookup, steady_state, suffix_candidate, suffix_match,
+                                           validate_options)
 
 CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
 CHEAP = CostModel.linear(0.001)    # a GPU at small N: extra tokens nearly free
@@ -136,16 +137,30 @@ def test_back_off_probes_every_k_steps_within_budget():
     ds = [choose_draft_length(LOW, 4, CPU, steps_since_probe=s) for s in range(2 * k)]
     assert [d.probe for d in ds] == [False] * (k - 1) + [True] * (k + 1)
     assert all(d.tail == (4 if d.probe else 0) and d.drafts == 0 for d in ds)
-    # the drafter's cycle: a new request probes first; once its running acceptance has left the
-    # engine-wide starting value (0.5), a probe's full tail is read the step after, and k steps later
-    # comes the next probe
+    # the drafter's cycle: a new request probes first; its probes' rows pull its running acceptance
+    # from the engine-wide starting value (0.5) down to the SATs' 0.05; once m* = 0 stays put, each
+    # probe that confirms it doubles the interval, up to PROBE_BACKOFF_MAX * k
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    top = dr.PROBE_BACKOFF_MAX
     tails = []
-    for _ in range(5 * k):
+    for _ in range(6 * top * k):
         dr.tick()
         tails.append(dr.decide("r", [0.05] * tails[-1] if tails else []).tail)
-    on = [s for s, t in enumerate(tails) if t]
-    assert on[0] == 0 and on[-3:] == [on[-1] - 2 * k, on[-1] - k, on[-1]] and all(tails[s] == 4 for s in on[-3:])
+    on = [s for s, t in enumerate(tails) if t == 4]
+    gaps = [b - a for a, b in zip(on, on[1:])]
+    assert on[0] == 0 and all(t in (0, 4) for t in tails[on[1]:])  # m* = 0 from the second probe on
+    assert gaps[1:] == sorted(gaps[1:]) and gaps[-2:] == [top * k, top * k] and {k, 2 * k, 4 * k} <= set(gaps)
+    assert all((s + 2) % k == 0 for s in on[1:])  # on the engine's probe steps (the clock reads s + 1)
+    # the probes' cost falls with the back-off: 8 times under the budget at the end
+    assert 4 * CPU.marginal(1) / CPU.time(1) / gaps[-1] <= 0.03 / top
+    # a probe that moves m* puts the interval back to k: the same request, its SATs now right (it
+    # notices within the longest interval)
+    backoffs = []
+    for _ in range((top + 2) * k):
+        dr.tick()
+        tails.append(dr.decide("r", [0.9] * tails[-1] if tails else []).tail)
+        backoffs.append(dr.states["r"].probe_backoff)
+    assert backoffs[0] == top and 1 in backoffs and dr.states["r"].steady_m > 0
     # with the engine's clock (probe_clock) the probe falls on the same steps whatever the request
     assert [choose_draft_length(LOW, 4, CPU, steps_since_probe=s, probe_clock=c).probe
             for s, c in ((0, k - 1), (10 * k, k), (0, 2 * k - 1))] == [True, False, True]
@@ -166,8 +181,12 @@ def test_requests_in_back_off_probe_on_the_same_steps():
             if d.tail:
                 probes[r].append(step)
     assert probes["b"][0] == 3  # a new request probes first
-    later = [s for s in probes["a"] if s > 3 + k]
-    assert later and later == [s for s in probes["b"] if s > 3 + k]
+    # later probes of both fall on the engine's probe steps (the clock reads step + 1); their
+    # back-off factors are powers of two, so the rarer prober's steps are among the other's
+    later = {r: [s for s in probes[r] if s > 3 + k] for r in probes}
+    assert later["a"] and later["b"] and all((s + 2) % k == 0 for r in later for s in later[r])
+    rare, often = sorted(later.values(), key=len)
+    assert set(rare) <= set(often)
 
 
 def test_calibration():
@@ -200,7 +219,7 @@ def simulate(accept, q, cost, batch=1, n=4, steps=3000, fixed=False, seed=0, loo
         else:
             lq = None
             if lookup_accept is not None:
-                lq = list(q[:len(fresh)]) + [LOOKUP_PRIOR_Q] * (n - len(fresh))
+                lq = list(q[:len(fresh)]) + [lookup_prior_q(2)] * (n - len(fresh))
             d = drafter.decide("r", fresh, verified_real=verified, accepted=accepted, batch_size=batch, lookup_q=lq)
             m, t = d.drafts, d.tail
             assert m <= (n if d.lookup else len(fresh))
@@ -268,6 +287,35 @@ def test_suffix_candidate():
     assert suffix_candidate([1, 2, 3, 900, 1, 2], 4, stop={900}) == [3]
     assert suffix_candidate([1, 2, 3, 1, 2], 0) == []
     assert suffix_candidate([7, 7, 7, 7], 2) == [7]                # overlapping occurrence, one token left
+
+
+def test_suffix_match_reports_the_matched_length():
+    toks = [1, 2, 3, 4, 9, 9, 1, 2, 3, 5, 7, 1, 2, 3]
+    assert suffix_match(toks, 3) == LookupMatch([5, 7, 1], 3)
+    assert suffix_match([4, 1, 8, 9, 1], 2) == LookupMatch([8, 9], 1)     # one token matches (min_ngram 1)
+    assert suffix_match([4, 1, 8, 9, 1], 2, min_ngram=2) is None
+    assert suffix_match([1, 2, 900, 4, 1, 2], 4, stop={900}) is None        # nothing left before the SAT id
+    assert suffix_match([5, 6, 7], 3) is None and suffix_match([5, 6, 5], 0) is None
+
+
+def test_lookup_scores_combine_the_sat_rows_with_the_match_length():
+    assert lookup_prior_q(0) == 0.0 and lookup_prior_q(1) < lookup_prior_q(2) <= lookup_prior_q(6)
+    assert lookup_prior_q(50) == lookup_prior_q(6)
+    p1 = lookup_prior_q(1)
+    # row 0 scores token 0 with 0.5, row 1 token 1 with 0; token 2 has no fresh row: the prior alone
+    assert score_lookup(1, [0.5, 0.0], 3) == pytest.approx([1 - 0.5 * (1 - p1), p1, p1])
+    assert score_lookup(3, [], 2) == [lookup_prior_q(3)] * 2
+    assert score_lookup(3, [1.0, 0.9], 1) == [1.0]
+
+
+def test_pick_lookup_takes_the_candidate_with_the_larger_calibrated_expectation():
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    assert dr.pick_lookup([]) is None
+    assert dr.pick_lookup([[0.9, 0.1], [0.6, 0.6, 0.6]]) == 1          # 0.96 vs 1.18 expected tokens
+    # the lookup calibration has learnt that confident first tokens are wrong: the other one wins
+    for _ in range(40):
+        dr.lookup_calibration.record_step([0.95, 0.9], 0)
+    assert dr.pick_lookup([[0.95, 0.9, 0.9], [0.45, 0.4]]) == 1
 
 
 def test_new_requests_start_in_back_off_where_drafting_does_not_pay():

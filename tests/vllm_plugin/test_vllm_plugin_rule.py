@@ -10,7 +10,8 @@ import pytest
 from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
-from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, plan_drafts
+from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
+from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, lookup_chains, plan_drafts
 
 S = 900  # a SAT id
 SATS = [S, S, S]
@@ -194,6 +195,31 @@ def test_short_form_model_without_block():
 def test_short_form_conflicting_method():
     with pytest.raises(ValueError, match="custom_class"):
         resolve_short_form(fake_spec(block=BLOCK, method="draft_model"))
+
+
+def test_lookup_chains_plain_and_after_the_first_sat_draft():
+    import numpy as np
+    import torch
+
+    text = np.array([1, 2, 6, 6, 3, 9, 1, 2])
+    # SAT rows of this row at gathered rows 1 and 2 (row 0 is another request's): argmaxes 3 and 9
+    probs = torch.full((3, 12), 0.01)
+    probs[1, 3], probs[1, 6] = 0.5, 0.2
+    probs[2, 9], probs[2, 6] = 0.6, 0.1
+    chains = lookup_chains(text, [3, 9], [0.5, 0.6], probs.log(), 1, 3, {S})
+    (plain, q_plain), (hybrid, q_hybrid) = chains
+    # "1 2" seen before: 6 6 3 follow; rows 1 and 2 score the first two tokens, the third has the prior
+    p2, p1 = lookup_prior_q(2), lookup_prior_q(1)
+    assert plain == [6, 6, 3]
+    assert q_plain == pytest.approx([1 - 0.8 * (1 - p2), 1 - 0.9 * (1 - p2), p2])
+    # the first SAT draft (3), then what followed the earlier "3" (a one-token match): 9 1
+    assert hybrid == [3, 9, 1]
+    assert q_hybrid == pytest.approx([0.5, 1 - 0.4 * (1 - p1), p1])
+    # no fresh rows: the plain chain only, scored by its match alone; cap 0: nothing
+    assert lookup_chains(text, [], [], None, 0, 2, {S}) == [([6, 6], [p2, p2])]
+    assert lookup_chains(text, [3], [0.5], probs.log(), 1, 0, {S}) == []
+    # a SAT id is never drafted: the chain stops before it
+    assert lookup_chains(np.array([1, 2, 7, S, 1, 2]), [], [], None, 0, 3, {S}) == [([7], [p2])]
 
 
 def test_other_speculative_configs_untouched():

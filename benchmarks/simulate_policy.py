@@ -1,0 +1,243 @@
+"""Replay greedy completions through the adaptive drafting policy, offline: seconds per variant.
+
+    python benchmarks/simulate_policy.py [MODEL] --prompt-set humaneval --skip 8 --num-prompts 32 \
+        --cost 0.03 0.075 --out benchmarks/results/policy_sim_humaneval_cpu.json
+
+An engine benchmark of one policy variant takes a quarter of an hour on this machine, and 8 prompts
+leave a few percent of noise; choosing between variants needs more prompts and less time. This
+collects, once, the model's greedy completion of each prompt (transformers, stopped at the set's
+stop strings) and, at every position i of it, the SAT rows of ``prompt + completion[:i] + SATs``
+(argmax, max probability, top 8): exactly what the proposer reads after a verify pass whose drafts
+were all accepted (cached in ``--data``). Then it replays each completion step by step through the
+policy's own state machine (``policy.AdaptiveDrafter``) and the proposer's lookup rule
+(``proposer.lookup_chains``): drafts from fresh SAT rows only after a step whose drafts were all
+accepted, the tail the policy chose, acceptance against the greedy continuation. Each forward costs
+T(N) = 1 + r N for a request's N tokens (``--cost`` r; batch 1), so the figures are tokens per unit
+time relative to plain decoding (speedup), and tokens per forward (tau). vLLM's suffix decoding
+(arctic-inference's cache, its default settings; needs the package) is replayed on the same
+completions. What it leaves out: the proposer's own time per step, the engine's scheduling, batches.
+The engine benchmark (bench_vllm.py) measures the variant the simulation picks.
+
+Default prompts skip the first 8 of each set, the ones bench_vllm.py measures, so that choices made
+here are checked on prompts they were not made on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+#: variants: (label, lookup rule (None: off), probe back-off factor limit; None: the policy's default)
+VARIANTS = (
+    ("adaptive", None, None),
+    ("adaptive, no probe back-off", None, 1),
+    ("adaptive + lookup", "chains", None),
+    ("adaptive + lookup, no probe back-off", "chains", 1),
+    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1),
+)
+V1_PRIOR_Q = 0.55  # the v1 rule's q for a lookup token no fresh SAT row scores
+TOP = 8  # SAT row probabilities kept per row (a lookup token outside them scores 0)
+
+
+def collect(model_dir: Path, prompt_set: str, skip: int, num: int, max_tokens: int) -> list[dict]:
+    """[{prompt, output, rows}] for prompts skip..skip+num of the set; rows[i]: the SAT rows after
+    prompt + output[:i] (argmax, q, top ids, top probabilities), SAT ids excluded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tqdm import tqdm
+
+    from sdsat_vllm.bench import chat_formatter, prompt_set as load_prompts
+    from sdsat_vllm.config import SDSATConfig
+
+    sat = list(SDSATConfig.from_pretrained(model_dir).sat_token_ids)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    chat = chat_formatter(model_dir) if prompt_set == "norepeat" else None
+    prompts, stops = load_prompts(prompt_set, skip + num, chat=chat)
+    out = []
+    with torch.no_grad():
+        for text in tqdm(prompts[skip:], desc=f"{prompt_set}: completions and SAT rows"):
+            ids = tok(text, return_tensors="pt").input_ids
+            gen = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)[0, ids.shape[1]:].tolist()
+            for n in range(1, len(gen) + 1):  # cut where vLLM's stop strings would
+                if any(s in tok.decode(gen[:n]) for s in stops or ()):
+                    gen = gen[:n]
+                    break
+            prompt, rows = ids[0].tolist(), []
+            for i in range(len(gen)):
+                logits = model(torch.tensor([prompt + gen[:i] + sat])).logits[0, -len(sat):].float()
+                lp = torch.log_softmax(logits, -1)
+                lp[:, sorted(set(sat))] = float("-inf")
+                top = torch.topk(lp, TOP, -1)
+                rows.append({"argmax": top.indices[:, 0].tolist(), "q": top.values[:, 0].exp().tolist(),
+                             "top": top.indices.tolist(), "top_p": top.values.exp().tolist()})
+            out.append({"prompt": prompt, "output": gen, "rows": rows})
+    return out
+
+
+def _logprobs(row: dict, count: int, vocab: int):
+    import torch
+
+    lp = torch.full((count, vocab), float("-inf"))
+    for j in range(count):
+        lp[j, torch.tensor(row["top"][j])] = torch.tensor(row["top_p"][j]).log()
+    return lp
+
+
+def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[int]) -> list[tuple[list[int], list[float]]]:
+    """The lookup rule before lookup_chains (session 7, results 9.5): the continuation of a suffix
+    match of 2+ tokens only, each token scored by its fresh SAT row's probability (0 outside the top
+    kept here), else a flat V1_PRIOR_Q."""
+    from sdsat_vllm.vllm_plugin.policy import suffix_candidate
+
+    cand = suffix_candidate(text, n, stop=sat_ids)
+    if not cand:
+        return []
+    q = [V1_PRIOR_Q] * len(cand)
+    for j in range(min(fresh, len(cand))):
+        q[j] = row["top_p"][j][row["top"][j].index(cand[j])] if cand[j] in row["top"][j] else 0.0
+    return [(cand, q)]
+
+
+def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
+           vocab: int) -> dict:
+    """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
+    completions (its calibration learns across requests, as in the engine)."""
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
+    from sdsat_vllm.vllm_plugin.proposer import lookup_chains
+
+    drafter = AdaptiveDrafter(n, n, CostModel.linear(r), online=False)
+    if backoff is not None:
+        drafter.PROBE_BACKOFF_MAX = backoff
+    tokens = time_units = steps = lookup_steps = drafts_sent = 0
+    for k, item in enumerate(data):
+        prompt, out, rows = item["prompt"], item["output"], item["rows"]
+        # the first token comes from the prefill; the first decode step has no fresh SAT rows
+        i, fresh, verified, accepted = 1, 0, None, 0
+        while i < len(out):
+            drafter.tick()
+            row = rows[i - 1]
+            fresh_q = row["q"][:fresh]
+            cand, lookup_q = [], None
+            if lookup:
+                options = v1_chain(prompt + out[:i], fresh, row, n, sat_ids) if lookup == "v1" else \
+                    lookup_chains(prompt + out[:i], row["argmax"][:fresh], fresh_q,
+                                  _logprobs(row, fresh, vocab) if fresh else None, 0, n, sat_ids)
+                best = drafter.pick_lookup([q for _, q in options])
+                if best is not None:
+                    cand, lookup_q = options[best]
+            d = drafter.decide(f"r{k}", fresh_q, verified_real=verified, accepted=accepted, batch_size=1,
+                               lookup_q=lookup_q)
+            chain = (cand if d.lookup else row["argmax"][:fresh])[:d.drafts]
+            a = 0
+            while a < len(chain) and i + a < len(out) and out[i + a] == chain[a]:
+                a += 1
+            tokens += min(a + 1, len(out) - i)
+            time_units += 1 + r * (1 + d.drafts + d.tail)
+            steps += 1
+            lookup_steps += d.lookup
+            drafts_sent += d.drafts
+            i += a + 1
+            fresh = d.tail if a == d.drafts and d.tail else 0
+            verified, accepted = d.drafts, a
+        drafter.keep_only([])
+    return {"speedup": tokens * (1 + r) / time_units, "tau": tokens / steps, "forwards": steps,
+            "drafts_per_forward": drafts_sent / steps, "lookup_forwards": lookup_steps}
+
+
+def replay_suffix(data: list[dict], r: float, n: int) -> dict | None:
+    """vLLM's suffix decoding on the same completions (its proposer's calls, vLLM's defaults)."""
+    try:
+        from arctic_inference.suffix_decoding import SuffixDecodingCache
+    except ImportError:
+        return None
+    cache = SuffixDecodingCache(max_tree_depth=24, max_cached_requests=0)
+    tokens = time_units = steps = 0
+    for k, item in enumerate(data):
+        prompt, out = item["prompt"], item["output"]
+        cache.start_request(f"r{k}", prompt)
+        cache.add_active_response(f"r{k}", out[:1])
+        i = 1
+        while i < len(out):
+            text = prompt + out[:i]
+            draft = cache.speculate(f"r{k}", text[-24:], max_spec_tokens=n, max_spec_factor=1.0,
+                                    min_token_prob=0.1).token_ids
+            a = 0
+            while a < len(draft) and i + a < len(out) and out[i + a] == draft[a]:
+                a += 1
+            c = min(a + 1, len(out) - i)
+            cache.add_active_response(f"r{k}", out[i:i + c])
+            tokens += c
+            time_units += 1 + r * (1 + len(draft))
+            steps += 1
+            i += c
+        cache.stop_request(f"r{k}")
+    return {"speedup": tokens * (1 + r) / time_units, "tau": tokens / steps, "forwards": steps}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--prompt-set", default="humaneval", choices=["humaneval", "norepeat"])
+    p.add_argument("--skip", type=int, default=8, help="prompts of the set to skip (bench_vllm.py measures the first 8)")
+    p.add_argument("--num-prompts", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("-n", "--num-speculative-tokens", type=int, default=None, help="default: the model's K")
+    p.add_argument("--cost", type=float, nargs="+", default=[0.03, 0.075],
+                   help="extra time of one more token in a forward, relative to its fixed part (T(N) = 1 + rN)")
+    p.add_argument("--data", default=None, help="cache of the completions and SAT rows (JSON; made when missing)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
+    from sdsat_vllm.bench import cpu_name, git_state
+    from sdsat_vllm.config import SDSATConfig
+
+    model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
+    sdsat = SDSATConfig.from_pretrained(model_dir)
+    n = args.num_speculative_tokens or sdsat.num_sat
+    key = {"model": str(model_dir), "prompt_set": args.prompt_set, "skip": args.skip,
+           "num_prompts": args.num_prompts, "max_tokens": args.max_tokens}
+    cache = Path(args.data) if args.data else None
+    data = None
+    if cache is not None and cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") != key:
+            sys.exit(f"{cache} holds completions for {saved.get('key')}, not {key}: give another --data path")
+        data = saved["data"]
+    if data is None:
+        data = collect(model_dir, args.prompt_set, args.skip, args.num_prompts, args.max_tokens)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "data": data}))
+    vocab = max(max(max(t) for t in row["top"]) for item in data for row in item["rows"]) + 1
+    results = []
+    for r in args.cost:
+        base = replay_suffix(data, r, n)
+        if base is not None:
+            results.append({"cost": r, "method": "suffix (vLLM, replayed)", **base})
+        for label, lookup, backoff in VARIANTS:
+            results.append({"cost": r, "method": label,
+                            **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab)})
+    tokens = sum(len(item["output"]) for item in data)
+    print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
+    print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")
+    for row in results:
+        print(f"{row['cost']:6.3f}  {row['method']:48} {row['speedup']:8.3f} {row['tau']:6.3f} {row['forwards']:9d}")
+    if args.out:
+        meta = {"command": " ".join(sys.argv), **key, "n": n, "output_tokens": tokens, "machine": cpu_name(),
+                "git": git_state(Path(__file__).resolve().parent), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
