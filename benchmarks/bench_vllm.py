@@ -153,6 +153,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="write the results as JSON here, and beside it the markdown table (.md) and the plots (.png)")
     p.add_argument("--no-plots", action="store_true", help="with --out: no PNG plots")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every engine, interleaved (plain, a, b, plain, a, b, ...); each row reports the "
+                        "round with the median tokens/s, and every round's figure (this shared VM's engines vary "
+                        "by 10-20%% from one start to the next)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show vLLM's INFO logging (by default only its warnings and errors)")
     args = p.parse_args(argv)
@@ -252,6 +256,21 @@ def run_method(method, spec, model_dir, workloads, batch_sizes, kw):
     return rows
 
 
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per (prompt set, method, B): of its rounds, the one with the median tokens/s (the lower
+    middle for an even count), with every round's tokens/s in `tokens_per_s_runs`; first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["prompt_set"], r["method"], r["batch_size"]), []).append(r)
+    out = []
+    for runs in groups.values():
+        ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
+        pick = dict(ranked[(len(ranked) - 1) // 2])
+        pick["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
+        out.append(pick)
+    return out
+
+
 def add_speedups(rows: list[dict]) -> None:
     """speedup_vs_plain and outputs_differing_from_plain (greedy rows only), against `plain` on the
     same set and B."""
@@ -333,6 +352,11 @@ def write_markdown(path: Path, meta: dict, rows: list[dict], plots: list[Path] =
     lines = [f"# {Path(meta.get('command', 'bench_vllm.py').split()[0]).name}: SDSAT in vLLM vs vLLM's own "
              "options", ""]
     lines += [f"{x}  " for x in describe_meta(meta)] + ["", markdown_table(rows), "", LEGEND, ""]
+    runs = [r for r in rows if len(r.get("tokens_per_s_runs") or []) > 1]
+    if runs:
+        lines += ["tok/s per round (the table shows the median round):", ""]
+        lines += [f"- {r['prompt_set']} {r['method']} B={r['batch_size']}: "
+                  + ", ".join(f"{x:.1f}" for x in r["tokens_per_s_runs"]) for r in runs] + [""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
@@ -475,9 +499,12 @@ def main(argv=None) -> int:
                                                    max_tokens=args.max_tokens, stop=None if args.no_stop else stop,
                                                    seed=args.worst_seed if seeded else None))
     rows = []
-    for method, spec in runs:  # one engine per method, every prompt set in it: start-up is paid once
-        print(f"[{method}] speculative_config={spec}", flush=True)
-        rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw)
+    for rnd in range(args.repeats):
+        for method, spec in runs:  # one engine per method, every prompt set in it: start-up is paid once
+            print(f"[{method}]{f' round {rnd + 1}/{args.repeats}' if args.repeats > 1 else ''} "
+                  f"speculative_config={spec}", flush=True)
+            rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw)
+    rows = median_rows(rows)
     add_speedups(rows)
 
     print()
@@ -501,6 +528,7 @@ def main(argv=None) -> int:
                                  for name, (p, stop) in sets.items()},
                     methods={m: spec for m, spec in runs},
                     max_tokens=args.max_tokens, temperature=args.temperature, batch_sizes=args.batch_sizes,
+                    repeats=args.repeats,
                     engine=kw, machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform()),
                     git=git_state(Path(__file__).resolve().parent),
                     vllm=installed_vllm_version(), torch=torch.__version__, vllm_module=getattr(vllm, "__file__", None),

@@ -172,6 +172,18 @@ def test_table_has_a_row_per_set_method_and_batch():
     assert "1.50x" in line and "0.60,0.30" in line and "25.0%" in line
 
 
+def test_repeated_rounds_report_the_median_round(tmp_path):
+    bv = load_bench_vllm()
+    rows = [dict(prompt_set="humaneval", method=m, batch_size=1, tokens_per_s=t, wall_s=1.0)
+            for m, t in (("plain", 10.0), ("suffix", 14.0), ("plain", 12.0), ("suffix", 9.0), ("plain", 11.0),
+                         ("suffix", 13.0))]
+    med = bv.median_rows(rows)
+    assert [(r["method"], r["tokens_per_s"], r["tokens_per_s_runs"]) for r in med] == [
+        ("plain", 11.0, [10.0, 12.0, 11.0]), ("suffix", 13.0, [14.0, 9.0, 13.0])]
+    assert bv.median_rows(rows[:4])[1]["tokens_per_s"] == 9.0  # two rounds: the lower one
+    assert bv.median_rows(rows[:1])[0]["tokens_per_s_runs"] == [10.0]
+
+
 def test_pooled_acceptance_per_pos():
     b = load_bench_vllm()
     rows = [dict(num_accepted_tokens_per_pos=[4, 2], num_drafts=10),
