@@ -1,0 +1,47 @@
+"""benchmarks/simulate_policy.py's replay on hand-built completions (no model): the step rule (fresh
+SAT rows only after a step whose drafts were all accepted), the cost accounting, and that lookup
+drafts pay on text that repeats itself where the SATs are useless, and do not where nothing repeats."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark_scripts import load_benchmark
+
+SAT = 99
+VOCAB = 100
+
+
+def completion(prompt, output, right_sats=False):
+    """SAT rows at every position: argmax the true next-next tokens (right_sats) or a token that never
+    occurs (40), confident either way."""
+    rows = []
+    for i in range(len(output)):
+        nxt = [output[i + 1 + j] if right_sats and i + 1 + j < len(output) else 40 for j in range(5)]
+        rows.append({"argmax": nxt, "q": [0.9] * 5, "top": [[t, 41] for t in nxt], "top_p": [[0.9, 0.05]] * 5})
+    return {"prompt": prompt, "output": output, "rows": rows}
+
+
+def test_the_replay_counts_forwards_and_tokens():
+    sim = load_benchmark("simulate_policy")
+    out = list(range(1, 31))
+    # SATs always right, nothing repeats: drafts pay; plain decoding would take 29 forwards after the prefill
+    res = sim.replay([completion([50, 51], out, right_sats=True)], 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    assert res["tau"] > 1.5 and res["forwards"] < 29 and res["speedup"] > 1.2
+    # SATs never right: the policy learns to back off, close to plain decoding
+    res = sim.replay([completion([50, 51], out)] * 4, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    assert res["tau"] == pytest.approx(1.0) and 0.8 < res["speedup"] <= 1.0
+
+
+def test_lookup_pays_on_text_that_repeats_itself():
+    sim = load_benchmark("simulate_policy")
+    motif = [3, 4, 5, 6, 7, 8, 9, 10]
+    data = [completion(motif * 2, motif * 6) for _ in range(3)]
+    sat_only = sim.replay(data, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    lookup = sim.replay(data, 0.03, "chains", None, 5, frozenset({SAT}), VOCAB)
+    v1 = sim.replay(data, 0.03, "v1", 1, 5, frozenset({SAT}), VOCAB)
+    assert lookup["tau"] > 2.5 and lookup["speedup"] > 1.8 * sat_only["speedup"] and lookup["lookup_forwards"] > 0
+    assert v1["tau"] > 2.5
+    suffix = sim.replay_suffix(data, 0.03, 5)
+    if suffix is not None:  # arctic-inference installed: vLLM's suffix decoding finds the motif too
+        assert suffix["tau"] > 2.0
