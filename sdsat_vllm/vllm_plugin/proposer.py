@@ -170,7 +170,7 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
     match = suffix_match(text, cap, stop=sat_set)
     if match is not None:
         out.append((match.tokens, score_lookup(match.ngram, sat_probs(match.tokens, 0), len(match.tokens))))
-    if len(fresh_top) and cap > 1:
+    if len(fresh_top) and len(fresh_q) and cap > 1:
         after = suffix_match(np.append(text, fresh_top[0]), cap - 1, stop=sat_set)
         if after is not None:
             q = score_lookup(after.ngram, sat_probs(after.tokens, 1), len(after.tokens))
