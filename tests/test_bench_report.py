@@ -182,6 +182,12 @@ def test_repeated_rounds_report_the_median_round(tmp_path):
         ("plain", 11.0, [10.0, 12.0, 11.0]), ("suffix", 13.0, [14.0, 9.0, 13.0])]
     assert bv.median_rows(rows[:4])[1]["tokens_per_s"] == 9.0  # two rounds: the lower one
     assert bv.median_rows(rows[:1])[0]["tokens_per_s_runs"] == [10.0]
+    # the markdown lists every round under the table (rounds only where there were several)
+    full = hand_built_rows()
+    full[0]["tokens_per_s_runs"] = [9.5, full[0]["tokens_per_s"], 30.25]
+    md = bv.write_markdown(tmp_path / "r.md", {"command": "bench_vllm.py --repeats 3"}, full).read_text()
+    assert "tok/s per round" in md and md.count("\n- ") == 1 and "9.5, " in md and ", 30.2" in md
+    assert "tok/s per round" not in bv.write_markdown(tmp_path / "s.md", {}, hand_built_rows()).read_text()
 
 
 def test_pooled_acceptance_per_pos():
