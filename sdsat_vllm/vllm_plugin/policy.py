@@ -623,7 +623,7 @@ class AdaptiveDrafter:
         if steady_m != st.steady_m:
             st.probe_backoff = 1
         elif probe_read and st.probe_pending:
-            # the probe told nothing that changes the plan: probe half as often (down to PROBE_BACKOFF_MAX)
+            # the probe told nothing that changes the plan: probe half as often (up to PROBE_BACKOFF_MAX * k)
             st.probe_backoff = min(2 * st.probe_backoff, self.PROBE_BACKOFF_MAX)
         st.steady_m = steady_m
         if probe_read:
