@@ -379,6 +379,7 @@ def choose_draft_length(
     probe_budget: float = 0.03,
     min_gain: float = 0.02,
     probe_backoff: int = 1,
+    steady: SteadyState | None = None,
 ) -> Decision:
     """Drafts m (0..min(len(p), n, cap)) and tail t (0..min(n, cap)) for one request this step.
 
@@ -396,6 +397,7 @@ def choose_draft_length(
     at all (the patch no_draft_step_plain_sampler then lets vLLM sample them on its plain path,
     which costs less than its rejection sampler, most of all for sampled requests). probe_backoff:
     k is multiplied by it (a power of two keeps the probe steps of requests a subset of each other's).
+    steady: best_steady_state(alpha, limit, cost, batch_size, min_gain) when the caller has it already.
     """
     n = max(int(n), 0)
     limit = n if cap is None else max(0, min(n, int(cap)))
@@ -407,7 +409,7 @@ def choose_draft_length(
     alpha = [min(max(float(x), 0.0), 1.0) for x in list(alpha)[:limit]]
     b = max(int(batch_size), 1)
 
-    ss = best_steady_state(alpha, limit, cost, b, min_gain)
+    ss = steady if steady is not None else best_steady_state(alpha, limit, cost, b, min_gain)
     tail = ss.m
     probe = False
     if tail < limit:
@@ -619,7 +621,9 @@ class AdaptiveDrafter:
             self.alpha_global[j] += self.ALPHA_STEP_GLOBAL * (pj - self.alpha_global[j])
         probe_read = bool(fresh_q) and len(fresh_q) >= limit
         st.since_probe = 0 if probe_read else st.since_probe + 1
-        steady_m = best_steady_state(st.alpha, limit, self.cost(), batch_size, self.min_gain).m
+        cost = self.cost()
+        steady = best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain)
+        steady_m = steady.m
         if steady_m != st.steady_m:
             st.probe_backoff = 1
         elif probe_read and st.probe_pending:
@@ -633,10 +637,10 @@ class AdaptiveDrafter:
             p_lookup = self.lookup_calibration.estimates(lookup_q)
             if expected_accepted(p_lookup[:limit]) > expected_accepted(p[:limit]):
                 qs, p, use_lookup = lookup_q, p_lookup, True
-        d = choose_draft_length(p, self.n, self.cost(), alpha=st.alpha, batch_size=batch_size, cap=cap,
+        d = choose_draft_length(p, self.n, cost, alpha=st.alpha, batch_size=batch_size, cap=cap,
                                 steps_since_probe=st.since_probe, probe_budget=self.probe_budget,
                                 probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
-                                min_gain=self.min_gain, probe_backoff=st.probe_backoff)
+                                min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady)
         st.probe_pending = st.probe_pending or d.probe
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0
