@@ -8,7 +8,9 @@
   two more streams and a non-streaming request wait in the queue; all five clients close their
   sockets. Its own server with room for long requests (--max-model-len 1024, 900-token holders
   sampled at temperature 1.5, so drafts are seldom accepted whole): on a fast machine a 216-token greedy holder of the memorised passage finished before
-  the queue filled (CI, 2026-12-02), so how long the slots stay held no longer depends on speed. The server's own gauges return to 0 running / 0 waiting / 0 % KV cache, it generates
+  the queue filled (CI, 2026-12-02), so how long the slots stay held no longer depends on speed; where /metrics
+  still never shows the full queue (a starved CI run, later that day) the scenario is set up again, up to 3 times,
+  and a failure says what the gauges showed. The server's own gauges return to 0 running / 0 waiting / 0 % KV cache, it generates
   (almost) nothing after the last close (a request that ran on would add up to its max_tokens), and
   the same greedy requests as before, more than the slots at once, come back equal and in time.
 - max_model_len in the middle of a draft: --max-model-len 256; prompts that leave 1..10 tokens of
@@ -332,20 +334,47 @@ def _disconnects_and_aborts(base: str, log, plain_answers) -> None:
     def body(i: int) -> dict:
         return dict(prompt=p[i * 60:i * 60 + 30], max_tokens=HOLD_TOKENS, **long)  # ~15 prompt tokens: fits
 
-    m0 = metrics(base)
-    t_open = time.monotonic()
-    # two streams that hold both slots (--max-num-seqs 2), read a little
-    a, b = open_stream(base, body(0)), open_stream(base, body(1))
-    read_events(a, 2)
-    read_events(b, 2)
-    # two streams and a non-streaming request that wait for a slot
-    c, d = open_stream(base, body(2)), open_stream(base, body(3))
-    e = http.client.HTTPConnection("127.0.0.1", _port(base), timeout=60)
-    e.request("POST", "/v1/completions", json.dumps({"model": SERVED, **body(4)}), {"Content-Type": "application/json"})
-    queued, m, _ = wait_for(base, lambda m: m["num_requests_running"] == 2 and m["num_requests_waiting"] == 3, 30)
-    assert queued, f"expected 2 running and 3 waiting requests, /metrics said {m}"
+    def queue_five():
+        """Two streams that hold both slots (--max-num-seqs 2), read a little; then two streams and a
+        non-streaming request that wait for a slot. (connections, queued seen, last metrics, max seen)."""
+        a, b = open_stream(base, body(0)), open_stream(base, body(1))
+        read_events(a, 2)
+        read_events(b, 2)
+        c, d = open_stream(base, body(2)), open_stream(base, body(3))
+        e = http.client.HTTPConnection("127.0.0.1", _port(base), timeout=60)
+        e.request("POST", "/v1/completions", json.dumps({"model": SERVED, **body(4)}),
+                  {"Content-Type": "application/json"})
+        seen = {"running": 0.0, "waiting": 0.0}
+
+        def full(m):
+            seen["running"] = max(seen["running"], m["num_requests_running"])
+            seen["waiting"] = max(seen["waiting"], m["num_requests_waiting"])
+            return m["num_requests_running"] == 2 and m["num_requests_waiting"] == 3
+
+        queued, m, _ = wait_for(base, full, 30)
+        return (c, d, e, a, b), queued, m, seen  # the waiting ones first, then those holding the slots
+
+    # The holders must still run when the queue is read: on a starved machine (CI, 2026-12-02: the five
+    # ran to their end and /metrics never showed the queue) the scenario is set up again, at most 3 times;
+    # each miss is reported with the most the gauges showed.
+    misses = []
+    for attempt in range(3):
+        m0 = metrics(base)
+        t_open = time.monotonic()
+        conns, queued, m, seen = queue_five()
+        if queued:
+            break
+        for conn in conns:
+            hang_up(conn)
+        wait_for(base, lambda m: m["num_requests_running"] == 0 and m["num_requests_waiting"] == 0, 60)
+        misses.append(f"attempt {attempt + 1}: at most {seen['running']:.0f} running / {seen['waiting']:.0f} "
+                      f"waiting seen, {m['generation_tokens_total'] - m0['generation_tokens_total']:.0f} tokens "
+                      f"in {time.monotonic() - t_open:.1f} s")
+    assert queued, "expected 2 running and 3 waiting requests:\n" + "\n".join(misses)
+    if misses:
+        print("queue not seen at first:", "; ".join(misses))
     t_queued = time.monotonic() - t_open
-    for conn in (c, d, e, a, b):  # the waiting ones first, then those holding the slots
+    for conn in conns:
         hang_up(conn)
     t_hung = time.monotonic() - t_open
     m_closed = metrics(base)
