@@ -340,10 +340,12 @@ def _check_runner(mod: Any) -> None:
 
     _require_fields(p, SpecDecodeMetadata, "num_draft_tokens", "cu_num_sampled_tokens")
     _require_source(p, cls._calc_spec_decode_metadata, "bonus_logits_indices = cu_num_sampled_tokens - 1")
-    # the adaptive policy reads the step's size (cost model) and vLLM's per-batch-size count
+    # the adaptive policy reads the step's size and whether it only decoded (cost model) and vLLM's
+    # per-batch-size count
     from vllm.v1.core.sched.output import SchedulerOutput
 
-    _require_fields(p, SchedulerOutput, "total_num_scheduled_tokens", "num_spec_tokens_to_schedule")
+    _require_fields(p, SchedulerOutput, "total_num_scheduled_tokens", "num_spec_tokens_to_schedule",
+                    "num_scheduled_tokens", "scheduled_spec_decode_tokens")
 
 
 def _sdsat_drafter(runner: Any) -> Any:

@@ -12,9 +12,12 @@ docs/design.md, section 4.5 has the derivation; in short:
   chance that draft i gets committed; the expected committed tokens of the step are
   ``1 + g_1 + ... + g_m``.
 * The cost model (:class:`CostModel`) is the time of one forward of the whole batch as a function
-  of the total tokens in it, T(N). Only its shape matters (the policy is scale-free): the relative
-  cost of a token at N is T'(N) / T(N). It is measured online from the engine's own steps
-  (:class:`OnlineCost`), with a per-device default as its prior, or fixed by the user.
+  of the total tokens in it, T(N), plus ``c``, what a step costs more when it goes through vLLM's
+  speculative path at all (any draft or SAT in it: the rejection sampler, one logit row per
+  token; measured on this CPU: ~0 for greedy requests, 20% of a step for seeded sampled ones).
+  Only its shape matters (the policy is scale-free): the relative cost of a token at N is
+  T'(N) / T(N). It is measured online from the engine's own steps (:class:`OnlineCost`), with a
+  per-device default as its prior, or fixed by the user.
 * **Tail** (``t``): sized to what the next step can use. From a request's running per-position
   acceptance ``alpha`` the policy computes the best steady-state draft count m* (each step sends
   m* drafts with an m* tail; after a rejection a step sends none, with the tail), counting the
@@ -26,9 +29,11 @@ docs/design.md, section 4.5 has the derivation; in short:
   (up to 8 times) after each probe that left m* where it was: a request whose plan the probes keep
   confirming pays for them less and less.
 * **Drafts** (``m``): with the drafts in hand and their p, maximise
-  ``g_1 + ... + g_m - kappa * m + g_m * W``, where ``kappa`` is what one more token in this
-  forward costs, in tokens (the steady-state rate times T'(N)), and W is what the next step's
-  fresh drafts are worth (lost if any draft of this step is rejected; 0 when the tail is 0).
+  ``g_1 + ... + g_m - kappa * m - kappa_0 + g_m * W``, where ``kappa`` is what one more token in
+  this forward costs, in tokens (the steady-state rate times T'(N)), ``kappa_0`` the rate times c
+  when the drafts alone would put the step on the speculative path (no tail), and W is what the
+  next step's fresh drafts are worth (lost if any draft of this step is rejected; 0 when the tail
+  is 0).
 * **Lookup-backed drafts** (option ``lookup``): a continuation of the request's own suffix found
   earlier in its text (:func:`suffix_match`), each token scored with the fresh SAT row's
   probability of it combined with a prior by the length of the match (:func:`score_lookup`) and
@@ -110,10 +115,14 @@ class CostModel:
     """T(N): time of one forward of the batch as a function of the total tokens N in it.
 
     Piecewise linear through ``knots`` ((N, T), N ascending), extended with the first and last
-    segments' slopes. The policy uses only T'(N) / T(N), so any time unit (or none) will do.
+    segments' slopes. ``step_overhead`` (c): what a step on vLLM's speculative path costs more than
+    a plain step of the same N (a step whose requests carry no draft and no SAT is sampled on the
+    plain path, patch ``no_draft_step_plain_sampler``). The policy uses only ratios, so any time
+    unit (or none) will do.
     """
 
     knots: tuple[tuple[float, float], ...]
+    step_overhead: float = 0.0
 
     def __post_init__(self):
         if len(self.knots) < 2:
@@ -123,13 +132,15 @@ class CostModel:
             raise ValueError(f"CostModel knots must have ascending N: {self.knots}")
         if any(k[1] <= 0 for k in self.knots):
             raise ValueError(f"CostModel times must be positive: {self.knots}")
+        if not self.step_overhead >= 0:
+            raise ValueError(f"CostModel step_overhead must be >= 0, got {self.step_overhead}")
 
     @classmethod
-    def linear(cls, per_token: float, fixed: float = 1.0) -> "CostModel":
-        """T(N) = fixed + per_token * N."""
+    def linear(cls, per_token: float, fixed: float = 1.0, step_overhead: float = 0.0) -> "CostModel":
+        """T(N) = fixed + per_token * N (+ step_overhead on the speculative path)."""
         if fixed <= 0 or per_token < 0:
             raise ValueError(f"linear cost needs fixed > 0 and per_token >= 0, got {fixed}, {per_token}")
-        return cls(((0.0, float(fixed)), (1.0, float(fixed + per_token))))
+        return cls(((0.0, float(fixed)), (1.0, float(fixed + per_token))), float(step_overhead))
 
     @classmethod
     def from_option(cls, value) -> "CostModel":
@@ -151,9 +162,10 @@ class CostModel:
         (x0, y0), (x1, y1) = k[i], k[i + 1]
         return x0, y0, (y1 - y0) / (x1 - x0)
 
-    def time(self, n: float) -> float:
+    def time(self, n: float, speculative: bool = False) -> float:
+        """T(N) of a plain step, + c for one on the speculative path."""
         x0, y0, slope = self._segment(n)
-        return max(y0 + slope * (n - x0), 1e-12)
+        return max(y0 + slope * (n - x0), 1e-12) + (self.step_overhead if speculative else 0.0)
 
     def marginal(self, n: float) -> float:
         """T'(N): the time of one more token in a forward of N tokens (never negative)."""
@@ -177,26 +189,29 @@ def device_default(device_type: str) -> CostModel:
 
 
 class OnlineCost:
-    """The engine's own step times, fitted to a local linear T(N) = a + b N near the recent N.
+    """The engine's own step times, fitted to a local linear T(N) = a + b N (+ c on the speculative
+    path) near the recent N.
 
-    ``add(N, seconds)``: one engine step, N = its total scheduled tokens, seconds = the time from
-    the previous step's proposal to this one's (the forward, sampling, scheduling). Gaps far
-    above the typical step (the engine idled between requests) are dropped. The slope b is the
-    least-squares slope shrunk towards the prior's local slope by its standard error (a Gaussian
-    posterior with the prior's slope as mean and as standard deviation), so a window where N
-    hardly varies, or timing noise, leaves the prior in charge.
+    ``add(N, seconds, speculative)``: one engine step, N = its total scheduled tokens, seconds = the
+    time from the previous step's proposal to this one's (the forward, sampling, scheduling),
+    speculative = whether it went through vLLM's speculative path. Gaps far above the typical step
+    (the engine idled between requests) are dropped. The slope b is shared by both kinds of step
+    (fitted within each kind) and shrunk towards the prior's local slope by its standard error (a
+    Gaussian posterior with the prior's slope as mean and as standard deviation), so a window where
+    N hardly varies, or timing noise, leaves the prior in charge. c is the difference of the two
+    kinds' intercepts, once the window holds enough steps of each (else the prior's).
     """
 
     def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8):
         self.prior = prior
-        self.samples: deque[tuple[float, float]] = deque(maxlen=window)
+        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=window)
         self.refit_every = refit_every
         self._since_fit = 0
         self._model = prior
 
-    def add(self, n_tokens: float, seconds: float) -> None:
+    def add(self, n_tokens: float, seconds: float, speculative: bool = True) -> None:
         if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
-            self.samples.append((float(n_tokens), float(seconds)))
+            self.samples.append((float(n_tokens), float(seconds), bool(speculative)))
             self._since_fit += 1
             if self._since_fit >= self.refit_every:
                 self._since_fit = 0
@@ -206,35 +221,50 @@ class OnlineCost:
         return self._model
 
 
-def fit_local_linear(samples: Iterable[tuple[float, float]], prior: CostModel, min_samples: int = 8) -> CostModel:
-    """The local linear T(N) of :class:`OnlineCost` (pure; see there)."""
-    pts = list(samples)
+def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: int = 8) -> CostModel:
+    """The local linear T(N) + c of :class:`OnlineCost` (pure; see there). samples: (N, seconds) or
+    (N, seconds, speculative); pairs are all of one kind (c stays the prior's)."""
+    pts = [(float(x), float(y), bool(rest[0]) if rest else True) for x, y, *rest in samples]
     if len(pts) < min_samples:
         return prior
     # scale of a fixed step time under the prior's shape, to drop idle gaps and stray fast steps
-    norm = sorted(y / prior.time(x) for x, y in pts)
+    norm = sorted(y / prior.time(x, s) for x, y, s in pts)
     med = norm[len(norm) // 2]
-    pts = [(x, y) for x, y in pts if med / 3 <= y / prior.time(x) <= 3 * med]
-    if len(pts) < min_samples:
+    pts = [(x, y, s) for x, y, s in pts if med / 3 <= y / prior.time(x, s) <= 3 * med]
+    groups = {kind: [(x, y) for x, y, s in pts if s == kind] for kind in (False, True)}
+    both = all(len(g) >= min_samples for g in groups.values())
+    if not both:  # one kind only (or too few of the other): fit it alone, c stays the prior's
+        kind = len(groups[True]) >= len(groups[False])
+        groups = {kind: groups[kind]}
+    used = [pt for g in groups.values() for pt in g]
+    k = len(used)
+    if k < min_samples:
         return prior
-    k = len(pts)
-    xm = sum(x for x, _ in pts) / k
-    ym = sum(y for _, y in pts) / k
+    xm = sum(x for x, _ in used) / k
+    ym = sum(y for _, y in used) / k
     b_prior = ym * prior.marginal(xm) / prior.time(xm)
-    sxx = sum((x - xm) ** 2 for x, _ in pts)
+    # the slope within each kind (the kinds' levels differ by c): sums of deviations from each kind's means
+    means = {kind: (sum(x for x, _ in g) / len(g), sum(y for _, y in g) / len(g)) for kind, g in groups.items()}
+    dev = [(x - means[kind][0], y - means[kind][1]) for kind, g in groups.items() for x, y in g]
+    sxx = sum(dx * dx for dx, _ in dev)
     b = b_prior
-    if sxx > 0 and k > 2:
-        b_ols = sum((x - xm) * (y - ym) for x, y in pts) / sxx
-        resid = sum((y - ym - b_ols * (x - xm)) ** 2 for x, y in pts) / (k - 2)
+    dof = k - len(groups) - 1
+    if sxx > 0 and dof > 0:
+        b_ols = sum(dx * dy for dx, dy in dev) / sxx
+        resid = sum((dy - b_ols * dx) ** 2 for dx, dy in dev) / dof
         se2 = max(resid / sxx, 1e-30)
         tau2 = max(b_prior ** 2, (1e-3 * ym) ** 2)
         b = (b_ols / se2 + b_prior / tau2) / (1 / se2 + 1 / tau2)
     b = max(b, 0.0)
-    a = ym - b * xm
-    if a < 0.05 * ym:  # a step has a fixed part; keep the fit sane
-        a = 0.05 * ym
-        b = (ym - a) / xm
-    return CostModel.linear(b, a)
+    base = False if False in groups else True  # the plain steps' level, when there are any
+    bx, by = means[base]
+    level = max(by - (prior.step_overhead if base else 0.0), 0.5 * by)  # a plain step's time at bx
+    a = level - b * bx
+    if a < 0.05 * level:  # a step has a fixed part; keep the fit sane
+        a = 0.05 * level
+        b = (level - a) / bx
+    c = max(0.0, (means[True][1] - b * means[True][0]) - a) if both else prior.step_overhead
+    return CostModel.linear(b, a, c)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +343,8 @@ def steady_state(alpha: Sequence[float], m: int, cost: CostModel, batch_size: in
 
     Two states: D (fresh drafts in hand: [x, d_1..d_m, S_1..S_m], E = 1 + g_1 + .. + g_m tokens,
     back to D with probability A = g_m) and S (after a rejection: [y, S_1..S_m], 1 token, then D).
-    Stationary: pi_D = 1 / (2 - A), pi_S = (1 - A) / (2 - A).
+    Stationary: pi_D = 1 / (2 - A), pi_S = (1 - A) / (2 - A). Every step of m > 0 carries SATs, so
+    it is on the speculative path (T(N) + c).
     """
     b = max(int(batch_size), 1)
     g = chain_gains(alpha[:m])
@@ -328,7 +359,7 @@ def steady_state(alpha: Sequence[float], m: int, cost: CostModel, batch_size: in
         nu = pi_d * (1 + 2 * m) + pi_s * (1 + m)
     n_tokens = b * nu
     return SteadyState(m=m, tokens_per_step=tok, tokens_in_forward=nu, batch_tokens=n_tokens,
-                       throughput=b * tok / cost.time(n_tokens), all_accepted=a)
+                       throughput=b * tok / cost.time(n_tokens, speculative=m > 0), all_accepted=a)
 
 
 def best_steady_state(alpha: Sequence[float], n: int, cost: CostModel, batch_size: int = 1,
@@ -344,15 +375,16 @@ def best_steady_state(alpha: Sequence[float], n: int, cost: CostModel, batch_siz
 
 
 def probe_interval(extra: int, cost: CostModel, batch_size: int = 1, budget: float = 0.03,
-                   batch_tokens: float | None = None) -> int:
+                   batch_tokens: float | None = None, plain: bool = True) -> int:
     """Steps between probes: a probe lengthens a request's tail by `extra` SATs for one step. With
-    every request of the batch probing every k steps that costs B extra T'(N) / (k T(N)) of a
-    forward of N tokens (N = B, plain decoding, unless given), at most `budget`."""
+    every request of the batch probing every k steps (the same steps) that costs
+    (B extra T'(N) + c) / (k T(N)) of a forward of N tokens (N = B, plain decoding, unless given;
+    c only if the step would otherwise be `plain`), at most `budget`."""
     b = max(int(batch_size), 1)
     if extra <= 0:
         return 1
     n_tok = b if batch_tokens is None else batch_tokens
-    rel = b * extra * cost.marginal(n_tok) / cost.time(n_tok)
+    rel = (b * extra * cost.marginal(n_tok) + (cost.step_overhead if plain else 0.0)) / cost.time(n_tok, not plain)
     if budget <= 0:
         return 1 << 30
     return max(1, min(1 << 30, math.ceil(rel / budget)))
@@ -413,12 +445,15 @@ def choose_draft_length(
     tail = ss.m
     probe = False
     if tail < limit:
-        k = probe_interval(limit - tail, cost, b, probe_budget, ss.batch_tokens) * max(int(probe_backoff), 1)
+        k = probe_interval(limit - tail, cost, b, probe_budget, ss.batch_tokens, plain=tail == 0) * max(
+            int(probe_backoff), 1)
         if ((probe_clock + 1) % k == 0) if probe_clock is not None else (steps_since_probe + 1 >= k):
             tail, probe = limit, True
 
-    # kappa: one more token in this forward, in tokens (Dinkelbach: the batch's rate times T'(N))
+    # kappa: one more token in this forward, in tokens (Dinkelbach: the batch's rate times T'(N));
+    # kappa_0: the speculative path, when drafts alone would put this step on it (no tail)
     kappa = ss.throughput * cost.marginal(ss.batch_tokens)
+    kappa_0 = ss.throughput * cost.step_overhead if tail == 0 else 0.0
     if ss.m > 0:
         g_ss = chain_gains(alpha[: ss.m])
         w = max(0.0, (sum(g_ss) - kappa * ss.m) / (2.0 - g_ss[-1]))
@@ -429,7 +464,7 @@ def choose_draft_length(
     best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
-        score = acc - kappa * m + g[m - 1] * w
+        score = acc - kappa * m - kappa_0 + g[m - 1] * w
         if score > best_score + 1e-12:
             best_m, best_score = m, score
     return Decision(best_m, tail, probe)
@@ -577,9 +612,9 @@ class AdaptiveDrafter:
     def cost(self) -> CostModel:
         return self.online.model() if self.online is not None else self.fixed_cost
 
-    def observe_step(self, n_tokens: float, seconds: float) -> None:
+    def observe_step(self, n_tokens: float, seconds: float, speculative: bool = True) -> None:
         if self.online is not None:
-            self.online.add(n_tokens, seconds)
+            self.online.add(n_tokens, seconds, speculative)
 
     def keep_only(self, live: Iterable[str]) -> None:
         live = set(live)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import PROPOSER_PATH
 
@@ -82,6 +82,14 @@ def count_trailing_sats(tokens: Sequence[int], sat_set: frozenset[int] | set[int
             break
         k += 1
     return k
+
+
+def decode_only(num_scheduled: Mapping[str, int], spec_tokens: Mapping[str, Sequence[int]]) -> bool:
+    """Whether a step only decoded: every request scheduled its last token and its speculative ones
+    (vLLM's ``SchedulerOutput.num_scheduled_tokens`` and ``scheduled_spec_decode_tokens``). A step
+    with a prefill, or a chunk of one, in it costs per token what decode steps do not, so the
+    adaptive policy's cost model leaves it out."""
+    return all(n == 1 + len(spec_tokens.get(r, ())) for r, n in num_scheduled.items())
 
 
 def plan_drafts(
@@ -382,9 +390,12 @@ class SDSATProposer:
         if self.adaptive:
             out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap)
             if scheduler_output is not None:
-                if self._last_step_start is not None:
-                    self.drafter.observe_step(getattr(scheduler_output, "total_num_scheduled_tokens", 0),
-                                              step_start - self._last_step_start)
+                # this step: its tokens, its time, its path (a step with a prefill in it costs otherwise)
+                if self._last_step_start is not None and decode_only(scheduler_output.num_scheduled_tokens,
+                                                                     scheduler_output.scheduled_spec_decode_tokens):
+                    self.drafter.observe_step(scheduler_output.total_num_scheduled_tokens,
+                                              step_start - self._last_step_start,
+                                              speculative=spec_decode_metadata is not None)
                 self._last_step_start = step_start
             return out
         if cap < self.n:
@@ -453,5 +464,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LOOKUP_WINDOW",
+__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LOOKUP_WINDOW",
            "PROPOSER_PATH"]

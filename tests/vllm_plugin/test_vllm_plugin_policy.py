@@ -14,6 +14,8 @@ from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibratio
 
 CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
 CHEAP = CostModel.linear(0.001)    # a GPU at small N: extra tokens nearly free
+# seeded sampled requests on this CPU (results 11.1): a step on the speculative path costs 20% more
+SAMPLED = CostModel.linear(0.06, step_overhead=0.2)
 HIGH, LOW = [0.95] * 4, [0.05] * 4
 
 
@@ -53,6 +55,24 @@ def test_online_fit_recovers_the_slope_and_drops_idle_gaps():
     flat = fit_local_linear([(6, 1.3 + rng.gauss(0, 0.01)) for _ in range(50)], prior=CPU)
     assert flat.marginal(6) / flat.time(6) == pytest.approx(CPU.marginal(6) / CPU.time(6), rel=0.05)
     assert fit_local_linear(pts[:3], prior=CPU) is CPU  # too few samples
+
+
+def test_online_fit_separates_the_speculative_path():
+    # batch 1 as in an engine: plain steps all N = 1, speculative ones N = 2..11; a step on the
+    # speculative path costs 0.8 more (the rejection sampler) besides its tokens
+    rng = random.Random(1)
+    plain = [(1, 2.0 + 0.3 + rng.gauss(0, 0.02), False) for _ in range(40)]
+    spec = [(n, 2.0 + 0.3 * n + 0.8 + rng.gauss(0, 0.02), True) for n in [2, 3, 6, 11] * 10]
+    m = fit_local_linear(plain + spec, prior=CPU)
+    assert m.step_overhead == pytest.approx(0.8, abs=0.05)
+    assert m.marginal(5) == pytest.approx(0.3, rel=0.1) and m.time(1) == pytest.approx(2.3, rel=0.02)
+    assert m.time(6, speculative=True) == pytest.approx(2.0 + 1.8 + 0.8, rel=0.02)
+    # a single kind (or pairs without it) says nothing about c: the prior's stays
+    assert fit_local_linear(spec, prior=SAMPLED).step_overhead == SAMPLED.step_overhead
+    assert fit_local_linear([(n, y) for n, y, _ in spec], prior=CPU).step_overhead == 0.0
+    assert fit_local_linear(plain[:5] + spec, prior=CPU).step_overhead == 0.0  # too few plain steps
+    with pytest.raises(ValueError):
+        CostModel.linear(0.1, step_overhead=-1.0)
 
 
 # ---------------------------------------------------------------- the policy
@@ -115,6 +135,20 @@ def test_a_draft_that_risks_a_valuable_tail_is_held_back():
     poor = choose_draft_length([0.95, 0.95, 0.5], 4, CPU, alpha=[0.3] * 4, steps_since_probe=0)
     assert good.drafts == 2 and good.tail == 4
     assert poor.drafts == 3 and poor.tail < good.tail
+
+
+def test_the_speculative_paths_own_cost_is_paid_only_where_drafts_alone_would_put_a_step_on_it():
+    # a 15% draft pays for its token on this CPU, not for moving a plain step onto the speculative path
+    assert choose_draft_length([0.15], 4, CPU, alpha=LOW, steps_since_probe=0) == Decision(1, 0)
+    assert choose_draft_length([0.15], 4, SAMPLED, alpha=LOW, steps_since_probe=0) == Decision(0, 0)
+    # with a SAT tail in the step (here a probe's) the path is paid for already: the same draft goes out
+    assert choose_draft_length([0.15], 4, SAMPLED, alpha=LOW, steps_since_probe=10 ** 6) == Decision(1, 4, True)
+    # the steady state counts it: drafts that pay at c = 0 do not at c = 0.2
+    assert best_steady_state([0.25] * 4, 4, CPU).m > 0 and best_steady_state([0.25] * 4, 4, SAMPLED).m == 0
+    assert steady_state([0.5], 1, SAMPLED).throughput == pytest.approx((4 / 3) / (1 + 0.06 * 8 / 3 + 0.2))
+    # and a probe on an otherwise plain step costs c too: rarer probes
+    assert probe_interval(4, SAMPLED, 1) > probe_interval(4, CostModel.linear(0.06), 1)
+    assert probe_interval(4, SAMPLED, 1, plain=False) <= probe_interval(4, CostModel.linear(0.06), 1)
 
 
 def test_batch_backs_off():
@@ -225,7 +259,7 @@ def simulate(accept, q, cost, batch=1, n=4, steps=3000, fixed=False, seed=0, loo
             assert m <= (n if d.lookup else len(fresh))
             rates = lookup_accept if d.lookup else accept
         assert m <= n and t <= n
-        time += cost.time(batch * (1 + m + t)) / batch
+        time += cost.time(batch * (1 + m + t), speculative=m + t > 0) / batch
         acc = 0
         while acc < m and rng.random() < rates[acc]:
             acc += 1
@@ -259,6 +293,9 @@ def test_lookup_backed_drafts_win_where_the_text_repeats():
     assert sat_only >= 0.95 and combined > 1.5 * sat_only
     # a lookup candidate that is always wrong costs little: its calibration learns
     assert simulate([0.0] * 4, [0.2] * 4, CPU, 1, lookup_accept=[0.0] * 4) >= 0.9
+    # ... also where the speculative path itself costs 20% of a step (sampled requests)
+    for batch in (1, 4):
+        assert simulate([0.0] * 4, [0.2] * 4, SAMPLED, batch, lookup_accept=[0.05] * 4) >= 0.95
     # and good SATs keep drafting where the lookup is poor
     assert simulate([0.8] * 4, [0.8] * 4, CPU, 1, lookup_accept=[0.1] * 4) > 1.4
 

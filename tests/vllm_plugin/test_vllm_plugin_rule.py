@@ -11,7 +11,7 @@ from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
 from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
-from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, lookup_chains, plan_drafts
+from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, decode_only, lookup_chains, plan_drafts
 
 S = 900  # a SAT id
 SATS = [S, S, S]
@@ -220,6 +220,15 @@ def test_lookup_chains_plain_and_after_the_first_sat_draft():
     assert lookup_chains(text, [3], [0.5], probs.log(), 1, 0, {S}) == []
     # a SAT id is never drafted: the chain stops before it
     assert lookup_chains(np.array([1, 2, 7, S, 1, 2]), [], [], None, 0, 3, {S}) == [([7], [p2])]
+
+
+def test_decode_only_steps_feed_the_cost_model():
+    # each request scheduled its last token and its speculative ones (drafts + SATs)
+    assert decode_only({"a": 1, "b": 4}, {"b": [7, 8, 9]})
+    assert decode_only({}, {})
+    # a prefill (or a chunk of one), beside a decode or alone, does not
+    assert not decode_only({"a": 1, "b": 120}, {})
+    assert not decode_only({"a": 3}, {"a": [5]})
 
 
 def test_other_speculative_configs_untouched():
