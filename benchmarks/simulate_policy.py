@@ -12,7 +12,8 @@ were all accepted (cached in ``--data``). Then it replays each completion step b
 policy's own state machine (``policy.AdaptiveDrafter``) and the proposer's lookup rule
 (``proposer.lookup_chains``): drafts from fresh SAT rows only after a step whose drafts were all
 accepted, the tail the policy chose, acceptance against the greedy continuation. Each forward costs
-T(N) = 1 + r N for a request's N tokens (``--cost`` r; batch 1), so the figures are tokens per unit
+T(N) = 1 + r N for a request's N tokens (``--cost`` r; batch 1), plus c (``--step-overhead``) when it
+carries a draft or a SAT (vLLM's speculative path; the policy is told c), so the figures are tokens per unit
 time relative to plain decoding (speedup), and tokens per forward (tau). vLLM's suffix decoding
 (arctic-inference's cache, its default settings; needs the package) is replayed on the same
 completions. What it leaves out: the proposer's own time per step, the engine's scheduling, batches.
@@ -103,13 +104,13 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
-           vocab: int) -> dict:
+           vocab: int, overhead: float = 0.0) -> dict:
     """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
     completions (its calibration learns across requests, as in the engine)."""
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
     from sdsat_vllm.vllm_plugin.proposer import lookup_chains
 
-    drafter = AdaptiveDrafter(n, n, CostModel.linear(r), online=False)
+    drafter = AdaptiveDrafter(n, n, CostModel.linear(r, step_overhead=overhead), online=False)
     if backoff is not None:
         drafter.PROBE_BACKOFF_MAX = backoff
     tokens = time_units = steps = lookup_steps = drafts_sent = 0
@@ -136,7 +137,7 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             while a < len(chain) and i + a < len(out) and out[i + a] == chain[a]:
                 a += 1
             tokens += min(a + 1, len(out) - i)
-            time_units += 1 + r * (1 + d.drafts + d.tail)
+            time_units += 1 + r * (1 + d.drafts + d.tail) + (overhead if d.drafts + d.tail else 0.0)
             steps += 1
             lookup_steps += d.lookup
             drafts_sent += d.drafts
@@ -148,7 +149,7 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             "drafts_per_forward": drafts_sent / steps, "lookup_forwards": lookup_steps}
 
 
-def replay_suffix(data: list[dict], r: float, n: int) -> dict | None:
+def replay_suffix(data: list[dict], r: float, n: int, overhead: float = 0.0) -> dict | None:
     """vLLM's suffix decoding on the same completions (its proposer's calls, vLLM's defaults)."""
     try:
         from arctic_inference.suffix_decoding import SuffixDecodingCache
@@ -171,7 +172,7 @@ def replay_suffix(data: list[dict], r: float, n: int) -> dict | None:
             c = min(a + 1, len(out) - i)
             cache.add_active_response(f"r{k}", out[i:i + c])
             tokens += c
-            time_units += 1 + r * (1 + len(draft))
+            time_units += 1 + r * (1 + len(draft)) + (overhead if draft else 0.0)
             steps += 1
             i += c
         cache.stop_request(f"r{k}")
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
     p.add_argument("-n", "--num-speculative-tokens", type=int, default=None, help="default: the model's K")
     p.add_argument("--cost", type=float, nargs="+", default=[0.03, 0.075],
                    help="extra time of one more token in a forward, relative to its fixed part (T(N) = 1 + rN)")
+    p.add_argument("--step-overhead", type=float, default=0.0,
+                   help="extra time of a forward on vLLM's speculative path (any draft or SAT), relative to the "
+                        "fixed part (default 0: greedy requests on this CPU; ~0.05-0.15 for seeded sampled ones)")
     p.add_argument("--data", default=None, help="cache of the completions and SAT rows (JSON; made when missing)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
@@ -220,12 +224,12 @@ def main(argv=None) -> int:
     vocab = max(max(max(t) for t in row["top"]) for item in data for row in item["rows"]) + 1
     results = []
     for r in args.cost:
-        base = replay_suffix(data, r, n)
+        base = replay_suffix(data, r, n, args.step_overhead)
         if base is not None:
-            results.append({"cost": r, "method": "suffix (vLLM, replayed)", **base})
+            results.append({"cost": r, "step_overhead": args.step_overhead, "method": "suffix (vLLM, replayed)", **base})
         for label, lookup, backoff in VARIANTS:
-            results.append({"cost": r, "method": label,
-                            **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab)})
+            results.append({"cost": r, "step_overhead": args.step_overhead, "method": label,
+                            **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead)})
     tokens = sum(len(item["output"]) for item in data)
     print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")

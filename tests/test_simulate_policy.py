@@ -28,9 +28,16 @@ def test_the_replay_counts_forwards_and_tokens():
     # SATs always right, nothing repeats: drafts pay; plain decoding would take 29 forwards after the prefill
     res = sim.replay([completion([50, 51], out, right_sats=True)], 0.03, None, None, 5, frozenset({SAT}), VOCAB)
     assert res["tau"] > 1.5 and res["forwards"] < 29 and res["speedup"] > 1.2
-    # SATs never right: the policy learns to back off, close to plain decoding
+    # a speculative step's own cost (c) is charged to the steps that carry a draft or a SAT: drafts still
+    # pay here, for less
+    costly = sim.replay([completion([50, 51], out, right_sats=True)], 0.03, None, None, 5, frozenset({SAT}), VOCAB,
+                        overhead=0.5)
+    assert costly["tau"] > 1.1 and costly["speedup"] < res["speedup"]
+    # SATs never right: the policy learns to back off, close to plain decoding (also with c)
     res = sim.replay([completion([50, 51], out)] * 4, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
     assert res["tau"] == pytest.approx(1.0) and 0.8 < res["speedup"] <= 1.0
+    costly = sim.replay([completion([50, 51], out)] * 4, 0.03, None, None, 5, frozenset({SAT}), VOCAB, overhead=0.5)
+    assert costly["tau"] == pytest.approx(1.0) and 0.8 < costly["speedup"] <= 1.0
 
 
 def test_lookup_pays_on_text_that_repeats_itself():

@@ -14,7 +14,7 @@ docs/design.md, section 4.5 has the derivation; in short:
 * The cost model (:class:`CostModel`) is the time of one forward of the whole batch as a function
   of the total tokens in it, T(N), plus ``c``, what a step costs more when it goes through vLLM's
   speculative path at all (any draft or SAT in it: the rejection sampler, one logit row per
-  token; measured on this CPU: ~0 for greedy requests, 20% of a step for seeded sampled ones).
+  token; measured on this CPU: ~0 for greedy requests, 4-20% of a step for seeded sampled ones).
   Only its shape matters (the policy is scale-free): the relative cost of a token at N is
   T'(N) / T(N). It is measured online from the engine's own steps (:class:`OnlineCost`), with a
   per-device default as its prior, or fixed by the user.
