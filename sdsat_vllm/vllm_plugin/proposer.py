@@ -464,5 +464,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LOOKUP_WINDOW",
-           "PROPOSER_PATH"]
+__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains",
+           "LOOKUP_WINDOW", "PROPOSER_PATH"]
