@@ -7,10 +7,12 @@
 - Client disconnects and aborted requests: with --max-num-seqs 2, two streams hold both slots,
   two more streams and a non-streaming request wait in the queue; all five clients close their
   sockets. Its own server with room for long requests (--max-model-len 1024, 900-token holders
-  sampled at temperature 1.5, so drafts are seldom accepted whole): on a fast machine a 216-token greedy holder of the memorised passage finished before
-  the queue filled (CI, 2026-12-02), so how long the slots stay held no longer depends on speed; where /metrics
-  still never shows the full queue (a starved CI run, later that day) the scenario is set up again, up to 3 times,
-  and a failure says what the gauges showed. The server's own gauges return to 0 running / 0 waiting / 0 % KV cache, it generates
+  sampled at temperature 1.5, so drafts are seldom accepted whole): on a fast machine a 216-token
+  greedy holder of the memorised passage finished before the queue filled (CI, 2026-12-02), so how
+  long the slots stay held no longer depends on speed; where /metrics still never shows the full
+  queue (a starved CI run, later that day) the scenario is set up again, up to 3 times, and a
+  failure says what the gauges showed. The server's own gauges return to 0 running / 0 waiting /
+  0 % KV cache, it generates
   (almost) nothing after the last close (a request that ran on would add up to its max_tokens), and
   the same greedy requests as before, more than the slots at once, come back equal and in time.
 - max_model_len in the middle of a draft: --max-model-len 256; prompts that leave 1..10 tokens of
