@@ -12,9 +12,9 @@
   long the slots stay held no longer depends on speed; where /metrics still never shows the full
   queue (a starved CI run, later that day) the scenario is set up again, up to 3 times, and a
   failure says what the gauges showed. The server's own gauges return to 0 running / 0 waiting /
-  0 % KV cache, it generates
-  (almost) nothing after the last close (a request that ran on would add up to its max_tokens), and
-  the same greedy requests as before, more than the slots at once, come back equal and in time.
+  0 % KV cache, it generates (almost) nothing after the last close (a request that ran on would add
+  up to its max_tokens), and the same greedy requests as before, more than the slots at once, come
+  back equal and in time.
 - max_model_len in the middle of a draft: --max-model-len 256; prompts that leave 1..10 tokens of
   room (a fixed-policy step schedules up to 1 + 2n = 9) with max_tokens past the end, prompts that
   end exactly at the limit, no max_tokens at all, streaming, and prompts with no room (400): each is
