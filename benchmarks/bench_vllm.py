@@ -26,11 +26,11 @@ a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-u
 * sdsat: the plugin under its fixed policy, `{"model": "sdsat", "num_speculative_tokens": N,
   "sdsat_policy": "fixed"}` (n drafts and an n-SAT tail every step; fused: one forward per step
   while drafts are accepted): what the SATs draft, every step;
-* sdsat-adaptive: the plugin's default policy, `"sdsat_policy": "adaptive"` (drafts and tail chosen
-  per request and step from the drafts' probabilities and the machine's cost; docs/design.md,
-  section 4.5);
-* sdsat-adaptive-lookup: adaptive with `"sdsat_lookup": true` (a continuation of the request's own
-  suffix found earlier in its text competes with the SAT drafts).
+* sdsat-adaptive: the adaptive policy with SAT drafts only, `"sdsat_policy": "adaptive",
+  "sdsat_lookup": false` (drafts and tail chosen per request and step from the drafts' probabilities
+  and the machine's cost; docs/design.md, section 4.5): the SATs' own contribution;
+* sdsat-adaptive-lookup: the plugin's default, adaptive with `"sdsat_lookup": true` (a continuation
+  of the request's own suffix found earlier in its text competes with the SAT drafts).
 * sdsat-tree: the plugin's tree mode, `"sdsat_mode": "tree"` (n drafts and a block of n SATs after
   x and after every draft: one forward per step always, 1 + n + (n + 1) n tokens per request;
   docs/design.md, section 4.7).
@@ -209,9 +209,9 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
     if method == "sdsat-tree":
         return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_mode": "tree"}
     if method in ("sdsat-adaptive", "sdsat-adaptive-lookup"):
-        spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive"}
-        if method == "sdsat-adaptive-lookup":
-            spec["sdsat_lookup"] = True
+        # both spelled out: the SATs' own contribution stays visible whatever the plugin's default
+        spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive",
+                "sdsat_lookup": method == "sdsat-adaptive-lookup"}
         if args.sdsat_cost is not None:
             spec["sdsat_cost"] = args.sdsat_cost
         return spec

@@ -97,7 +97,8 @@ def main(argv=None) -> int:
                               seed=0 if temp > 0 else None)
     specs = {"plain": None,
              "sdsat": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "fixed"},
-             "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive"},
+             "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive",
+                                "sdsat_lookup": False},
              "sdsat-adaptive-lookup": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive",
                                        "sdsat_lookup": True},
              "sdsat-tree": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_mode": "tree"},

@@ -102,7 +102,7 @@ def run(args) -> int:
     print()
     print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
     print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s"
-          "   (adaptive policy: drafts and SAT tail sized per step)")
+          "   (default: adaptive policy, drafts and SAT tail sized per step, with lookup-backed drafts)")
     print(f"  speedup: {speedup:.2f}x   tokens per decode forward: {_fmt(fast.spec.tokens_per_decode_forward)}")
     if fixed is not None:
         s = fixed.spec  # draft_len = n: under the fixed policy every drafting step offers exactly n real drafts

@@ -118,7 +118,8 @@ def test_spec_configs_of_the_new_methods():
     assert b.spec_config("suffix", args, 5, None) == {
         "method": "suffix", "num_speculative_tokens": 5, "suffix_decoding_max_cached_requests": 0}
     assert b.spec_config("sdsat-adaptive", args, 5, None) == {
-        "model": "sdsat", "num_speculative_tokens": 5, "sdsat_policy": "adaptive", "sdsat_cost": 0.05}
+        "model": "sdsat", "num_speculative_tokens": 5, "sdsat_policy": "adaptive", "sdsat_lookup": False,
+        "sdsat_cost": 0.05}  # SAT drafts only, whatever the plugin's default
     assert b.spec_config("sdsat-adaptive-lookup", args, 5, None, n=3) == {
         "model": "sdsat", "num_speculative_tokens": 3, "sdsat_policy": "adaptive", "sdsat_lookup": True,
         "sdsat_cost": 0.05}
@@ -252,7 +253,7 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     assert len(specs) == len(b.METHODS) and all(i.shut_down for i in FakeLLM.instances)
     assert specs[0] is None  # plain first
     assert specs[2]["method"] == "suffix" and specs[5] == {"model": "sdsat", "num_speculative_tokens": 3,
-                                                           "sdsat_policy": "adaptive"}
+                                                           "sdsat_policy": "adaptive", "sdsat_lookup": False}
     assert specs[-1] == {"model": "sdsat", "num_speculative_tokens": 3, "sdsat_mode": "tree"}
     # norepeat (no chat template in this model directory): the Question frame, greedy, stopping at the next
     # question; worst: no stop strings, sampled at temperature 1, each request seeded

@@ -50,7 +50,7 @@ def test_with_vllm_per_batch_size_count(sdsat_model_dir, plain_baseline, sat_id)
 def adaptive_llm(request, sdsat_model_dir, plain_baseline):  # baseline first: one engine alive at a time
     from vllm import LLM
 
-    spec = dict(ADAPTIVE, sdsat_lookup=True) if request.param else dict(ADAPTIVE)
+    spec = dict(ADAPTIVE, sdsat_lookup=request.param)
     llm = LLM(model=str(sdsat_model_dir), speculative_config=spec, **ENGINE_KW)
     llm.sdsat_lookup = request.param
     yield llm
@@ -62,8 +62,7 @@ def test_options_reached_the_engine(adaptive_llm):
 
     cfg = adaptive_llm.llm_engine.vllm_config
     assert cfg.speculative_config.model == PROPOSER_PATH
-    expect = {"policy": "adaptive", "cost": 0.001}
-    assert cfg.additional_config["sdsat"] == ({**expect, "lookup": True} if adaptive_llm.sdsat_lookup else expect)
+    assert cfg.additional_config["sdsat"] == {"policy": "adaptive", "cost": 0.001, "lookup": adaptive_llm.sdsat_lookup}
 
 
 def test_greedy_batch8_identical_to_plain_and_drafts_accepted(adaptive_llm, plain_baseline, sat_id):

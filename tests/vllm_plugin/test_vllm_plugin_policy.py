@@ -385,7 +385,15 @@ def test_drafter_forgets_finished_requests_and_new_ones_probe():
 
 
 def test_validate_options():
-    assert validate_options(None) == DEFAULT_OPTIONS and DEFAULT_OPTIONS["policy"] == "adaptive"
+    assert validate_options(None) == {**DEFAULT_OPTIONS, "lookup": True} and DEFAULT_OPTIONS["policy"] == "adaptive"
+    # lookup: on with the adaptive policy unless turned off, off with the fixed policy and in tree mode
+    assert validate_options({"lookup": False})["lookup"] is False
+    assert validate_options({"policy": "fixed"})["lookup"] is False
+    assert validate_options({"mode": "tree"}) == {**DEFAULT_OPTIONS, "mode": "tree", "policy": "fixed", "lookup": False}
+    with pytest.raises(ValueError, match="mode 'tree'.*lookup"):
+        validate_options({"mode": "tree", "lookup": True})
+    with pytest.raises(ValueError, match="lookup must be true or false"):
+        validate_options({"lookup": "yes"})
     assert validate_options({"policy": "adaptive", "cost": 0.02})["cost"] == 0.02
     with pytest.raises(ValueError, match="unknown SDSAT option"):
         validate_options({"polcy": "adaptive"})
