@@ -1523,14 +1523,16 @@ def _check_tree_attention(mod: Any) -> None:
     _require_fields(p, mod.CPUAttentionMetadata, "num_actual_tokens", "block_table", "causal")
 
 
-def tree_attention_forward(orig: Callable, recompute: Callable, decoder: Any) -> Callable:
+def tree_attention_forward(orig: Callable, recompute: str, decoder: Any) -> Callable:
     """An attention backend's forward that, in a tree step, recomputes the SAT block rows after it.
 
     orig: the backend's forward(self, layer, query, key, value, kv_cache, attn_metadata, output, ...),
     which writes causal attention into `output` (exact for the chain rows vLLM verifies).
-    recompute(step, query, kv_cache, block_table, output, scale): overwrites the block rows. A no-op
-    but for decoder self-attention over exactly the tree step's tokens (not the profile run, an
-    encoder, or another forward of another size).
+    recompute: the name of the function in tree_attention.py, (step, query, kv_cache, block_table,
+    output, scale) -> None, that overwrites the block rows; looked up at each call, so that a test can
+    replace it (the negative control in tests/vllm_plugin/test_vllm_plugin_tree.py). A no-op but for
+    decoder self-attention over exactly the tree step's tokens (not the profile run, an encoder, or
+    another forward of another size).
     """
     from . import tree_attention  # once: the wrapper runs in every attention layer of every model
 
@@ -1540,17 +1542,15 @@ def tree_attention_forward(orig: Callable, recompute: Callable, decoder: Any) ->
         if step is None or attn_metadata is None or self.attn_type != decoder \
                 or attn_metadata.num_actual_tokens != step.num_tokens or not attn_metadata.causal:
             return out
-        recompute(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
+        getattr(tree_attention, recompute)(step, query, kv_cache, attn_metadata.block_table, output, self.scale)
         return out
 
     return forward
 
 
 def _apply_tree_attention(mod: Any) -> None:
-    from . import tree_attention
-
     _wrap(mod.CPUAttentionBackendImpl, "forward", REGISTRY["tree_attention_cpu"],
-          lambda orig: tree_attention_forward(orig, tree_attention.recompute_block_rows, mod.AttentionType.DECODER))
+          lambda orig: tree_attention_forward(orig, "recompute_block_rows", mod.AttentionType.DECODER))
 
 
 register(Patch(
@@ -1593,11 +1593,8 @@ def _check_tree_attention_flash(mod: Any) -> None:
 
 
 def _apply_tree_attention_flash(mod: Any) -> None:
-    from . import tree_attention
-
     _wrap(mod.FlashAttentionImpl, "forward", REGISTRY["tree_attention_flash"],
-          lambda orig: tree_attention_forward(orig, tree_attention.recompute_block_rows_triton,
-                                              mod.AttentionType.DECODER))
+          lambda orig: tree_attention_forward(orig, "recompute_block_rows_triton", mod.AttentionType.DECODER))
 
 
 register(Patch(

@@ -74,7 +74,7 @@ def test_flash_wrapper_recomputes_block_rows_only_in_the_tree_step():
         output.fill_(7.0)  # stands in for FlashAttention: every row written
         return output
 
-    forward = tree_attention_forward(causal_kernel, tree_attention.recompute_block_rows_triton, "decoder")
+    forward = tree_attention_forward(causal_kernel, "recompute_block_rows_triton", "decoder")
     impl = SimpleNamespace(attn_type="decoder", scale=SCALE)
     num_tokens = b.step.num_tokens
     meta = SimpleNamespace(num_actual_tokens=num_tokens, block_table=b.block_table, causal=True)
