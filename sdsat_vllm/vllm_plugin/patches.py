@@ -848,9 +848,9 @@ def split_sdsat_options(spec: Any, additional: Any) -> tuple[Any, Any]:
     opts = dict(additional.get(ADDITIONAL_CONFIG_KEY) or {})
     opts.update({k.replace("-", "_")[len(OPTION_PREFIX):]: spec[k] for k in keys})
     if validate_options(opts)["mode"] == "tree":
-        from .tree_attention import check_tree_platform
+        from .tree_attention import tree_attention_patch
 
-        check_tree_platform()  # before any engine starts, not in the worker
+        tree_attention_patch()  # raises where tree mode has no attention path: before any engine starts
     rest = {k: v for k, v in spec.items() if k not in keys}
     return rest, {**additional, ADDITIONAL_CONFIG_KEY: opts}
 

@@ -305,7 +305,8 @@ class SDSATProposer:
         on_cpu = tree_attention_patch() == "tree_attention_cpu"
         if on_cpu:
             from vllm.v1.attention.backends import cpu_attn
-            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl as TreeImpl
+
+            TreeImpl = cpu_attn.CPUAttentionBackendImpl
         else:
             from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl as TreeImpl
         seen = set()

@@ -73,11 +73,6 @@ def tree_attention_patch() -> str:
                      f"this platform is {type(current_platform).__name__}: use sdsat_mode 'fused' here")
 
 
-def check_tree_platform() -> None:
-    """ValueError unless this platform has a tree-attention path (`tree_attention_patch`)."""
-    tree_attention_patch()
-
-
 def check_tree_cudagraphs(compilation_config) -> None:
     """ValueError when vLLM would capture attention in a full CUDA graph (GPU only).
 
@@ -281,7 +276,7 @@ def recompute_block_rows_triton(step: TreeStep, query: torch.Tensor, kv_cache: t
     output.view(output.shape[0], num_heads, head_dim).index_copy_(0, dev.block_step_index, rows.to(output.dtype))
 
 
-__all__ = ["READABLE_ISAS", "tree_attention_patch", "check_tree_platform", "check_tree_cudagraphs",
+__all__ = ["READABLE_ISAS", "tree_attention_patch", "check_tree_cudagraphs",
            "recompute_block_rows_triton", "cpu_kv_cache_views", "check_cpu_cache_layout", "recompute_block_rows",
            "recompute_block_rows_reference",
            "set_active_step", "active_step"]
