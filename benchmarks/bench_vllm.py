@@ -121,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    choices=list(PROMPT_SETS), help="one or more of: " + "; ".join(f"{k}: {v}" for k, v in
                                                                                   PROMPT_SETS.items()))
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per set (at least the largest batch size)")
+    p.add_argument("--max-groups", type=int, default=None,
+                   help="at each batch size B, time only the first MAX_GROUPS x B prompts (default: every "
+                        "prompt at every B): batch 1 goes through the prompts one at a time, so a full run "
+                        "over batch 1..64 would spend most of its hours there")
     p.add_argument("--worst-seed", type=int, default=0, help="seed of the `worst` prompt set and of its sampling")
     p.add_argument("--worst-temperature", type=float, default=1.0,
                    help="the `worst` set's sampling temperature (default 1.0; 0: greedy, which degenerates into "
@@ -229,18 +233,18 @@ def engine_runs(args, k: int, pard_dir: Path | None) -> list[tuple[str, dict | N
     return runs
 
 
-def run_method(method, spec, model_dir, workloads, batch_sizes, kw):
+def run_method(method, spec, model_dir, workloads, batch_sizes, kw, max_groups=None):
     """One fresh engine for `method`, every prompt set in it; a row per (prompt set, batch size).
 
     workloads: {prompt set name: (prompts, SamplingParams)}"""
     startup, results = run_vllm_workloads(model_dir, spec, list(workloads.values()), batch_sizes=batch_sizes,
-                                          engine_kw=kw)
+                                          engine_kw=kw, max_groups=max_groups)
     rows = []
     for (name, (prompts, sampling)), runs in zip(workloads.items(), results):
         for r in runs:
             d = r.spec  # vLLM's counters over the pass, with the decoded tokens: every figure of the vocabulary
             rows.append(dict(prompt_set=name, method=method, batch_size=r.batch_size,
-                             num_prompts=len(prompts), temperature=sampling.temperature, output_tokens=r.tokens,
+                             num_prompts=len(r.token_ids), temperature=sampling.temperature, output_tokens=r.tokens,
                              wall_s=r.wall_s, tokens_per_s=r.tokens_per_s,
                              tokens_per_decode_forward=d.tokens_per_decode_forward if spec else 1.0,
                              acceptance_rate=d.acceptance_rate if spec else None,
@@ -340,7 +344,8 @@ def describe_meta(meta: dict) -> list[str]:
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}",
         f"Versions: vLLM {meta.get('vllm', '?')}, torch {meta.get('torch', '?')}; time {meta.get('time', '?')}",
         f"Model: {meta.get('model', '?')}; max_tokens {meta.get('max_tokens', '?')}, batch sizes "
-        f"{meta.get('batch_sizes', '?')}",
+        f"{meta.get('batch_sizes', '?')}"
+        + (f"; at batch B, the first {meta['max_groups']} x B prompts of each set" if meta.get("max_groups") else ""),
         "Prompt sets: " + "; ".join(f"{k} ({v.get('num_prompts')} prompts, temperature {v.get('temperature', '?')}: "
                                     f"{v.get('description', '')})" for k, v in sets.items()),
     ]
@@ -503,7 +508,7 @@ def main(argv=None) -> int:
         for method, spec in runs:  # one engine per method, every prompt set in it: start-up is paid once
             print(f"[{method}]{f' round {rnd + 1}/{args.repeats}' if args.repeats > 1 else ''} "
                   f"speculative_config={spec}", flush=True)
-            rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw)
+            rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw, args.max_groups)
     rows = median_rows(rows)
     add_speedups(rows)
 
@@ -521,6 +526,7 @@ def main(argv=None) -> int:
 
         meta = dict(command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                     model=str(model_dir), sdsat=sdsat.to_dict(), num_prompts=args.num_prompts,
+                    max_groups=args.max_groups,
                     prompt_sets={name: dict(num_prompts=len(p), stop=None if args.no_stop else stop,
                                             temperature=temperature[name], description=PROMPT_SETS[name],
                                             **({"chat_template": chat is not None} if name == "norepeat" else {}),

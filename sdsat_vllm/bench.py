@@ -258,10 +258,15 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
 
 def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | None,
                        workloads: Sequence[tuple[Sequence[str], Any]], *, batch_sizes: Sequence[int] = (1,),
-                       engine_kw: dict[str, Any] | None = None) -> tuple[float, list[list[TimedRun]]]:
+                       engine_kw: dict[str, Any] | None = None,
+                       max_groups: int | None = None) -> tuple[float, list[list[TimedRun]]]:
     """:func:`run_vllm` for several (prompts, sampling) workloads in one engine, one after another
     (each timed at every batch size as there): start-up is paid once per engine, not per workload.
+    max_groups: at each batch size B, only the first max_groups * B prompts (None: all), so that
+    small batch sizes, which go through the prompts one group at a time, do not dominate a run.
     Returns (start-up seconds, the TimedRuns of each workload in order)."""
+    if max_groups is not None and max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1 (or None for every prompt), got {max_groups}")
     from vllm import LLM, SamplingParams
 
     draft_len = sdsat_draft_len(speculative_config)
@@ -277,11 +282,12 @@ def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | 
         for prompts, sampling in workloads:
             runs = []
             for bs in batch_sizes:
+                todo = list(prompts) if max_groups is None else list(prompts)[: max_groups * bs]
                 before = from_llm_metrics(llm.get_metrics(), draft_len)
                 outs = []
                 t0 = time.perf_counter()
-                for i in range(0, len(prompts), bs):
-                    outs += llm.generate(list(prompts[i:i + bs]), sampling, use_tqdm=False)
+                for i in range(0, len(todo), bs):
+                    outs += llm.generate(todo[i:i + bs], sampling, use_tqdm=False)
                 wall = time.perf_counter() - t0
                 token_ids = [list(o.outputs[0].token_ids) for o in outs]
                 # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards

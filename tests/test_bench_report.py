@@ -280,6 +280,23 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     assert (tmp_path / "policy.md").read_text().count("\n| worst |") == 2 * len(b.METHODS)
 
 
+def test_bench_vllm_max_groups_times_the_first_groups_at_each_batch_size(fake, tmp_path):
+    FakeLLM, model = fake
+    b = load_bench_vllm()
+    out_json = tmp_path / "groups.json"
+    assert b.main([str(model), "--methods", "plain", "ngram", "--num-prompts", "8", "--max-tokens", "12",
+                   "--batch-sizes", "1", "2", "8", "--max-groups", "2", "--out", str(out_json), "--no-plots"]) == 0
+    timed = [len(ps) for ps, sampling in FakeLLM.instances[0].calls if sampling.max_tokens == 12]
+    assert timed == [1, 1, 2, 2, 8]  # B=1: 2 groups of 1; B=2: 2 groups of 2; B=8: its one group
+    doc = json.loads(out_json.read_text())
+    assert {(r["method"], r["batch_size"]): r["num_prompts"] for r in doc["results"]} == {
+        (m, bs): n for m in ("plain", "ngram") for bs, n in ((1, 2), (2, 4), (8, 8))}
+    assert doc["meta"]["max_groups"] == 2
+    assert "at batch B, the first 2 x B prompts" in (tmp_path / "groups.md").read_text()
+    with pytest.raises(ValueError, match="max_groups must be >= 1"):
+        bench.run_vllm_workloads(model, None, [(["x"], fake_vllm.SamplingParams())], max_groups=0)
+
+
 def importlib_find(name):
     import importlib.util
 
