@@ -108,7 +108,8 @@ COLUMNS = ("set", "method", "B", "tokens", "wall s", "tok/s", "speedup", "tok/fw
            "acc. rate/pos: real drafts", "vLLM (per draft)", "differ")
 _LEFT = {"set", "method", "acc. rate/pos: real drafts", "vLLM (per draft)"}
 LEGEND = ("tok/fw: tokens per decode forward; accept: draft acceptance rate; acceptance rate per draft position of "
-          "real drafts, and vLLM's = accepted / num_drafts; speedup: tokens/s over plain on the same set and B; "
+          "real drafts, and vLLM's = accepted / num_drafts; speedup: tokens/s over plain on the same set and B "
+          "(with several rounds, the ratio of the rounds' means); "
           "differ: outputs not token-identical to plain (greedy); see sdsat_vllm/metrics_vocabulary.py")
 
 
@@ -158,9 +159,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write the results as JSON here, and beside it the markdown table (.md) and the plots (.png)")
     p.add_argument("--no-plots", action="store_true", help="with --out: no PNG plots")
     p.add_argument("--repeats", type=int, default=1,
-                   help="rounds of every engine, interleaved (plain, a, b, plain, a, b, ...); each row reports the "
-                        "round with the median tokens/s, and every round's figure (this shared VM's engines vary "
-                        "by 10-20%% from one start to the next)")
+                   help="rounds of every engine, interleaved; each row reports the "
+                        "round with the median tokens/s and every round's figure, and as speedup the ratio of "
+                        "the rounds' mean tokens/s; every other round runs the engines in reverse order (plain, "
+                        "a, b, b, a, plain), so that a drift of the machine's speed favours none (this shared "
+                        "VM's engines vary by 10-20%% from one start to the next)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show vLLM's INFO logging (by default only its warnings and errors)")
     args = p.parse_args(argv)
@@ -277,11 +280,18 @@ def median_rows(rows: list[dict]) -> list[dict]:
 
 def add_speedups(rows: list[dict]) -> None:
     """speedup_vs_plain and outputs_differing_from_plain (greedy rows only), against `plain` on the
-    same set and B."""
+    same set and B. With several rounds (`tokens_per_s_runs`, in round order), speedup_vs_plain is
+    the ratio of the rounds' mean tokens/s, and speedup_vs_plain_runs each round's own ratio (this
+    VM drifts by more than most effects between rounds; within a round the engines run back to back)."""
     base = {(r["prompt_set"], r["batch_size"]): r for r in rows if r["method"] == "plain"}
     for r in rows:
         b = base[r["prompt_set"], r["batch_size"]]
-        r["speedup_vs_plain"] = r["tokens_per_s"] / b["tokens_per_s"]
+        runs, base_runs = r.get("tokens_per_s_runs") or [], b.get("tokens_per_s_runs") or []
+        if len(runs) > 1 and len(runs) == len(base_runs):
+            r["speedup_vs_plain"] = (sum(runs) / len(runs)) / (sum(base_runs) / len(base_runs))
+            r["speedup_vs_plain_runs"] = [x / y for x, y in zip(runs, base_runs)]
+        else:
+            r["speedup_vs_plain"] = r["tokens_per_s"] / b["tokens_per_s"]
         r["outputs_differing_from_plain"] = (sum(x != y for x, y in zip(r["token_ids"], b["token_ids"]))
                                              if r.get("temperature", 0) == 0 else None)
 
@@ -359,9 +369,12 @@ def write_markdown(path: Path, meta: dict, rows: list[dict], plots: list[Path] =
     lines += [f"{x}  " for x in describe_meta(meta)] + ["", markdown_table(rows), "", LEGEND, ""]
     runs = [r for r in rows if len(r.get("tokens_per_s_runs") or []) > 1]
     if runs:
-        lines += ["tok/s per round (the table shows the median round):", ""]
+        lines += ["tok/s per round, and each round's ratio to its own plain engine (the table shows the median "
+                  "round's figures, and as speedup the ratio of the rounds' mean tok/s):", ""]
         lines += [f"- {r['prompt_set']} {r['method']} B={r['batch_size']}: "
-                  + ", ".join(f"{x:.1f}" for x in r["tokens_per_s_runs"]) for r in runs] + [""]
+                  + ", ".join(f"{x:.1f}" for x in r["tokens_per_s_runs"])
+                  + (" (" + ", ".join(f"{x:.2f}x" for x in r["speedup_vs_plain_runs"]) + ")"
+                     if r.get("speedup_vs_plain_runs") and r["method"] != "plain" else "") for r in runs] + [""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
@@ -462,6 +475,7 @@ def write_outputs(out: Path, meta: dict, rows: list[dict], plots: bool = True) -
 def main(argv=None) -> int:
     t_start = time.perf_counter()
     args = parse_args(argv)
+    git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after hours of it
     if "suffix" in args.methods and not have_arctic_inference():
         sys.exit("method suffix: vLLM's suffix decoding needs the `arctic-inference` package "
                  "(pip install -e '.[bench]'), or leave suffix out of --methods")
@@ -505,7 +519,10 @@ def main(argv=None) -> int:
                                                    seed=args.worst_seed if seeded else None))
     rows = []
     for rnd in range(args.repeats):
-        for method, spec in runs:  # one engine per method, every prompt set in it: start-up is paid once
+        # one engine per method, every prompt set in it: start-up is paid once. Every other round runs
+        # the engines in reverse (plain, a, b, b, a, plain, ...): a drift of the VM's speed over the
+        # run then favours no method in the rounds' means
+        for method, spec in (runs if rnd % 2 == 0 else runs[::-1]):
             print(f"[{method}]{f' round {rnd + 1}/{args.repeats}' if args.repeats > 1 else ''} "
                   f"speculative_config={spec}", flush=True)
             rows += run_method(method, spec, model_dir, workloads, args.batch_sizes, kw, args.max_groups)
@@ -536,7 +553,7 @@ def main(argv=None) -> int:
                     max_tokens=args.max_tokens, temperature=args.temperature, batch_sizes=args.batch_sizes,
                     repeats=args.repeats,
                     engine=kw, machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform()),
-                    git=git_state(Path(__file__).resolve().parent),
+                    git=git,
                     vllm=installed_vllm_version(), torch=torch.__version__, vllm_module=getattr(vllm, "__file__", None),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=wall)
         for path in write_outputs(Path(args.out), meta, rows, plots=not args.no_plots):

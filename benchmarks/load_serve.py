@@ -923,6 +923,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     t_start = time.perf_counter()
     args = parse_args(argv)
+    git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after the run
     import tempfile
 
     from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
@@ -978,7 +979,7 @@ def main(argv=None) -> int:
             max_tokens_cap=args.max_tokens_cap, seed=args.seed, sampled_seeds=seeds, mix=mix_counts(reqs),
             config={k: v for k, v in cfg.items() if k != "sat_texts"},
             machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform()),
-            git=git_state(Path(__file__).resolve().parent), vllm=installed_vllm_version(), openai=openai.__version__,
+            git=git, vllm=installed_vllm_version(), openai=openai.__version__,
             torch=torch_version, time=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=round(wall, 1), work_dir=str(work))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

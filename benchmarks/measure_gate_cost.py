@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, quiet_vllm
 
+    git = git_state(ROOT)  # the code that runs: taken now, not after the run
+
     quiet_vllm(args.verbose)
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
         from sdsat_vllm.vllm_plugin.patches import installed_vllm_version
 
         meta = dict(command=" ".join(["benchmarks/measure_gate_cost.py"] + (argv if argv is not None else sys.argv[1:])),
-                    **git_state(ROOT), model=str(model), rank=rank, max_tokens=args.max_tokens, prompts=len(prompts),
+                    **git, model=str(model), rank=rank, max_tokens=args.max_tokens, prompts=len(prompts),
                     batch_size=1, engine=kw, machine=dict(cpu=cpu_name(), cores=os.cpu_count(),
                                                          platform=platform.platform()),
                     vllm=installed_vllm_version(), torch=torch.__version__, time=time.strftime("%Y-%m-%d %H:%M:%S"))

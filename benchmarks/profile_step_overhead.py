@@ -82,6 +82,7 @@ def main(argv=None) -> int:
 
     from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, prompt_set, quiet_vllm
 
+    git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after the run
     quiet_vllm()
     from vllm import LLM, SamplingParams
 
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(model_dir), "prompt_set": args.prompt_set,
                 "num_prompts": args.num_prompts, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
-                "temperature": temp, "machine": cpu_name(), "git": git_state(Path(__file__).resolve().parent),
+                "temperature": temp, "machine": cpu_name(), "git": git,
                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
         print(f"wrote {args.out}")

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
 
     from sdsat_vllm.bench import chat_formatter, cpu_name, engine_kwargs, git_state, prompt_set, quiet_vllm, run_vllm
 
+    git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after the run
     quiet_vllm()
     from vllm import SamplingParams
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         meta = {"command": " ".join(sys.argv), "model": str(model_dir), "prompt_set": args.prompt_set,
                 "num_prompts": args.num_prompts, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
                 "temperature": temp, "speculative_config": spec, "machine": cpu_name(),
-                "git": git_state(Path(__file__).resolve().parent), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "git": git, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         Path(args.out).write_text(json.dumps({"meta": meta, "tokens_per_s": timed_run.tokens_per_s,
                                               "by_path_and_size": table, "cost_model": fitted, "steps": steps},
                                              indent=1))

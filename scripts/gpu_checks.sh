@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 10's GPU checks in one command, for the device machine (torch, triton, pytest; no vLLM, no
+# Issue 10's GPU checks (and the SAT trainer's CUDA path) in one command, for the device machine (torch, triton, pytest; no vLLM, no
 # network): the kernel tests on CUDA tensors (tests/kernels, including the FlashAttention path of
 # tree mode with vLLM-shaped inputs) and the kernel benchmark against causal attention, in fp16 and
 # bf16, head dims 64 and 128. Everything lands in $OUT (default /tmp/sdsat_gpu_checks): the logs,
@@ -35,6 +35,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee 
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/device.txt"
 $PY -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/tests_kernels.log" || rc=1
+# SAT training on the GPU (issue 8's lever): train on CUDA in bf16, resume on the CPU, export
+$PY -m pytest -q -p no:cacheprovider tests/training/test_trainer.py -k cuda 2>&1 | tee "$OUT/tests_training_cuda.log" || rc=1
 for dtype in float16 bfloat16; do
   for hd in 64 128; do
     $PY benchmarks/bench_tree_kernel.py --dtype $dtype --head-dim $hd --out "$OUT/tree_kernel_gpu_${dtype}_d${hd}.json" \

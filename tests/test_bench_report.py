@@ -191,6 +191,22 @@ def test_repeated_rounds_report_the_median_round(tmp_path):
     assert "tok/s per round" not in bv.write_markdown(tmp_path / "s.md", {}, hand_built_rows()).read_text()
 
 
+def test_rounds_speedup_is_the_ratio_of_the_rounds_means():
+    bv = load_bench_vllm()
+    rows = bv.median_rows([dict(prompt_set="worst", method=m, batch_size=4, tokens_per_s=t, wall_s=1.0,
+                                token_ids=[[1]], temperature=1.0)
+                           for m, t in (("plain", 10.0), ("sdsat", 12.0), ("sdsat", 15.0), ("plain", 20.0))])
+    bv.add_speedups(rows)
+    sd = next(r for r in rows if r["method"] == "sdsat")
+    # not the median rounds' 12 / 10: the means, 13.5 / 15; each round against its own plain engine
+    assert sd["speedup_vs_plain"] == pytest.approx(0.9)
+    assert sd["speedup_vs_plain_runs"] == pytest.approx([1.2, 0.75])
+    one = bv.median_rows([dict(prompt_set="worst", method=m, batch_size=4, tokens_per_s=t, wall_s=1.0,
+                               token_ids=[[1]], temperature=1.0) for m, t in (("plain", 10.0), ("sdsat", 12.0))])
+    bv.add_speedups(one)
+    assert one[1]["speedup_vs_plain"] == pytest.approx(1.2) and "speedup_vs_plain_runs" not in one[1]
+
+
 def test_pooled_acceptance_per_pos():
     b = load_bench_vllm()
     rows = [dict(num_accepted_tokens_per_pos=[4, 2], num_drafts=10),
@@ -295,6 +311,19 @@ def test_bench_vllm_max_groups_times_the_first_groups_at_each_batch_size(fake, t
     assert "at batch B, the first 2 x B prompts" in (tmp_path / "groups.md").read_text()
     with pytest.raises(ValueError, match="max_groups must be >= 1"):
         bench.run_vllm_workloads(model, None, [(["x"], fake_vllm.SamplingParams())], max_groups=0)
+
+
+def test_bench_vllm_rounds_alternate_their_order(fake, tmp_path):
+    FakeLLM, model = fake
+    b = load_bench_vllm()
+    assert b.main([str(model), "--methods", "plain", "ngram", "sdsat", "--num-prompts", "2", "--max-tokens", "12",
+                   "--batch-sizes", "1", "--repeats", "3", "--out", str(tmp_path / "r.json"), "--no-plots"]) == 0
+    order = [None if i.spec is None else i.spec.get("method", i.spec.get("model")) for i in FakeLLM.instances]
+    assert order == [None, "ngram", "sdsat", "sdsat", "ngram", None, None, "ngram", "sdsat"]
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["method"] for r in rows] == ["plain", "ngram", "sdsat"]  # the table keeps the first round's order
+    assert all(len(r["tokens_per_s_runs"]) == 3 for r in rows)
+    assert "each round's ratio to its own plain engine" in (tmp_path / "r.md").read_text()
 
 
 def importlib_find(name):

@@ -15,6 +15,8 @@ the price of L + M*K tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +37,13 @@ class SATBatch:
     @property
     def num_sat(self) -> int:
         return int(self.sat_offsets.max())
+
+    def to(self, device: torch.device | str) -> "SATBatch":
+        """The same batch with its tensors on `device` (itself when they are there already)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def additive_mask(self, dtype: torch.dtype, rows: slice = slice(None)) -> torch.Tensor:
         """[B, 1, q, kv] float mask (0 = attend, dtype min = blocked), the form transformers takes as-is."""

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from .layout import IGNORE_INDEX, SATBatch, build_sat_batch, sample_insertion_po
 from .sat_setup import add_sat_tokens
 
 # Changing these between a checkpoint and a resume does not change what the run computes.
-RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "save_every", "log_every", "threads", "export"}
+RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "save_every", "log_every", "threads", "export", "device"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,6 +71,7 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     dtype: str = "bf16"  # compute dtype (autocast); master weights stay fp32
+    device: str = "auto"  # where the model trains: auto (cuda when there is one), cpu, cuda, cuda:N
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     eval_every: int = 100
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {', '.join(TRAIN_MODES)}; got {self.mode!r}")
         if self.dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {self.dtype!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("num_sat", "blocks_per_seq", "batch_size", "grad_accum", "steps", "lora_r", "eval_every",
                      "save_every", "log_every"):
             if getattr(self, name) < 1:
@@ -108,6 +112,17 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         return cls(data=DataConfig(**(d.pop("data", None) or {})), **d)
+
+    def torch_device(self) -> torch.device:
+        """The device to train on (auto: the first GPU when torch sees one); a clear error for a GPU
+        that is not there."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device {self.device!r}: torch sees {torch.cuda.device_count()} CUDA device(s) "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+        return dev
 
     @property
     def offset_weight_tensor(self) -> torch.Tensor:
@@ -191,9 +206,9 @@ class StepStats:
     sat_agree: list[float] | None = None  # per offset: SAT argmax == the model's own argmax (draft acceptance proxy)
 
 
-def _autocast(dtype: str):
+def _autocast(dtype: str, device_type: str):
     if dtype == "bf16":
-        return torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -206,12 +221,13 @@ def _per_offset_mean(hits: torch.Tensor, offsets: torch.Tensor, K: int) -> list[
 
 def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool = False):
     """(loss tensor, StepStats) for one laid-out batch."""
+    batch = batch.to(next(model.parameters()).device)  # batches are built on the CPU (seeded generators)
     L, K = batch.num_standard, batch.num_sat
     B = batch.input_ids.shape[0]
     mask_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     sat_rows = slice(L, None)
     std_logits = None
-    with _autocast(cfg.dtype):
+    with _autocast(cfg.dtype, batch.input_ids.device.type):
         if cfg.mode in ("frozen", "gated"):
             # Standard tokens see nothing trainable (gated: no SAT id among them, so no delta): their
             # K/V once, without grad; only the SAT rows are back-propagated.
@@ -394,7 +410,8 @@ def load_checkpoint(out: Path, model, optimizer) -> int:
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
+    # saved on any device, resumed on any: the optimizer moves its state to its parameters' device
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu"))
     return json.loads((ckpt / "state.json").read_text())["step"]
 
 
@@ -442,6 +459,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
         base_tensors = base_tensor_digests(model, serve_dtype)
     sdsat = add_sat_tokens(model, tokenizer, cfg.num_sat, cfg.distinct_sats, cfg.mode, base_id, base_sha)
     model, groups = make_trainable(model, sdsat, cfg)
+    device = cfg.torch_device()
+    model.to(device)
+    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     model.train()
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -494,5 +514,5 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     if cfg.export:
         from .export import export_run
 
-        export_run(model, tokenizer, sdsat, cfg, out, serve_dtype, base_tensors=base_tensors)
+        export_run(model.to("cpu"), tokenizer, sdsat, cfg, out, serve_dtype, base_tensors=base_tensors)
     return out

@@ -92,3 +92,13 @@ def test_no_label_across_a_document_boundary():
     assert sat[2] == [108, 109, 110]  # block after x_6: x_7..x_10 all after the boundary
     unmasked = build_sat_batch(ids, torch.tensor([[1, 3, 6]]), [7, 8, 9])
     assert (unmasked.labels != IGNORE_INDEX).sum() > (b.labels != IGNORE_INDEX).sum()
+
+
+def test_sat_batch_to_moves_every_tensor():
+    ids = torch.arange(40).reshape(2, 20)
+    batch = build_sat_batch(ids, torch.tensor([[3, 9], [4, 12]]), (99, 99, 99), torch.ones_like(ids, dtype=torch.bool))
+    assert batch.to("cpu") is batch  # already there: no copy
+    moved = batch.to("meta")
+    assert all(getattr(moved, n).device.type == "meta" for n in ("input_ids", "position_ids", "allowed", "labels",
+                                                                  "sat_offsets", "insertion_points"))
+    assert moved.num_standard == batch.num_standard

@@ -142,6 +142,37 @@ def test_bad_configs_are_clear_errors(tmp_path):
         TrainConfig(model="x", output_dir=str(tmp_path), eval_every=0)
 
 
+def test_device_option(tmp_path, corpus):
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+            TrainConfig(model="x", output_dir=str(tmp_path), device=bad)
+    assert TrainConfig(model="x", output_dir=str(tmp_path), device="cpu").torch_device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert TrainConfig(model="x", output_dir=str(tmp_path)).torch_device() == torch.device("cpu")
+        with pytest.raises(ValueError, match="torch sees 0 CUDA device"):
+            TrainConfig(model="x", output_dir=str(tmp_path), device="cuda").torch_device()
+    # a run may resume on another device (the checkpoint is device-free)
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False, max_minutes=0.0), model=m, tokenizer=t)
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False, device="cpu"), model=m, tokenizer=t)
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_checks.sh runs it)")
+def test_cuda_training_resumes_on_the_cpu_and_exports(tmp_path, corpus):
+    """The GPU path: trains on CUDA (bf16 autocast), checkpoints, resumes on the CPU and exports: every
+    step logged once, and the adapter and merged model written."""
+    m, t = make_tiny_model()
+    cfg = tiny_cfg(tmp_path / "run", corpus, steps=4, max_minutes=0.0, device="cuda", dtype="bf16")
+    train(cfg, model=m, tokenizer=t)
+    assert next(m.parameters()).device.type == "cuda"
+    m, t = make_tiny_model()
+    out = train(tiny_cfg(tmp_path / "run", corpus, steps=4, device="cpu", dtype="bf16"), model=m, tokenizer=t)
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+
+
 def test_apply_adapter_rejects_a_directory_that_is_not_an_adapter(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an SDSAT adapter"):
         apply_adapter("smollm2-135m", tmp_path, tmp_path / "out")
