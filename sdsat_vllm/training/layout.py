@@ -16,7 +16,6 @@ the price of L + M*K tokens.
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 
 import torch

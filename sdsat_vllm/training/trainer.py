@@ -254,7 +254,8 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     if cfg.target == "soft" and std_logits is not None:
         # Drafts are accepted when they match the model, not the corpus: learn its whole distribution
         # at the position that predicts the same token (free: it is in this forward already).
-        teacher = std_logits.detach().float()[torch.arange(B)[:, None], same_target].softmax(-1).flatten(0, 1)
+        rows = torch.arange(B, device=same_target.device)[:, None]
+        teacher = std_logits.detach().float()[rows, same_target].softmax(-1).flatten(0, 1)
         per_token = -(teacher * log_p).sum(-1)
     else:
         per_token = F.nll_loss(log_p, sat_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
