@@ -580,6 +580,9 @@ class RequestState:
     probe_backoff: int = 1              # multiplies the probe interval: doubles after each probe that left
     #                                     m* where it was, back to 1 when m* moves (probe_interval, PROBE_BACKOFF_MAX)
     probe_pending: bool = False         # a probe was sent and its rows not read yet
+    # the last best_steady_state and what it was computed from (alpha, limit, batch size, cost model):
+    # a request in back-off has no fresh rows, so its alpha stays put and every step would redo it
+    steady_memo: tuple | None = None
 
 
 class AdaptiveDrafter:
@@ -662,7 +665,13 @@ class AdaptiveDrafter:
         probe_read = bool(fresh_q) and len(fresh_q) >= limit
         st.since_probe = 0 if probe_read else st.since_probe + 1
         cost = self.cost()
-        steady = best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain)
+        key = (tuple(st.alpha), limit, batch_size)
+        memo = st.steady_memo
+        if memo is not None and memo[0] == key and memo[1] is cost:  # `is`: the memo holds the model alive
+            steady = memo[2]
+        else:
+            steady = best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain)
+            st.steady_memo = (key, cost, steady)
         steady_m = steady.m
         if steady_m != st.steady_m:
             st.probe_backoff = 1

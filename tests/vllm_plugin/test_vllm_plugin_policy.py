@@ -286,6 +286,27 @@ def test_good_drafts_pay_and_large_batches_back_off():
     assert big >= 0.95 and simulate([0.8] * 4, [0.8] * 4, CPU, 64, fixed=True) < 0.5
 
 
+def test_steady_state_is_reused_while_its_inputs_stay_put(monkeypatch):
+    import sdsat_vllm.vllm_plugin.policy as policy
+
+    calls = []
+    real = policy.best_steady_state
+    monkeypatch.setattr(policy, "best_steady_state", lambda *a, **k: calls.append(a) or real(*a, **k))
+    memo, fresh = AdaptiveDrafter(4, 4, CPU, online=False), AdaptiveDrafter(4, 4, CPU, online=False)
+    seq = [([0.1] * 4, 64), ([], 64), ([], 64), ([], 16), ([], 16), ([0.9, 0.8, 0.7, 0.6], 16), ([], 16)]
+    for i, (q, batch) in enumerate(seq):
+        for d in (memo, fresh):
+            d.tick()
+        if "r" in fresh.states:
+            fresh.states["r"].steady_memo = None  # `fresh` always recomputes: the reference
+        n_before = len(calls)
+        a = memo.decide("r", q, batch_size=batch)
+        reused = len(calls) == n_before
+        assert a == fresh.decide("r", q, batch_size=batch)
+        # recomputed on the first step, when the batch size changed and when fresh rows moved alpha
+        assert reused == (i in (1, 2, 4, 6)), i
+
+
 def test_lookup_backed_drafts_win_where_the_text_repeats():
     # SATs that cannot predict this text, a lookup candidate that is right 90% of the time
     sat_only = simulate([0.1] * 4, [0.3] * 4, CPU, 1)
