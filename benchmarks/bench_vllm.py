@@ -49,13 +49,13 @@ Prompt sets (`--prompt-set`, several in one run; sdsat_vllm/bench.py builds them
 
 Prompts are submitted in groups of B (one `generate` call per group) for each batch size B; the
 last group holds the remainder when B does not divide N, and a B above N gives groups of N prompts
-(a warning says so: that row measures batch N). `--max-groups G` times only the first G x B prompts at
-each B (batch 1 goes through the prompts one at a time: a full run over batch 1..64 with every prompt
-at every B takes hours here). `--repeats R` runs every engine R times, every other round in reverse
-order (plain, a, b, b, a, plain): this shared VM's speed drifts by 10-25% over an hour, and a single
-round favours whichever engine ran when the machine was fast (results 13.1: engines that sent no
-draft at all came out 1.09-1.26x of a plain engine run an hour earlier). Printed per prompt set, method and B, in the words
-of sdsat_vllm/metrics_vocabulary.py: output tokens, wall time, tokens/s, the speedup over `plain`
+(a warning says so: that row measures batch N). `--max-groups G` times only the first G x B prompts
+at each B (batch 1 goes through the prompts one at a time: a full run over batch 1..64 with every
+prompt at every B takes hours here). `--repeats R` runs every engine R times, every other round in
+reverse order (plain, a, b, b, a, plain): this shared VM's speed drifts by 10-25% over an hour, and a
+single round favours whichever engine ran when the machine was fast (results 13.1: engines that sent
+no draft at all came out 1.09-1.26x of a plain engine run an hour earlier). Printed per prompt set,
+method and B, in the words of sdsat_vllm/metrics_vocabulary.py: output tokens, wall time, tokens/s, the speedup over `plain`
 on the same set in this run (a ratio), tokens per decode forward, vLLM's draft acceptance rate, the
 acceptance rate per draft position two ways, and (greedy) how many outputs differ from `plain`.
 Per position: "real drafts" = accepted at position i / steps that offered a real draft there

@@ -629,6 +629,14 @@ class AdaptiveDrafter:
         for gone in [r for r in self.states if r not in live]:
             del self.states[gone]
 
+    def _steady(self, st: RequestState, limit: int, batch_size: int, cost: CostModel) -> SteadyState:
+        """best_steady_state for the request, reused while its inputs stay put (RequestState.steady_memo)."""
+        key = (tuple(st.alpha), limit, batch_size)
+        memo = st.steady_memo
+        if memo is None or memo[0] != key or memo[1] is not cost:  # `is`: the memo holds the model alive
+            memo = st.steady_memo = (key, cost, best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain))
+        return memo[2]
+
     def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:
         """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup`), the index
         of the one with the largest calibrated expected accepted length; None when there are none."""
@@ -649,7 +657,7 @@ class AdaptiveDrafter:
         st = self.states.get(req_id)
         if st is None:
             st = self.states[req_id] = RequestState(alpha=list(self.alpha_global))
-            if best_steady_state(st.alpha, limit, self.cost(), batch_size, self.min_gain).m == 0:
+            if self._steady(st, limit, batch_size, self.cost()).m == 0:
                 # by the engine-wide acceptance drafting does not pay at this batch size: the request
                 # starts in back-off, on the engine's probe steps, instead of probing at once (under
                 # load every new request's probe would lengthen the forward for nothing)
@@ -665,13 +673,7 @@ class AdaptiveDrafter:
         probe_read = bool(fresh_q) and len(fresh_q) >= limit
         st.since_probe = 0 if probe_read else st.since_probe + 1
         cost = self.cost()
-        key = (tuple(st.alpha), limit, batch_size)
-        memo = st.steady_memo
-        if memo is not None and memo[0] == key and memo[1] is cost:  # `is`: the memo holds the model alive
-            steady = memo[2]
-        else:
-            steady = best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain)
-            st.steady_memo = (key, cost, steady)
+        steady = self._steady(st, limit, batch_size, cost)
         steady_m = steady.m
         if steady_m != st.steady_m:
             st.probe_backoff = 1
