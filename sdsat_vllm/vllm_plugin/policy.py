@@ -612,6 +612,8 @@ class AdaptiveDrafter:
         self.alpha_global = [0.5] * n
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
+        self._probe_k_cost: CostModel | None = None  # _probe_k's cache and the cost model it holds for
+        self._probe_k_cache: dict[tuple[int, int], int] = {}
 
     def tick(self) -> None:
         """One engine step begins (the proposer calls it once per step, before any decide)."""
@@ -636,6 +638,56 @@ class AdaptiveDrafter:
         if memo is None or memo[0] != key or memo[1] is not cost:  # `is`: the memo holds the model alive
             memo = st.steady_memo = (key, cost, best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain))
         return memo[2]
+
+    def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
+        """probe_interval of a request in back-off (m* = 0: its steady state is plain decoding, the
+        same for every request of the batch), cached while the limit, batch size and cost model hold."""
+        key = (limit, batch_size)
+        if self._probe_k_cost is not cost:
+            self._probe_k_cost, self._probe_k_cache = cost, {}
+        k = self._probe_k_cache.get(key)
+        if k is None:
+            k = self._probe_k_cache[key] = probe_interval(limit, cost, batch_size, self.probe_budget, plain=True)
+        return k
+
+    def idle(self, req_id: str, batch_size: int = 1, cap: int | None = None) -> bool:
+        """:meth:`decide`'s shortcut for a request with nothing to read or send this step (the caller
+        has no fresh SAT row and no lookup candidate for it): True, with its step counted, when it has
+        no drafts in flight, was in back-off at the same batch size and cap last step, and is not due
+        a probe now; :meth:`decide` would return Decision(0, 0) for it then. One difference, taken
+        knowingly: a refit of the online cost model re-evaluates the back-off only at the request's
+        next probe (or when the batch size changes), not on the refit's step, which spares every
+        request of a batch in back-off a steady-state evaluation per refit. Under load most requests
+        are here on most steps: the per-request work of a step then is this check."""
+        st = self.states.get(req_id)
+        if st is None or st.sent_q or st.steady_m != 0 or st.since_probe >= NEVER_PROBED or st.steady_memo is None:
+            return False
+        limit = self.n if cap is None else max(0, min(self.n, cap))
+        b = max(int(batch_size), 1)
+        if limit == 0 or st.steady_memo[0][1:] != (limit, b):
+            return False
+        if (self.clock + 1) % (self._probe_k(limit, b, self.cost()) * max(int(st.probe_backoff), 1)) == 0:
+            return False
+        st.since_probe += 1
+        return True
+
+    def lookup_may_pay(self, batch_size: int = 1, cap: int | None = None) -> bool:
+        """Whether a lookup chain could be sent to a request in back-off at this batch size, by the
+        best acceptance the lookup calibration holds for any q at the first position: in back-off
+        the first draft pays only if its acceptance beats kappa (what one more token in a forward of
+        plain decoding costs, in tokens), and every later one is worth less than the first. When it
+        cannot, the proposer skips the suffix match for the requests in back-off (the match is most
+        of its per-request time). The speculative path's own cost is left out (a probe step pays it
+        anyway): the test errs towards looking."""
+        limit = self.n if cap is None else max(0, min(self.n, cap))
+        if limit == 0:
+            return False
+        cost = self.cost()
+        b = max(int(batch_size), 1)
+        kappa = b * cost.marginal(b) / cost.time(b)
+        cal = self.lookup_calibration
+        best = max(cal.estimate(0, min(1.0, (i + 1) / cal.buckets - 1e-9)) for i in range(cal.buckets))
+        return best > kappa + 1e-12
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:
         """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup`), the index

@@ -386,6 +386,13 @@ class SDSATProposer:
         cap = self.n
         if self.dynamic_schedule and scheduler_output is not None:
             cap = max(0, min(self.n, int(getattr(scheduler_output, "num_spec_tokens_to_schedule", self.n))))
+            if cap == 0 and not self.tree:
+                # speculation is off at this batch size: nothing to read, decide or time (a step costs
+                # what a plain step costs, plus this call)
+                self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
+                if self.adaptive:
+                    self._last_step_start = None
+                return [[] for _ in sampled_token_ids]
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
@@ -452,17 +459,25 @@ class SDSATProposer:
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
         self.drafter.tick()
         self.drafter.keep_only(req_ids)
-        batch = sum(1 for s in sampled_token_ids if s)
+        # the batch the next steps decode: every request of the persistent batch, those still in a
+        # chunked prefill too (counting only the ones that sampled now would, while a wave of new
+        # requests prefills, size their first decisions for a small batch: drafts and probes at once)
+        batch = len(req_ids)
         sat_set = frozenset(self.sat_ids)
+        # batch-level: can a lookup chain pay for a request in back-off at all? (else no suffix match)
+        may_lookup = self.lookup and cap > 0 and self.drafter.lookup_may_pay(batch, cap)
         counts: list[tuple[int, int] | None] = []
         chains: dict[int, list[int]] = {}
         for row, acc in enumerate(sampled_token_ids):
             if not acc:
                 counts.append(None)
                 continue
+            off, cnt = plan.fresh(row)
+            if not cnt and not may_lookup and self.drafter.idle(req_ids[row], batch, cap):
+                counts.append((0, 0))  # in back-off, nothing to read, no probe due: no draft, no tail
+                continue
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
-            off, cnt = plan.fresh(row)
             cand, lookup_q = [], None
             if self.lookup and cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
@@ -472,6 +487,9 @@ class SDSATProposer:
                 best = self.drafter.pick_lookup([oq for _, oq in options])
                 if best is not None:
                     cand, lookup_q = options[best]
+            if not cnt and lookup_q is None and self.drafter.idle(req_ids[row], batch, cap):
+                counts.append((0, 0))
+                continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,
                                     accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q)

@@ -307,6 +307,81 @@ def test_steady_state_is_reused_while_its_inputs_stay_put(monkeypatch):
         assert reused == (i in (1, 2, 4, 6)), i
 
 
+def test_idle_requests_skip_decide_with_the_same_decisions():
+    """The proposer's per-request shortcut (AdaptiveDrafter.idle): a request in back-off with no fresh
+    SAT row, no drafts in flight and no probe due gets Decision(0, 0) without decide. Driven against
+    a drafter that always decides, over batch sizes where requests back off, probe, read their
+    probes and come back (some SATs good, some bad): the same decisions and states, step by step,
+    and most steps under load take the shortcut."""
+    rng = random.Random(0)
+    short, ref = AdaptiveDrafter(4, 4, CPU, online=False), AdaptiveDrafter(4, 4, CPU, online=False)
+    good = {f"r{i}": i % 4 == 0 for i in range(16)}
+    last = {r: 0 for r in good}
+    idle_steps = decided = 0
+    for step in range(400):
+        batch = 1 if step < 40 else 16 if step < 200 else 64
+        live = list(good)[: 1 if batch == 1 else 16]
+        for d in (short, ref):
+            d.tick()
+        for r in live:
+            fresh = [rng.uniform(0.85, 0.95) if good[r] else rng.uniform(0.0, 0.1) for _ in range(last[r])]
+            if not fresh and short.idle(r, batch):
+                a = Decision(0, 0)
+                idle_steps += 1
+            else:
+                a = short.decide(r, fresh, batch_size=batch)
+                decided += 1
+            b = ref.decide(r, fresh, batch_size=batch)
+            assert (a.drafts, a.tail, a.probe) == (b.drafts, b.tail, b.probe), (step, r)
+            sa, sb = short.states[r], ref.states[r]
+            assert (sa.since_probe, sa.steady_m, sa.probe_backoff, sa.alpha) == \
+                (sb.since_probe, sb.steady_m, sb.probe_backoff, sb.alpha), (step, r)
+            last[r] = a.tail
+    assert idle_steps > 4 * decided  # under load, nearly every request-step is the shortcut
+    # never for a request it does not know, on a probe step, at another batch size, with drafts in flight
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    assert not dr.idle("r", 64)
+    dr.tick()
+    assert dr.decide("r", [], batch_size=64) == Decision(0, 0)  # new at batch 64: starts in back-off
+    k = probe_interval(4, CPU, 64, budget=dr.probe_budget)
+    not_idle = []
+    for step in range(2 * k):
+        dr.tick()
+        if not dr.idle("r", 64):
+            not_idle.append(step)
+            assert dr.decide("r", [], batch_size=64).probe
+    assert len(not_idle) == 2 and not_idle[1] - not_idle[0] == k
+    assert not dr.idle("r", 16)
+    dr.states["r"].sent_q = [0.5]
+    assert not dr.idle("r", 64)
+
+
+def test_lookup_may_pay_only_where_a_first_draft_beats_its_cost():
+    """The batch-level test behind skipping the suffix match for requests in back-off: at batch 1 on
+    this CPU a lookup draft pays if it is right more than ~7% of the time; at batch 64 only above
+    ~83% (kappa = 64 T'(64) / T(64)). With the lookup calibration's best bucket accepted 70% of the
+    time, batch 64 skips, batch 1 looks; where extra tokens are nearly free both look."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    assert dr.lookup_may_pay(1) and dr.lookup_may_pay(64)  # nothing observed: q itself, up to 1
+    for i in range(200):
+        for b in range(9):
+            dr.lookup_calibration.record(0, (b + 0.5) / 10, False)   # buckets below 0.9: always rejected
+        dr.lookup_calibration.record(0, 0.95, i % 10 < 7)           # the top one: accepted 70% of the time
+    best = dr.lookup_calibration.estimate(0, 0.999)
+    assert 0.65 < best < 0.75
+    kappa64 = 64 * CPU.marginal(64) / CPU.time(64)
+    assert best < kappa64 and not dr.lookup_may_pay(64) and dr.lookup_may_pay(1)
+    assert not dr.lookup_may_pay(1, cap=0)
+    # the bound holds: no lookup chain is sent to a request in back-off at batch 64 when it says no
+    dr.tick()
+    dr.decide("r", [], batch_size=64)
+    assert dr.states["r"].steady_m == 0
+    assert dr.decide("r", [], batch_size=64, lookup_q=[0.999] * 4).drafts == 0
+    cheap = AdaptiveDrafter(4, 4, CHEAP, online=False)
+    cheap.lookup_calibration = dr.lookup_calibration
+    assert cheap.lookup_may_pay(64)
+
+
 def test_lookup_backed_drafts_win_where_the_text_repeats():
     # SATs that cannot predict this text, a lookup candidate that is right 90% of the time
     sat_only = simulate([0.1] * 4, [0.3] * 4, CPU, 1)

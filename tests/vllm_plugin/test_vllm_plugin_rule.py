@@ -156,6 +156,62 @@ def test_a_draft_rejected_without_tail():
     assert plan.gather == [] and plan.fresh(0) == (0, 0)
 
 
+def _adaptive_proposer(n=3, lookup=True):
+    """An SDSATProposer with just what its adaptive path reads (no vLLM engine)."""
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    p = SDSATProposer.__new__(SDSATProposer)
+    p.n, p.sat_ids, p.tail, p.tree, p.adaptive, p.lookup = n, SATS[:n], SATS[:n], False, True, lookup
+    p.model, p.dynamic_schedule, p._last_step_start = object(), True, None
+    p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = None
+    p.drafter = AdaptiveDrafter(n, n, CostModel.linear(0.075), online=False)
+    return p
+
+
+def _input_batch(texts):
+    import numpy as np
+
+    width = max(map(len, texts))
+    tokens = np.zeros((len(texts), width), dtype=np.int64)
+    for i, t in enumerate(texts):
+        tokens[i, : len(t)] = t
+    return SimpleNamespace(req_ids=[f"r{i}" for i in range(len(texts))], spec_token_ids=[[] for _ in texts],
+                           num_tokens_no_spec=[len(t) for t in texts], token_ids_cpu=tokens)
+
+
+def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(monkeypatch):
+    """The adaptive path through the proposer (hand-built batch, no engine): decisions are sized for
+    every request of the persistent batch, those still in a chunked prefill too (1 sampled, 63
+    prefilling: batch 64, so the new request starts in back-off instead of probing); a request in
+    back-off with no fresh row and no probe due skips decide; with vLLM's per-batch-size count at 0
+    the proposer sends nothing and asks the policy nothing."""
+    p = _adaptive_proposer()
+    seen, real = [], p.drafter.decide
+    monkeypatch.setattr(p.drafter, "decide", lambda r, q, **kw: seen.append((r, kw["batch_size"])) or real(r, q, **kw))
+    texts = [[1, 2, 3, 4, 5, 6, 7]] * 64
+    sampled = [[7]] + [[] for _ in range(63)]
+
+    def step(sampled, num_spec=3):
+        return p.sdsat_propose_with_context(_input_batch(texts), sampled, None, None,
+                                            SimpleNamespace(num_spec_tokens_to_schedule=num_spec,
+                                                            num_scheduled_tokens={}, scheduled_spec_decode_tokens={},
+                                                            total_num_scheduled_tokens=64))
+
+    assert step(sampled) == [[]] * 64  # batch 64 on this CPU: back-off from the start, no probe
+    assert seen == [("r0", 64)]
+    seen.clear()
+    everyone = [[9]] * 64
+    out = step(everyone)
+    # r0 is idle (in back-off, nothing to read, no probe due): no decide; the 63 new ones decide once
+    assert out == [[]] * 64 and len(seen) == 63 and "r0" not in {r for r, _ in seen}
+    seen.clear()
+    assert step(everyone) == [[]] * 64 and seen == []  # all idle now
+    # vLLM's dynamic speculative decoding says 0 at this batch size: nothing proposed, nothing decided
+    monkeypatch.setattr(p.drafter, "idle", lambda *a, **k: pytest.fail("the policy was asked at cap 0"))
+    assert step(everyone, num_spec=0) == [[]] * 64 and seen == []
+
+
 # ---------------------------------------------------------------- short form
 
 
