@@ -326,6 +326,24 @@ def test_bench_vllm_rounds_alternate_their_order(fake, tmp_path):
     assert "each round's ratio to its own plain engine" in (tmp_path / "r.md").read_text()
 
 
+def test_bench_vllm_in_process(fake, tmp_path, monkeypatch):
+    """--in-process: vLLM's engine in this process (set before vLLM is imported), said in the results."""
+    FakeLLM, model = fake
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    b = load_bench_vllm()
+    assert b.main([str(model), "--methods", "plain", "--num-prompts", "1", "--max-tokens", "12", "--batch-sizes", "1",
+                   "--out", str(tmp_path / "p.json"), "--no-plots"]) == 0
+    import os
+
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+    assert "engines vLLM default (engine core + worker)" in (tmp_path / "p.md").read_text()
+    assert b.main([str(model), "--methods", "plain", "--num-prompts", "1", "--max-tokens", "12", "--batch-sizes", "1",
+                   "--in-process", "--out", str(tmp_path / "q.json"), "--no-plots"]) == 0
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert json.loads((tmp_path / "q.json").read_text())["meta"]["engine"]["processes"] == "in-process"
+    assert "engines in-process" in (tmp_path / "q.md").read_text()
+
+
 def importlib_find(name):
     import importlib.util
 
