@@ -9,7 +9,7 @@ from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel,
                                            Decision, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
                                            device_default, expected_accepted, fit_local_linear, lookup_prior_q,
-                                           probe_interval, score_lookup, steady_state, suffix_candidate, suffix_match,
+                                           decision_batch, probe_due, probe_interval, score_lookup, steady_state, suffix_candidate, suffix_match,
                                            validate_options)
 
 CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
@@ -183,7 +183,9 @@ def test_back_off_probes_every_k_steps_within_budget():
     on = [s for s, t in enumerate(tails) if t == 4]
     gaps = [b - a for a, b in zip(on, on[1:])]
     assert on[0] == 0 and all(t in (0, 4) for t in tails[on[1]:])  # m* = 0 from the second probe on
-    assert gaps[1:] == sorted(gaps[1:]) and gaps[-2:] == [top * k, top * k] and {k, 2 * k, 4 * k} <= set(gaps)
+    assert gaps[1:] == sorted(gaps[1:]) and gaps[-2:] == [top * k, top * k] and {2 * k, 4 * k} <= set(gaps)
+    # the second probe: the first engine probe step after k steps since the first one's rows were read
+    assert k <= gaps[0] < 2 * k
     assert all((s + 2) % k == 0 for s in on[1:])  # on the engine's probe steps (the clock reads s + 1)
     # the probes' cost falls with the back-off: 8 times under the budget at the end
     assert 4 * CPU.marginal(1) / CPU.time(1) / gaps[-1] <= 0.03 / top
@@ -197,7 +199,12 @@ def test_back_off_probes_every_k_steps_within_budget():
     assert backoffs[0] == top and 1 in backoffs and dr.states["r"].steady_m > 0
     # with the engine's clock (probe_clock) the probe falls on the same steps whatever the request
     assert [choose_draft_length(LOW, 4, CPU, steps_since_probe=s, probe_clock=c).probe
-            for s, c in ((0, k - 1), (10 * k, k), (0, 2 * k - 1))] == [True, False, True]
+            for s, c in ((k - 1, k - 1), (10 * k, k), (k, 2 * k - 1))] == [True, False, True]
+    # ... and only once k steps have passed since the last one (a request new in back-off included)
+    assert [choose_draft_length(LOW, 4, CPU, steps_since_probe=s, probe_clock=c).probe
+            for s, c in ((0, k - 1), (k - 2, 2 * k - 1))] == [False, False]
+    assert [probe_due(k, s, c) for s, c in ((k - 1, None), (k - 2, None), (k - 1, k - 1), (k - 1, k))] == \
+        [True, False, True, False]
 
 
 def test_requests_in_back_off_probe_on_the_same_steps():
@@ -356,6 +363,28 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
     assert not dr.idle("r", 64)
 
 
+def test_decisions_are_sized_for_a_ladder_of_batch_sizes():
+    """The drafter sizes its decisions for the batch size rounded down to a rung (every size up to 8,
+    then ~9% steps), so that one request finishing does not make a whole batch in back-off decide
+    afresh: the shortcut holds while the batch stays on its rung."""
+    assert [decision_batch(b) for b in (0, 1, 7, 8, 9, 15, 16, 63, 64, 68, 69)] == [1, 1, 7, 8, 9, 14, 16, 58, 64, 64, 69]
+    rungs = sorted({decision_batch(b) for b in range(1, 5000)})
+    assert all(decision_batch(r) == r for r in rungs)
+    assert all(b / a <= 2 ** (1 / 8) + 2 / a for a, b in zip(rungs, rungs[1:]))  # ~9% apart (integers)
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    dr.tick()
+    assert dr.decide("r", [], batch_size=64) == Decision(0, 0)  # new at batch 64: in back-off
+    dr.tick()
+    assert dr.idle("r", 64)
+    dr.tick()
+    assert dr.idle("r", 68)  # the same rung
+    dr.tick()
+    assert not dr.idle("r", 63)  # the rung below: decide again
+    assert dr.decide("r", [], batch_size=63) == Decision(0, 0)
+    dr.tick()
+    assert dr.idle("r", 59)
+
+
 def test_lookup_may_pay_only_where_a_first_draft_beats_its_cost():
     """The batch-level test behind skipping the suffix match for requests in back-off: at batch 1 on
     this CPU a lookup draft pays if it is right more than ~7% of the time; at batch 64 only above
@@ -453,20 +482,40 @@ def test_pick_lookup_takes_the_candidate_with_the_larger_calibrated_expectation(
 
 def test_new_requests_start_in_back_off_where_drafting_does_not_pay():
     """A new request probes at once where the engine-wide acceptance says drafting pays (batch 1 on
-    this cost model), and otherwise starts in back-off on the engine's probe steps: under load a
-    stream of new requests then adds no SAT rows between those steps."""
+    this cost model), and otherwise starts in back-off: its first probe comes once it has lived k
+    steps (the probe interval), on the engine's probe steps. Under load a stream of requests shorter
+    than k then adds no SAT row at all (a probe would cost them more than the budget of their whole
+    life), and longer ones probe together."""
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     assert best_steady_state(dr.alpha_global, 4, CPU, 1).m > 0 and dr.decide("first", []).probe
     assert best_steady_state(dr.alpha_global, 4, CPU, 64).m == 0
-    probing = []
-    for step in range(300):  # a new request every step at batch 64
-        dr.tick()
-        if dr.decide(f"r{step}", [], batch_size=64).tail:
-            probing.append(step)
     k = probe_interval(4, CPU, 64, budget=dr.probe_budget)
-    # only the engine's probe steps (clock + 1 divisible by k; the clock reads step + 1 here), not one
-    # probe per new request
-    assert probing == [s for s in range(300) if (s + 2) % k == 0] and 1 <= len(probing) <= 3
+    every = max(k // 4, 1)
+    for life in (k - 2, 2 * k):  # decisions per request: a probe goes out with its (k-1)-th at the earliest
+        dr = AdaptiveDrafter(4, 4, CPU, online=False)
+        born: dict[str, int] = {}
+        tails: dict[str, int] = {}
+        first_probe: dict[str, int] = {}
+        for step in range(3 * k):
+            dr.tick()
+            if step % every == 0:
+                born[f"r{step}"] = step
+            live = [r for r, b in born.items() if step - b < life]
+            dr.keep_only(live)
+            for r in live:  # a batch of 64 of which these are followed; SATs that are always wrong
+                d = dr.decide(r, [0.05] * tails.get(r, 0), batch_size=64)
+                tails[r] = d.tail
+                if d.tail:
+                    assert d.probe and d.drafts == 0
+                    # the engine's probe steps only (clock + 1 divisible by k; the clock reads step + 1)
+                    assert (step + 2) % k == 0
+                    first_probe.setdefault(r, step)
+        if life < k:
+            assert not first_probe  # nobody lives long enough to pay for a probe
+        else:
+            assert first_probe and all(s - born[r] >= k - 2 for r, s in first_probe.items())
+            # every request that lived k steps past an engine probe step probed there
+            assert len(first_probe) >= len([r for r, b in born.items() if b + 2 * k <= 3 * k - 1]) > 0
 
 
 def test_drafter_forgets_finished_requests_and_new_ones_probe():
