@@ -715,12 +715,27 @@ class AdaptiveDrafter:
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0:
             return False
-        cost = self.cost()
-        b = decision_batch(batch_size)
-        kappa = b * cost.marginal(b) / cost.time(b)
         cal = self.lookup_calibration
         best = max(cal.estimate(0, min(1.0, (i + 1) / cal.buckets - 1e-9)) for i in range(cal.buckets))
-        return best > kappa + 1e-12
+        return best > self._kappa_plain(batch_size) + 1e-12
+
+    def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None) -> bool:
+        """Whether :meth:`decide` could send this lookup chain (its tokens' q) to a request in back-off
+        (one :meth:`idle` would let skip): only if its first token's calibrated acceptance beats kappa,
+        as in :meth:`lookup_may_pay` (every later token is committed with less chance, at the same
+        cost). When it cannot, decide would return Decision(0, 0): the proposer takes the shortcut
+        instead of deciding (under load most requests find a match most steps, too short to send)."""
+        limit = self.n if cap is None else max(0, min(self.n, cap))
+        if limit == 0 or not lookup_q:
+            return False
+        return self.lookup_calibration.estimate(0, lookup_q[0]) > self._kappa_plain(batch_size) + 1e-12
+
+    def _kappa_plain(self, batch_size: int) -> float:
+        """kappa of plain decoding at this batch size: what one more token in a forward of B tokens
+        costs, in tokens (choose_draft_length's kappa for a request in back-off, B T'(B) / T(B))."""
+        cost = self.cost()
+        b = decision_batch(batch_size)
+        return b * cost.marginal(b) / cost.time(b)
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:
         """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup`), the index

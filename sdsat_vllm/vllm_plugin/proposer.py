@@ -487,8 +487,9 @@ class SDSATProposer:
                 best = self.drafter.pick_lookup([oq for _, oq in options])
                 if best is not None:
                     cand, lookup_q = options[best]
-            if not cnt and lookup_q is None and self.drafter.idle(req_ids[row], batch, cap):
-                counts.append((0, 0))
+            if not cnt and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap)) \
+                    and self.drafter.idle(req_ids[row], batch, cap):
+                counts.append((0, 0))  # in back-off, and the match found (if any) could not pay
                 continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,

@@ -363,6 +363,51 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
     assert not dr.idle("r", 64)
 
 
+def test_lookup_candidates_that_cannot_pay_take_the_shortcut():
+    """A request in back-off with a lookup candidate whose first token cannot beat kappa
+    (AdaptiveDrafter.lookup_worth False) takes the idle shortcut: driven against a drafter that
+    always decides with the candidate, over batch sizes where requests back off, with candidates
+    of every match length (some requests' lookups right, some wrong, the calibration learning from
+    the ones sent): the same decisions and states step by step; both the shortcut and sent lookups
+    occur."""
+    rng = random.Random(1)
+    short, ref = AdaptiveDrafter(4, 4, CPU, online=False), AdaptiveDrafter(4, 4, CPU, online=False)
+    good = {f"r{i}": i % 3 == 0 for i in range(16)}
+    sent = {r: (0, 0) for r in good}  # (tail, lookup drafts) sent last step
+    shortcuts = lookups_sent = 0
+    for step in range(300):
+        batch = 4 if step < 100 else 16 if step < 200 else 64
+        for d in (short, ref):
+            d.tick()
+        for r in good:
+            tail, drafts = sent[r]
+            fresh = [rng.uniform(0.0, 0.1) for _ in range(tail)]
+            accepted = sum(1 for _ in range(drafts) if rng.random() < (0.95 if good[r] else 0.1))
+            kw = dict(verified_real=drafts if drafts else None, accepted=accepted, batch_size=batch)
+            lookup_q = score_lookup(rng.randrange(1, 8), [], 4) if rng.random() < 0.8 else None
+            if not fresh and not drafts and (lookup_q is None or not short.lookup_worth(lookup_q, batch)) \
+                    and short.idle(r, batch):
+                a = Decision(0, 0)
+                shortcuts += 1
+            else:
+                a = short.decide(r, fresh, lookup_q=lookup_q, **kw)
+            b = ref.decide(r, fresh, lookup_q=lookup_q, **kw)
+            assert a == b, (step, r)
+            sa, sb = short.states[r], ref.states[r]
+            assert (sa.since_probe, sa.steady_m, sa.probe_backoff, sa.alpha, sa.sent_q) == \
+                (sb.since_probe, sb.steady_m, sb.probe_backoff, sb.alpha, sb.sent_q), (step, r)
+            lookups_sent += a.lookup
+            sent[r] = (a.tail, a.drafts if a.lookup else 0)
+            if a.drafts and not a.lookup:
+                sent[r] = (a.tail, 0)  # SAT drafts: nothing checks them here (the SAT rows were poor)
+    assert shortcuts > 1000 and lookups_sent > 10
+    # the bar is kappa of plain decoding: a first token the calibration rates above it is worth a decision
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    kappa = 64 * CPU.marginal(64) / CPU.time(64)
+    assert dr.lookup_worth([min(1.0, kappa + 0.05)], 64) and not dr.lookup_worth([kappa - 0.05, 1.0, 1.0], 64)
+    assert not dr.lookup_worth([], 64) and not dr.lookup_worth([0.99], 64, cap=0)
+
+
 def test_decisions_are_sized_for_a_ladder_of_batch_sizes():
     """The drafter sizes its decisions for the batch size rounded down to a rung (every size up to 8,
     then ~9% steps), so that one request finishing does not make a whole batch in back-off decide

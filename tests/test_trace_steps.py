@@ -1,0 +1,25 @@
+"""benchmarks/trace_steps.py's totals: which traced steps count as decode steps with speculative
+tokens, and what they are compared with (hand-built traces)."""
+
+from __future__ import annotations
+
+from benchmark_scripts import load_benchmark
+
+
+def _step(requests, scheduled, step_ms, decode_only=True, proposer_ms=1.0):
+    return {"requests": requests, "scheduled": scheduled, "decode_only": decode_only, "step_ms": step_ms,
+            "proposer_ms": proposer_ms, "next_requests_speculating": 0, "next_speculative_tokens": 0}
+
+
+def test_summary_splits_decode_steps_by_speculative_tokens():
+    trace_steps = load_benchmark("trace_steps")
+    steps = [_step(64, 2704, None, decode_only=False),  # the prefill's call: no step time yet
+             _step(64, 64, 150.0), _step(64, 64, 160.0), _step(64, 384, 1370.0, proposer_ms=5.0),
+             _step(64, 64, 380.0, proposer_ms=180.0), _step(63, 63, 155.0),
+             _step(63, 90, 400.0, decode_only=False)]  # a prefill chunk beside decodes: neither kind
+    s = trace_steps.summarize(steps)
+    assert s["steps"] == 7 and abs(s["proposer_s"] - 0.19) < 1e-9
+    assert s["steps_with_speculative_tokens"] == 1 and s["speculative_tokens"] == 320
+    assert s["speculative_steps_ms"] == [1370.0]
+    assert s["median_plain_step_ms"] == 157.5  # 150, 155, 160, 380
+    assert trace_steps.summarize([])["median_plain_step_ms"] is None
