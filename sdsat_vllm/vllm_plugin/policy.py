@@ -683,11 +683,12 @@ class AdaptiveDrafter:
 
     def idle(self, req_id: str, batch_size: int = 1, cap: int | None = None) -> bool:
         """:meth:`decide`'s shortcut for a request with nothing to read or send this step (the caller
-        has no fresh SAT row and no lookup candidate for it): True, with its step counted, when it has
-        no drafts in flight, was in back-off at the same batch size and cap last step, and is not due
-        a probe now; :meth:`decide` would return Decision(0, 0) for it then. One difference, taken
-        knowingly: a refit of the online cost model re-evaluates the back-off only at the request's
-        next probe (or when the batch size changes), not on the refit's step, which spares every
+        has no lookup candidate worth a decision, :meth:`lookup_worth`, and no fresh SAT row for it):
+        True, with its step counted, when it has no drafts in flight, was in back-off at the same
+        batch-size rung (:func:`decision_batch`) and cap last step, and is not due a probe now;
+        :meth:`decide` would return Decision(0, 0) for it then. One difference, taken knowingly: a
+        refit of the online cost model re-evaluates the back-off only at the request's next probe (or
+        when the batch moves to another rung), not on the refit's step, which spares every
         request of a batch in back-off a steady-state evaluation per refit. Under load most requests
         are here on most steps: the per-request work of a step then is this check."""
         st = self.states.get(req_id)
@@ -801,7 +802,8 @@ class AdaptiveDrafter:
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "probe_due", "decision_batch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS", "POLICIES", "MODES",
+           "probe_interval", "probe_due", "decision_batch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
+           "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "LookupMatch", "suffix_match", "suffix_candidate",
            "score_lookup", "expected_accepted"]
