@@ -473,9 +473,13 @@ class SDSATProposer:
                 counts.append(None)
                 continue
             off, cnt = plan.fresh(row)
-            if not cnt and not may_lookup and self.drafter.idle(req_ids[row], batch, cap):
-                counts.append((0, 0))  # in back-off, nothing to read, no probe due: no draft, no tail
-                continue
+            if not cnt and not may_lookup:
+                if self.drafter.idle(req_ids[row], batch, cap):
+                    counts.append((0, 0))  # in back-off, nothing to read, no probe due: no draft, no tail
+                    continue
+                idle_checked = True  # not idle now; a lookup chain below cannot change that
+            else:
+                idle_checked = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
             cand, lookup_q = [], None
@@ -487,7 +491,8 @@ class SDSATProposer:
                 best = self.drafter.pick_lookup([oq for _, oq in options])
                 if best is not None:
                     cand, lookup_q = options[best]
-            if not cnt and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap)) \
+            if not cnt and not idle_checked \
+                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap)) \
                     and self.drafter.idle(req_ids[row], batch, cap):
                 counts.append((0, 0))  # in back-off, and the match found (if any) could not pay
                 continue
