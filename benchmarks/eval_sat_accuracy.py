@@ -1,4 +1,5 @@
-"""How well do a model's SATs draft? Teacher-forced SAT accuracy per offset on held-out stdlib files.
+"""How well do a model's SATs draft? Teacher-forced SAT accuracy per offset on held-out stdlib files
+(or on the held-out files given with --heldout-sources, e.g. `sdsat make-data`'s `.heldout.jsonl`).
 
 For each SAT offset j (1..K):
   acc   = SAT argmax equals the true next-next token (what the training loss aims at);
@@ -8,6 +9,8 @@ The untrained baseline (the base model with freshly mean-initialised SATs) is me
 run, on the same held-out rows and insertion points.
 
     python benchmarks/eval_sat_accuracy.py --model runs/smollm2-135m-lora-k5/model --base smollm2-135m
+    python benchmarks/eval_sat_accuracy.py --model smollm2-135m-sdsat \
+        --heldout-sources data/smollm2-135m-self-distill.heldout.jsonl.gz --blocks-per-seq 64
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="held-out sequences to evaluate")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--blocks-per-seq", type=int, default=24)
+    ap.add_argument("--heldout-sources", nargs="*", default=None,
+                    help="held-out files or directories to evaluate on (default: the stdlib's held-out split)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the result JSON here")
     args = ap.parse_args()
@@ -38,7 +43,7 @@ def main() -> None:
 
     from sdsat_vllm.adapters import resolve_model
     from sdsat_vllm.config import SDSATConfig
-    from sdsat_vllm.training.data import DataConfig, load_datasets
+    from sdsat_vllm.training.data import DataConfig, corpus_files, load_datasets, pack_tokens
     from sdsat_vllm.training.gated import is_gated_dir, load_gated_dir
     from sdsat_vllm.training.sat_setup import add_sat_tokens
     from sdsat_vllm.training.trainer import TrainConfig, evaluate, load_base
@@ -47,12 +52,17 @@ def main() -> None:
     sdsat = SDSATConfig.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     data = DataConfig(seq_len=args.seq_len, max_train_tokens=args.seq_len)  # only the held-out split is used
-    _, heldout = load_datasets(data, tok)
+    if args.heldout_sources:
+        heldout = pack_tokens(tok, corpus_files(tuple(args.heldout_sources)), args.seq_len,
+                              args.rows * args.seq_len, "tokenize held-out")
+    else:
+        _, heldout = load_datasets(data, tok)
     heldout = heldout[: args.rows]
     cfg = TrainConfig(model=str(model_dir), output_dir="-", mode="full", num_sat=sdsat.num_sat, batch_size=4,
                       blocks_per_seq=args.blocks_per_seq, dtype="fp32", data=data)
 
     results = {"model": str(args.model), "sdsat": sdsat.to_dict(), "rows": int(heldout.shape[0]),
+               "heldout": args.heldout_sources or "stdlib held-out split",
                "seq_len": args.seq_len, "blocks_per_seq": args.blocks_per_seq,
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                "torch": torch.__version__}

@@ -19,14 +19,15 @@ HELP = {
 }
 
 
-def _add_fields(parser, cls, skip=(), required=("model", "output_dir")):
+def _add_fields(parser, cls, skip=(), required=("model", "output_dir"), help=None):
+    help = {**HELP, **(help or {})}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        kw = {"default": default, "help": HELP.get(f.name, f"default: {default}")}
+        kw = {"default": default, "help": help.get(f.name, f"default: {default}")}
         if kind == "bool":
             kw["action"] = "store_false" if default else "store_true"
             flag = "--no-" + f.name.replace("_", "-") if default else flag

@@ -11,7 +11,9 @@ Prompts come from real code, cut where a user would stop typing and ask for the 
 taken from Python files (default: the interpreter's stdlib source) or given as a prompts JSONL
 (rows with a "prompt" string). Each prompt is sent completion-style (the code as it is) or, for
 a fraction of them, chat-style (the model's chat template around "Complete this code"), since
-users send both. Completions are generated greedily and optionally sampled, by vLLM where it is
+users send both. `builtin:questions` adds general questions answered in prose
+(`training/questions.py`), always sent as the user's message in the chat template: the text where
+the drafts are the SATs' alone, since nothing in the context predicts the answer. Completions are generated greedily and optionally sampled, by vLLM where it is
 installed (batched: ~140 tokens/s at batch 32 on a 2-core CPU for SmolLM2-135M) and by
 transformers otherwise.
 
@@ -39,9 +41,11 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, open_text, stdlib_root
+from .questions import BUILTIN_QUESTIONS, builtin_questions
 
 CHAT_INSTRUCTION = "Complete this Python code. Answer with the code only.\n\n```python\n{prompt}```"
-PROMPT_KINDS = ("def_doc", "def_body", "class_doc")
+QUESTION_FRAME = "Question: {}\nAnswer:"  # a question for a model without a chat template
+PROMPT_KINDS = ("def_doc", "def_body", "class_doc", "question")
 ROW_FORMAT = 1
 
 
@@ -49,7 +53,7 @@ ROW_FORMAT = 1
 class MakeDataConfig:
     model: str = "smollm2-135m"  # the served (base) model whose completions we learn
     out: str = "data/self_distill.jsonl"
-    sources: tuple[str, ...] = ()  # .py files/dirs or prompt JSONL files; empty: the stdlib source
+    sources: tuple[str, ...] = ()  # .py files/dirs, prompt JSONL files, builtin:questions; empty: the stdlib
     max_prompts: int | None = 2000
     max_prompt_chars: int = 1500
     chat_fraction: float = 0.25  # share of prompts sent through the chat template
@@ -90,9 +94,9 @@ class MakeDataConfig:
 
 @dataclass(slots=True, frozen=True)
 class Prompt:
-    text: str  # the code the model continues
-    source: str  # "stdlib:json/decoder.py:123", "file:/path.py:7" or "prompts:/file.jsonl:4"
-    kind: str  # def_doc | def_body | class_doc | given
+    text: str  # the code the model continues, or a question (kind "question")
+    source: str  # "stdlib:json/decoder.py:123", "file:/path.py:7", "prompts:/file.jsonl:4", "builtin:questions:17"
+    kind: str  # def_doc | def_body | class_doc | given | question
     split_key: str  # what the held-out split hashes (the prompt's file)
 
 
@@ -163,12 +167,19 @@ def prompts_from_jsonl(path: Path) -> list[Prompt]:
     return out
 
 
+def prompts_from_questions(seed: int) -> list[Prompt]:
+    """The built-in prose questions, held out by topic."""
+    return [Prompt(q, f"{BUILTIN_QUESTIONS}:{i}", "question", f"questions/{topic}")
+            for i, (q, topic) in enumerate(builtin_questions(seed))]
+
+
 def collect_prompts(cfg: MakeDataConfig) -> list[Prompt]:
     """All prompts of the sources, deduplicated and shuffled (seeded), at most max_prompts."""
-    roots = [Path(s) for s in cfg.sources]
+    file_sources = tuple(s for s in cfg.sources if s != BUILTIN_QUESTIONS)
+    roots = [Path(s) for s in file_sources]
     std = stdlib_root()
-    prompts: list[Prompt] = []
-    for path in corpus_files(cfg.sources):
+    prompts: list[Prompt] = prompts_from_questions(cfg.seed) if BUILTIN_QUESTIONS in cfg.sources else []
+    for path in corpus_files(file_sources) if file_sources or not cfg.sources else []:
         if is_jsonl(path):
             prompts.extend(prompts_from_jsonl(path))
         elif path.suffix == ".py":
@@ -193,8 +204,9 @@ def collect_prompts(cfg: MakeDataConfig) -> list[Prompt]:
     return unique[: cfg.max_prompts] if cfg.max_prompts else unique
 
 
-def chat_text(tokenizer, prompt: str) -> str:
-    messages = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=prompt)}]
+def chat_text(tokenizer, prompt: str, question: bool = False) -> str:
+    """The conversation the model answers: a question as the user wrote it, code with CHAT_INSTRUCTION."""
+    messages = [{"role": "user", "content": prompt if question else CHAT_INSTRUCTION.format(prompt=prompt)}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -202,9 +214,12 @@ def make_jobs(prompts: list[Prompt], cfg: MakeDataConfig, tokenizer) -> list[Job
     has_template = getattr(tokenizer, "chat_template", None) is not None
     jobs = []
     for p in prompts:
+        question = p.kind == "question"
         style_rng = random.Random(f"{cfg.seed}:style:{p.text}")
-        chat = has_template and style_rng.random() < cfg.chat_fraction
-        text = chat_text(tokenizer, p.text) if chat else p.text
+        # a question is always a chat turn (the frame the benchmark's norepeat set uses without a template)
+        chat = has_template and (question or style_rng.random() < cfg.chat_fraction)
+        text = (chat_text(tokenizer, p.text, question) if chat
+                else QUESTION_FRAME.format(p.text) if question else p.text)
         samples = ([0] if cfg.greedy else []) + list(range(1, cfg.num_samples + 1))
         jobs.extend(Job(p, "chat" if chat else "completion", s, text) for s in samples)
     return jobs
@@ -435,7 +450,9 @@ def make_data(cfg: MakeDataConfig, model=None, tokenizer=None, log=print) -> dic
 def add_arguments(parser) -> None:
     from .cli import _add_fields
 
-    _add_fields(parser, MakeDataConfig, required=())
+    _add_fields(parser, MakeDataConfig, required=(), help={
+        "sources": f"prompt sources: .py files or directories, prompts JSONL files, {BUILTIN_QUESTIONS} "
+                   "(general questions answered in prose); default: the stdlib source"})
 
 
 def run(args) -> int:

@@ -1,5 +1,6 @@
 """`sdsat make-data`: prompts cut from real code, provenance rows, resume/append, refusals."""
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -7,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from sdsat_vllm.training.data import DataConfig, is_heldout, load_datasets
-from sdsat_vllm.training.make_data import (MakeDataConfig, collect_prompts, make_data, prompts_from_jsonl,
+from sdsat_vllm.training.make_data import (MakeDataConfig, collect_prompts, make_data, make_jobs, prompts_from_jsonl,
                                            prompts_from_python)
+from sdsat_vllm.training.questions import BUILTIN_QUESTIONS, QUESTION_TEMPLATES, QUESTION_TOPICS, builtin_questions
 from tiny_models import make_tiny_model
 
 SOURCE = '''import os
@@ -159,3 +161,40 @@ def test_given_prompts_jsonl(tmp_path):
     f.write_text(json.dumps({"prompt": "def a():\n"}) + "\n\n" + json.dumps({"prompt": "def b():\n"}) + "\n")
     got = collect_prompts(MakeDataConfig(sources=(str(f),), out=str(tmp_path / "o.jsonl")))
     assert sorted(p.text for p in got) == ["def a():\n", "def b():\n"] and {p.kind for p in got} == {"given"}
+
+
+def test_builtin_questions_are_chat_turns_held_out_by_topic(tmp_path):
+    model, tok, src = _tiny(tmp_path)
+    cfg = _cfg(tmp_path, src, sources=(BUILTIN_QUESTIONS,), max_prompts=6, chat_fraction=0.0, heldout_fraction=0.05)
+    prompts = collect_prompts(cfg)
+    assert len(prompts) == 6 and {p.kind for p in prompts} == {"question"}
+    assert all(p.split_key.startswith("questions/") and p.source.startswith(BUILTIN_QUESTIONS) for p in prompts)
+    # every question, however chat_fraction is set: the question itself as the user's turn (no code instruction)
+    jobs = make_jobs(prompts, cfg, tok)
+    assert all(j.style == "chat" and j.input_text == f"<|user|>\n{j.prompt.text}\n<|assistant|>\n" for j in jobs)
+    # a model without a chat template gets the Question/Answer frame instead
+    no_template = copy.copy(tok)
+    no_template.chat_template = None
+    assert [j.input_text for j in make_jobs(prompts[:1], cfg, no_template)] == [f"Question: {prompts[0].text}\nAnswer:"]
+    counts = make_data(cfg, model=model, tokenizer=tok, log=lambda *_: None)
+    rows = _rows(Path(cfg.out)) + _rows(Path(cfg.heldout_out))
+    assert counts["prompts"] == len(rows) == 6 and {r["prompt_kind"] for r in rows} == {"question"}
+    # code sources and the questions together: both kinds, nothing from the stdlib unless asked
+    both = collect_prompts(_cfg(tmp_path, src, sources=(str(src), BUILTIN_QUESTIONS), max_prompts=None))
+    assert {p.kind for p in both} == {"def_doc", "def_body", "class_doc", "question"}
+    assert not any(p.source.startswith("stdlib:") for p in both)
+
+
+def test_builtin_questions_share_nothing_with_the_benchmark_questions():
+    """The norepeat benchmark must measure questions the drafter never trained on."""
+    from sdsat_vllm import bench
+
+    assert not set(QUESTION_TOPICS) & set(bench._NOREPEAT_TOPICS)
+    assert not set(QUESTION_TEMPLATES) & set(bench._NOREPEAT_TEMPLATES)
+    questions = [q for q, _ in builtin_questions()]
+    assert len(questions) == len(set(questions)) == len(QUESTION_TOPICS) * len(QUESTION_TEMPLATES)
+    assert not set(questions) & set(bench.norepeat_prompts(len(bench._NOREPEAT_TOPICS) * len(bench._NOREPEAT_TEMPLATES)))
+    assert not any(topic in q for q in questions for topic in bench._NOREPEAT_TOPICS)
+    # held out by topic (all the questions of a few topics)
+    split = {topic: is_heldout(Path(f"questions/{topic}"), 0.05) for topic in QUESTION_TOPICS}
+    assert 0 < sum(split.values()) < len(split) // 5
