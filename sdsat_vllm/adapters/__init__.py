@@ -50,9 +50,12 @@ class ShippedAdapter:
 
 
 SHIPPED = {a.name: a for a in [
-    # the default: warm-started from the stdlib adapter, then 240 steps on the model's own completions
-    # (no EOS target after a completion cut by max_tokens; benchmarks/results/README.md, sections 6-7)
-    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd3"),
+    # the default: -sd3 continued 180 steps on its code data + the model's own answers to general
+    # questions (builtin:questions; benchmarks/results/README.md, section 15)
+    ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd4"),
+    # the previous default: warm-started from the stdlib adapter, then 240 steps on the model's own code
+    # completions (no EOS target after a completion cut by max_tokens; results, sections 6-7)
+    ShippedAdapter("smollm2-135m-sdsat-sd3", "smollm2-135m", "smollm2-135m-lora-k5-sd3"),
     # the previous default (stdlib source only), kept to compare against and as the warm start
     ShippedAdapter("smollm2-135m-sdsat-stdlib", "smollm2-135m", "smollm2-135m-lora-k5"),
 ]}

