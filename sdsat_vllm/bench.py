@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .training.questions import QUESTION_FRAME
 from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 from .vllm_plugin.policy import DEFAULT_OPTIONS
@@ -53,7 +54,7 @@ def humaneval_prompts(num: int) -> list[tuple[str, str]]:
 
 #: A `norepeat` question for a model without a chat template, and where its answer ends: the model
 #: starting the next question. (With a chat template the answer ends with the model's end of turn.)
-NOREPEAT_FRAME = "Question: {}\nAnswer:"
+NOREPEAT_FRAME = QUESTION_FRAME
 NOREPEAT_STOP = ["\nQuestion:"]
 
 # `norepeat`: questions whose answers are prose that does not copy the prompt (no code to continue,

@@ -41,10 +41,9 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, open_text, stdlib_root
-from .questions import BUILTIN_QUESTIONS, builtin_questions
+from .questions import BUILTIN_QUESTIONS, QUESTION_FRAME, builtin_questions
 
 CHAT_INSTRUCTION = "Complete this Python code. Answer with the code only.\n\n```python\n{prompt}```"
-QUESTION_FRAME = "Question: {}\nAnswer:"  # a question for a model without a chat template
 PROMPT_KINDS = ("def_doc", "def_body", "class_doc", "question")
 ROW_FORMAT = 1
 

@@ -16,6 +16,8 @@ import random
 
 #: the source name that selects these questions in `MakeDataConfig.sources`
 BUILTIN_QUESTIONS = "builtin:questions"
+#: a question for a model without a chat template (make-data's rows, the norepeat benchmark's prompts)
+QUESTION_FRAME = "Question: {}\nAnswer:"
 
 QUESTION_TOPICS = (
     # nature and science

@@ -84,6 +84,7 @@ import inspect
 import logging
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -1624,8 +1625,6 @@ register(Patch(
 
 def _mapping_vars(obj: Any) -> Any:
     """`vars(obj)` where that is a mapping, else an empty dict: what the scan can read."""
-    from collections.abc import Mapping
-
     found = vars(obj)
     return found if isinstance(found, Mapping) else {}
 
