@@ -52,3 +52,15 @@ def test_perplexity_masks_sats_and_skips_unpredictable_tokens():
     assert math.isinf(m.perplexity(model, TokenRows(ids2, ok), [2]))
     ok2 = torch.tensor([[False, True, True, False]])
     assert math.isclose(m.perplexity(model, TokenRows(ids2, ok2), [2]), 2.0, rel_tol=1e-6)
+
+
+def test_repeated_share_counts_tokens_that_end_an_earlier_8_gram():
+    m = _script()
+    fresh = list(range(40))
+    assert m.repeated_share([fresh]) == 0.0
+    loop = list(range(10)) * 4  # from token 18 on, every token ends an 8-gram seen 10 tokens earlier
+    assert m.repeated_share([loop]) == (40 - 17) / 40
+    assert m.repeated_share([fresh, loop]) == (40 - 17) / 80
+    assert m.repeated_share([[1] * 7]) == 0.0 and m.repeated_share([]) == 0.0
+    g = m.compare_outputs([fresh], [loop])
+    assert g["repeated_share_base"] == 0.0 and g["repeated_share_merged"] > 0.5

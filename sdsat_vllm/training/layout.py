@@ -44,9 +44,9 @@ class SATBatch:
         return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                                             if isinstance(getattr(self, f.name), torch.Tensor)})
 
-    def additive_mask(self, dtype: torch.dtype, rows: slice = slice(None)) -> torch.Tensor:
+    def additive_mask(self, dtype: torch.dtype, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
         """[B, 1, q, kv] float mask (0 = attend, dtype min = blocked), the form transformers takes as-is."""
-        allowed = self.allowed[:, rows]
+        allowed = self.allowed[:, rows, cols]
         zero = torch.zeros((), dtype=dtype, device=allowed.device)
         blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
         return torch.where(allowed, zero, blocked)[:, None]

@@ -12,8 +12,16 @@ Modes
           the base weights, so the standard pass runs without grad as in `frozen`. Exported as an
           adapter beside the unchanged base, never merged.
 
-Loss: CE(standard tokens) + sat_loss_weight * CE(SAT tokens). The number to watch is the SAT
-accuracy per offset j (logged per step and on held-out files): it predicts draft acceptance.
+Loss: standard-token loss + sat_loss_weight * CE(SAT tokens). The standard-token loss (`lora`,
+`full`) is CE on the data's tokens (std_target "data") or the KL divergence from the base model's own
+distribution at every standard position (std_target "base", `lora` only: the same network with the
+LoRA switched off is the base). A merged `lora` model is what users get from plain decoding, so
+"data" lets the answers drift towards the training text: trained on the served model's own greedy
+answers it drifts towards its own loops, and each round of self-distillation compounds that
+(benchmarks/results 16); "base" spends the LoRA on the SATs and keeps the answers the base model's.
+The numbers to watch are the SAT accuracy per offset j (logged per step and on held-out files),
+which predicts draft acceptance, and on held-out rows `std_agree_base`, the share of standard
+positions where the trained model's argmax is the base model's (1.0: greedy answers unchanged).
 
 A run lives in one output directory: train_config.json (the resolved config), log.jsonl,
 checkpoint/ (resumable: a session may be stopped at any time), and on completion model/ (an HF
@@ -65,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     sat_loss_weight: float = 1.0
     target: str = "hard"  # SAT label: hard = the data's token; soft = the model's own distribution there
+    std_target: str = "data"  # standard-token loss: data = CE on the data; base = KL from the base model (lora)
     offset_weights: tuple[float, ...] = ()  # loss weight of SAT offset 1..K (empty: all equal)
     init_adapter: str | None = None  # warm start: LoRA + SAT rows of an adapter dir (e.g. the shipped one)
     # r 8: rank 16 drafted no better per training token (benchmarks/results 8.1) and doubles the adapter
@@ -95,6 +104,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("hard", "soft"):
             raise ValueError(f"target must be hard or soft, got {self.target!r}")
+        if self.std_target not in ("data", "base"):
+            raise ValueError(f"std_target must be data or base, got {self.std_target!r}")
+        if self.std_target == "base" and self.mode != "lora":
+            raise ValueError(f"std_target base needs mode lora (the base is the network with its LoRA off); "
+                             f"mode {self.mode!r} {'has no standard-token loss' if self.mode in ('frozen', 'gated') else 'keeps no base copy'}")
         object.__setattr__(self, "offset_weights", tuple(float(w) for w in self.offset_weights))
         if self.offset_weights and (len(self.offset_weights) != self.num_sat or min(self.offset_weights) < 0
                                     or sum(self.offset_weights) <= 0):
@@ -204,6 +218,7 @@ class StepStats:
     sat_loss: float
     sat_acc: list[float]  # per offset j = 1..K: SAT argmax == true token
     sat_agree: list[float] | None = None  # per offset: SAT argmax == the model's own argmax (draft acceptance proxy)
+    std_agree_base: float | None = None  # standard positions where the model's argmax is the base model's (lora)
 
 
 def _autocast(dtype: str, device_type: str):
@@ -263,20 +278,59 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     sat_loss = (w * per_token).sum() / w.sum().clamp(min=1e-9)
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
+    base_logits = None
+    if cfg.mode == "lora" and (cfg.std_target == "base" or with_agree):
+        base_logits = standard_logits_of_base(model, batch, cfg)
     if cfg.mode not in ("frozen", "gated"):  # their standard logits are the base model's: nothing to learn
-        std_loss = F.cross_entropy(std_logits.float().flatten(0, 1), batch.labels[:, :L].flatten(),
-                                   ignore_index=IGNORE_INDEX)
+        if cfg.std_target == "base":
+            std_loss = kl_from_base(std_logits, base_logits, batch)
+        else:
+            std_loss = F.cross_entropy(std_logits.float().flatten(0, 1), batch.labels[:, :L].flatten(),
+                                       ignore_index=IGNORE_INDEX)
         loss = loss + std_loss
 
     with torch.no_grad():
         pred = sat_logits.argmax(-1)  # [B, S]
         acc = _per_offset_mean((pred == sat_labels).flatten()[valid], offsets[valid], K)
-        agree = None
+        agree = std_agree_base = None
         if with_agree:
             own = std_logits.argmax(-1).gather(1, same_target)
             agree = _per_offset_mean((pred == own).flatten()[valid], offsets[valid], K)
-    stats = StepStats(loss.item(), None if std_loss is None else std_loss.item(), sat_loss.item(), acc, agree)
+            if base_logits is not None:
+                std_agree_base = (std_logits.argmax(-1) == base_logits.argmax(-1)).float().mean().item()
+    stats = StepStats(loss.item(), None if std_loss is None else std_loss.item(), sat_loss.item(), acc, agree,
+                      std_agree_base)
     return loss, stats
+
+
+@torch.no_grad()
+def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig) -> torch.Tensor:
+    """[B, L, V] logits of the base model (the peft model with its LoRA off) at the standard tokens,
+    under the same attention as in the training forward; SAT ids masked (serving never samples them)."""
+    L = batch.num_standard
+    mask_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    with model.disable_adapter(), _autocast(cfg.dtype, batch.input_ids.device.type):
+        logits = model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
+                       attention_mask=batch.additive_mask(mask_dtype, slice(None, L), slice(None, L)),
+                       use_cache=False).logits
+    return _mask_sat_columns(logits.float(), batch)
+
+
+def _mask_sat_columns(logits: torch.Tensor, batch: SATBatch) -> torch.Tensor:
+    sat_ids = torch.unique(batch.input_ids[:, batch.num_standard:])
+    return logits.index_fill(-1, sat_ids.to(logits.device), float("-inf"))
+
+
+def kl_from_base(std_logits: torch.Tensor, base_logits: torch.Tensor, batch: SATBatch) -> torch.Tensor:
+    """KL(base || model), the mean over standard positions with a label (no document boundary),
+    SAT ids left out of both distributions: 0 exactly when the trained model answers like the base.
+    std_logits, base_logits: [B, L, V]."""
+    log_q = F.log_softmax(_mask_sat_columns(std_logits.float(), batch), dim=-1)  # [B, L, V]
+    log_p = F.log_softmax(_mask_sat_columns(base_logits.float(), batch), dim=-1)
+    p = log_p.exp()
+    per_pos = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # [B, L]; 0 log 0 = 0 at the SAT columns
+    keep = (batch.labels[:, :batch.num_standard] != IGNORE_INDEX).to(per_pos.dtype)
+    return (per_pos * keep).sum() / keep.sum().clamp(min=1.0)
 
 
 @torch.no_grad()
@@ -289,6 +343,7 @@ def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_b
     n = rows.shape[0] if num_batches is None else min(rows.shape[0], num_batches * cfg.batch_size)
     K = sdsat.num_sat
     acc_sum, agree_sum, loss_sum, batches = [0.0] * K, [0.0] * K, 0.0, 0
+    base_agree = []
     for start in range(0, n, cfg.batch_size):
         chunk = rows[start:start + cfg.batch_size]
         pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g)
@@ -298,9 +353,14 @@ def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_b
         agree_sum = [a + b for a, b in zip(agree_sum, st.sat_agree)]
         loss_sum += st.sat_loss
         batches += 1
+        if st.std_agree_base is not None:
+            base_agree.append(st.std_agree_base)
     model.train(was_training)
-    return {"sat_loss": loss_sum / batches, "sat_acc": [a / batches for a in acc_sum],
-            "sat_agree": [a / batches for a in agree_sum], "eval_rows": n}
+    out = {"sat_loss": loss_sum / batches, "sat_acc": [a / batches for a in acc_sum],
+           "sat_agree": [a / batches for a in agree_sum], "eval_rows": n}
+    if base_agree:
+        out["std_agree_base"] = sum(base_agree) / len(base_agree)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
