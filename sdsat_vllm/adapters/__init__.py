@@ -55,8 +55,8 @@ SHIPPED = {a.name: a for a in [
     # themselves more than the base model's (section 16.1)
     ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd4"),
     # -sd4 continued 180 steps with --std-target base (the standard positions learn the base model's
-    # distribution): prose loops and the merge's perplexity cost mostly undone, but on HumanEval-style
-    # prompts it opens with "# Example usage" where the base model and -sd4 write "```" (section 16.2)
+    # distribution): prose loops and the merge's perplexity cost mostly undone, but it answers
+    # HumanEval-style prompts with "# Example usage" lists (sections 16.2-16.3)
     ShippedAdapter("smollm2-135m-sdsat-sd5", "smollm2-135m", "smollm2-135m-lora-k5-sd5"),
     # the previous default: warm-started from the stdlib adapter, then 240 steps on the model's own code
     # completions (no EOS target after a completion cut by max_tokens; results, sections 6-7)

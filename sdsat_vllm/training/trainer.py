@@ -18,7 +18,8 @@ distribution at every standard position (std_target "base", `lora` only: the sam
 LoRA switched off is the base). A merged `lora` model is what users get from plain decoding, so
 "data" lets the answers drift towards the training text: trained on the served model's own greedy
 answers it drifts towards its own loops, and each round of self-distillation compounds that
-(benchmarks/results 16); "base" spends the LoRA on the SATs and keeps the answers the base model's.
+(benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
+LoRA to the SATs (how close a run gets is measured, not given: `std_agree_base`, measure_merge.py).
 The numbers to watch are the SAT accuracy per offset j (logged per step and on held-out files),
 which predicts draft acceptance, and on held-out rows `std_agree_base`, the share of standard
 positions where the trained model's argmax is the base model's (1.0: greedy answers unchanged).

@@ -203,3 +203,120 @@ def test_std_target_base_keeps_the_answers_of_the_base_model(tmp_path, corpus):
     assert drift["data"] > 0.5, drift  # 0.78 when written
     assert drift["base"] < drift["data"] / 5, drift  # 0.10
     assert agree["base"] > agree["data"] + 0.2, agree  # .62 against .25
+
+
+def test_device_option(tmp_path, corpus):
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+            TrainConfig(model="x", output_dir=str(tmp_path), device=bad)
+    assert TrainConfig(model="x", output_dir=str(tmp_path), device="cpu").torch_device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert TrainConfig(model="x", output_dir=str(tmp_path)).torch_device() == torch.device("cpu")
+        with pytest.raises(ValueError, match="torch sees 0 CUDA device"):
+            TrainConfig(model="x", output_dir=str(tmp_path), device="cuda").torch_device()
+    # a run may resume on another device (the checkpoint is device-free)
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False, max_minutes=0.0), model=m, tokenizer=t)
+    m, t = make_tiny_model()
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, export=False, device="cpu"), model=m, tokenizer=t)
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_checks.sh runs it)")
+def test_cuda_training_resumes_on_the_cpu_and_exports(tmp_path, corpus):
+    """The GPU path: trains on CUDA (bf16 autocast), checkpoints, resumes on the CPU and exports: every
+    step logged once, and the adapter and merged model written."""
+    m, t = make_tiny_model()
+    cfg = tiny_cfg(tmp_path / "run", corpus, steps=4, max_minutes=0.0, device="cuda", dtype="bf16")
+    train(cfg, model=m, tokenizer=t)
+    assert next(m.parameters()).device.type == "cuda"
+    m, t = make_tiny_model()
+    out = train(tiny_cfg(tmp_path / "run", corpus, steps=4, device="cpu", dtype="bf16"), model=m, tokenizer=t)
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_apply_adapter_rejects_a_directory_that_is_not_an_adapter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an SDSAT adapter"):
+        apply_adapter("smollm2-135m", tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bf16_training_exports_in_the_base_dtype(tmp_path, corpus):
+    model, tok = make_tiny_model()  # stored in fp32; bf16 is the compute dtype only
+    train(tiny_cfg(tmp_path / "run", corpus, steps=2, dtype="bf16"), model=model, tokenizer=tok)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(tmp_path / "run"))
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_sdsat_train_cli_maps_flags_to_the_config(tmp_path, corpus):
+    from sdsat_vllm.cli import main
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    rc = main(["train", "--model", str(base_dir), "--output-dir", str(tmp_path / "run"), "--mode", "frozen",
+               "--num-sat", "2", "--steps", "2", "--batch-size", "2", "--blocks-per-seq", "3", "--seq-len", "40",
+               "--dtype", "fp32", "--no-export", "--sources", corpus[0], "--heldout-sources", corpus[1]])
+    assert rc == 0
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "train_config.json").read_text()))
+    assert (saved.mode, saved.num_sat, saved.steps, saved.export, saved.data.seq_len) == ("frozen", 2, 2, False, 40)
+    assert (saved.data.sources, saved.data.heldout_sources) == (corpus[:1], corpus[1:])
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_soft_targets_and_offset_weights(tmp_path, corpus):
+    """soft: the SAT loss is the cross-entropy to the model's own (detached) distribution at the standard
+    position that predicts the same token; offset_weights: a weighted mean over SAT offsets."""
+    import torch.nn.functional as F
+
+    from sdsat_vllm.training.layout import build_sat_batch, sample_insertion_points
+    from sdsat_vllm.training.trainer import sat_forward_loss
+
+    model, tok = make_tiny_model()
+    sdsat = add_sat_tokens(model, tok, 3)
+    ids = torch.randint(0, 380, (2, 24), generator=torch.Generator().manual_seed(0))
+    pts = sample_insertion_points(2, 24, 4, 3, torch.Generator().manual_seed(1))
+    batch = build_sat_batch(ids, pts, sdsat.sat_token_ids)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                       attention_mask=batch.additive_mask(torch.float32)).logits
+    L = batch.num_standard
+    log_p = logits[:, L:].log_softmax(-1)
+    teacher = logits[:, :L].gather(1, batch.position_ids[:, L:, None].expand(-1, -1, logits.shape[-1])).softmax(-1)
+    soft = -(teacher * log_p).sum(-1)  # [B, S]
+    hard = F.nll_loss(log_p.flatten(0, 1), batch.labels[:, L:].flatten(), reduction="none").view(2, -1)
+    offs = batch.sat_offsets[L:]
+    w = torch.tensor([0.0, 1.0, 0.5, 0.0])[offs]
+    for target, per_token in (("soft", soft), ("hard", hard)):
+        for weights, want in (((), per_token.mean()), ((1.0, 0.5, 0.0), (per_token * w).sum() / (2 * w.sum()))):
+            cfg = tiny_cfg(tmp_path / "x", corpus, target=target, offset_weights=weights)
+            with torch.no_grad():
+                _, st = sat_forward_loss(model, batch, cfg)
+            assert abs(st.sat_loss - want.item()) < 1e-4, (target, weights)
+    assert not torch.allclose(soft, hard)  # the two targets are different things
+    with pytest.raises(ValueError, match="K=3"):
+        tiny_cfg(tmp_path / "x", corpus, offset_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="hard or soft"):
+        tiny_cfg(tmp_path / "x", corpus, target="kl")
+
+
+def test_warm_start_from_an_adapter(tmp_path, corpus):
+    """init_adapter: a new run starts from an exported adapter's LoRA matrices and SAT rows (its first
+    evaluation equals the adapter's last one); an adapter of another shape is refused."""
+    model, tok = make_tiny_model()
+    first = train(tiny_cfg(tmp_path / "a", corpus, steps=4, eval_every=4), model=model, tokenizer=tok)
+    last_eval = read_log(first)[-1]["eval"]
+    model, tok = make_tiny_model()
+    warm = tiny_cfg(tmp_path / "b", corpus, steps=1, lr=0.0, sat_lr=0.0, eval_every=1,
+                    init_adapter=str(first / "adapter"))
+    train(warm, model=model, tokenizer=tok)
+    assert read_log(tmp_path / "b")[-1]["eval"]["sat_loss"] == pytest.approx(last_eval["sat_loss"], abs=1e-5)
+    model, tok = make_tiny_model()
+    cold = tiny_cfg(tmp_path / "c", corpus, steps=1, lr=0.0, sat_lr=0.0, eval_every=1)
+    train(cold, model=model, tokenizer=tok)
+    assert read_log(tmp_path / "c")[-1]["eval"]["sat_loss"] != pytest.approx(last_eval["sat_loss"], abs=1e-3)
+    model, tok = make_tiny_model()
+    with pytest.raises(ValueError, match="LoRA rank 4 vs 8"):
+        train(tiny_cfg(tmp_path / "d", corpus, lora_r=8, init_adapter=str(first / "adapter")), model=model,
+              tokenizer=tok)
