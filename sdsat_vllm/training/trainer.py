@@ -222,6 +222,11 @@ class StepStats:
     std_agree_base: float | None = None  # standard positions where the model's argmax is the base model's (lora)
 
 
+def _mask_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype of the additive attention masks: the compute dtype."""
+    return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+
+
 def _autocast(dtype: str, device_type: str):
     if dtype == "bf16":
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
@@ -240,7 +245,7 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     batch = batch.to(next(model.parameters()).device)  # batches are built on the CPU (seeded generators)
     L, K = batch.num_standard, batch.num_sat
     B = batch.input_ids.shape[0]
-    mask_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    mask_dtype = _mask_dtype(cfg)
     sat_rows = slice(L, None)
     std_logits = None
     with _autocast(cfg.dtype, batch.input_ids.device.type):
@@ -307,14 +312,12 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
 @torch.no_grad()
 def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig) -> torch.Tensor:
     """[B, L, V] logits of the base model (the peft model with its LoRA off) at the standard tokens,
-    under the same attention as in the training forward; SAT ids masked (serving never samples them)."""
+    under the same attention as in the training forward (kl_from_base leaves the SAT ids out)."""
     L = batch.num_standard
-    mask_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     with model.disable_adapter(), _autocast(cfg.dtype, batch.input_ids.device.type):
-        logits = model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
-                       attention_mask=batch.additive_mask(mask_dtype, slice(None, L), slice(None, L)),
-                       use_cache=False).logits
-    return _mask_sat_columns(logits.float(), batch)
+        return model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
+                     attention_mask=batch.additive_mask(_mask_dtype(cfg), slice(None, L), slice(None, L)),
+                     use_cache=False).logits
 
 
 def _mask_sat_columns(logits: torch.Tensor, batch: SATBatch) -> torch.Tensor:
