@@ -207,8 +207,10 @@ class OnlineCost:
     speculative = whether it went through vLLM's speculative path. Gaps far above the typical step
     (the engine idled between requests) are dropped. The slope b is shared by both kinds of step
     (fitted within each kind) and shrunk towards the prior's local slope by its standard error (a
-    Gaussian posterior with the prior's slope as mean and as standard deviation), so a window where
-    N hardly varies, or timing noise, leaves the prior in charge. c is the difference of the two
+    Gaussian posterior with the prior's slope as mean and as standard deviation), so timing noise
+    leaves the prior in charge; a window whose N spans less than half its mean (a large batch of
+    plain steps: requests finishing move N by a few percent while the machine drifts) is not fitted
+    a slope at all (MIN_N_SPREAD), only its level. c is the difference of the two
     kinds' intercepts, once the window holds enough steps of each (else the prior's).
     """
 
@@ -229,6 +231,11 @@ class OnlineCost:
 
     def model(self) -> CostModel:
         return self._model
+
+
+#: the least range of N within one kind of step, relative to the window's mean N, that a slope is
+#: fitted from (below it the prior's shape stays, at the level measured)
+MIN_N_SPREAD = 0.5
 
 
 def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: int = 8) -> CostModel:
@@ -259,7 +266,11 @@ def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: in
     sxx = sum(dx * dx for dx, _ in dev)
     b = b_prior
     dof = k - len(groups) - 1
-    if sxx > 0 and dof > 0:
+    # a slope from N within a few percent of each other is the drift between steps, not what a token
+    # costs (results 17.1: a batch of 61-65 plain steps fitted a quarter of the prior's slope, every
+    # request probed, and drafted for 8 steps of 6x a plain step's time): fit only across a spread of N
+    spread = max(max(x for x, _ in g) - min(x for x, _ in g) for g in groups.values()) / xm
+    if sxx > 0 and dof > 0 and spread >= MIN_N_SPREAD:
         b_ols = sum(dx * dy for dx, dy in dev) / sxx
         resid = sum((dy - b_ols * dx) ** 2 for dx, dy in dev) / dof
         se2 = max(resid / sxx, 1e-30)

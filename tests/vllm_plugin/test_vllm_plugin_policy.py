@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from sdsat_vllm.vllm_plugin import policy
 from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel,
                                            Decision, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
@@ -55,6 +56,31 @@ def test_online_fit_recovers_the_slope_and_drops_idle_gaps():
     flat = fit_local_linear([(6, 1.3 + rng.gauss(0, 0.01)) for _ in range(50)], prior=CPU)
     assert flat.marginal(6) / flat.time(6) == pytest.approx(CPU.marginal(6) / CPU.time(6), rel=0.05)
     assert fit_local_linear(pts[:3], prior=CPU) is CPU  # too few samples
+
+
+#: (N, ms) of 41 plain steps at batch 61-65 in vLLM's three-process engine (benchmarks/results 17.1):
+#: N moves by a few percent as requests finish while the step time drifts
+MP_BATCH_64_STEPS = [(65, 280), (64, 247), (64, 268), (64, 261), (64, 255), (64, 257), (64, 258), (64, 247),
+                     (64, 243), (64, 262), (64, 264), (64, 263), (64, 255), (64, 255), (64, 258), (64, 261),
+                     (64, 258), (64, 245), (64, 246), (64, 249), (64, 242), (64, 250), (64, 256), (64, 267),
+                     (64, 236), (64, 244), (64, 241), (64, 251), (64, 254), (63, 254), (63, 242), (62, 255),
+                     (62, 252), (62, 250), (62, 236), (62, 252), (62, 272), (62, 254), (62, 265), (61, 260), (61, 260)]
+
+
+def test_online_fit_takes_no_slope_from_a_narrow_window(monkeypatch):
+    pts = [(n, ms / 1000, False) for n, ms in MP_BATCH_64_STEPS]
+    prior_rel = CPU.marginal(62) / CPU.time(62)
+    m = fit_local_linear(pts, prior=CPU)
+    # the prior's shape at the measured level: a probe of every request costs what the prior says
+    assert m.marginal(62) / m.time(62) == pytest.approx(prior_rel, rel=0.02)
+    assert m.time(62) == pytest.approx(0.254, rel=0.03)
+    assert probe_interval(5, m, 61) >= 100
+    # negative control: fitted as if the window's spread meant something, the slope falls to a
+    # fraction of the prior's and every request of the batch probes within 40 steps
+    monkeypatch.setattr(policy, "MIN_N_SPREAD", 0.0)
+    loose = fit_local_linear(pts, prior=CPU)
+    assert loose.marginal(62) / loose.time(62) < 0.5 * prior_rel
+    assert probe_interval(5, loose, 61) < 50
 
 
 def test_online_fit_separates_the_speculative_path():
