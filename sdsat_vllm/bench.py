@@ -30,8 +30,8 @@ from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 from .vllm_plugin.policy import DEFAULT_OPTIONS
 
-__all__ = ["HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
-           "chat_formatter", "cpu_name", "engine_kwargs", "git_state", "humaneval_prompts", "norepeat_prompts",
+__all__ = ["BATCHING", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
+           "chat_formatter", "cpu_name", "engine_kwargs", "generate_continuous", "git_state", "humaneval_prompts", "norepeat_prompts",
            "prompt_set", "quiet_vllm", "run_vllm", "run_vllm_workloads", "sdsat_draft_len", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
@@ -289,17 +289,59 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
     return EngineRun(startup, runs)
 
 
+#: How a batch size B is timed. grouped: the prompts in groups of B, one `LLM.generate` per group,
+#: so a group lasts as long as its longest request (a batch of B that ends together: the case where
+#: drafts only help the slowest request). continuous: B requests in flight at every step, a finished
+#: one replaced by the next prompt at once, as a server under a client of concurrency B sees it
+#: (vLLM's `vllm bench serve --max-concurrency B`); the engine's max_num_seqs stays the largest B.
+BATCHING = {"grouped": "one generate per group of B prompts", "continuous": "B requests in flight, slots refilled"}
+
+
+def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency: int) -> list:
+    """The RequestOutputs of `prompts` (in prompt order), at most `concurrency` of them in the engine at
+    once: a request that finishes is replaced by the next prompt before the next step, through the
+    engine's own add_request / step loop (what `LLM.generate` runs, with admission held back).
+    sampling: one SamplingParams for all, or one per prompt (as `LLM.generate`)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    per_prompt = list(sampling) if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"{len(per_prompt)} SamplingParams for {len(prompts)} prompts")
+    engine = llm.llm_engine
+    if engine.has_unfinished_requests():
+        raise RuntimeError("generate_continuous needs an idle engine")
+    outputs: dict[str, Any] = {}
+    next_prompt, in_flight = 0, 0
+    while next_prompt < len(prompts) or in_flight:
+        while in_flight < concurrency and next_prompt < len(prompts):
+            params = per_prompt[next_prompt].clone()
+            params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: one output per request, at its end
+            engine.add_request(str(next_prompt), prompts[next_prompt], params)
+            next_prompt, in_flight = next_prompt + 1, in_flight + 1
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = out
+                in_flight -= 1
+    return [outputs[str(i)] for i in range(len(prompts))]
+
+
 def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | None,
                        workloads: Sequence[tuple[Sequence[str], Any]], *, batch_sizes: Sequence[int] = (1,),
                        engine_kw: dict[str, Any] | None = None,
-                       max_groups: int | None = None) -> tuple[float, list[list[TimedRun]]]:
+                       max_groups: int | None = None,
+                       batching: str = "grouped") -> tuple[float, list[list[TimedRun]]]:
     """:func:`run_vllm` for several (prompts, sampling) workloads in one engine, one after another
     (each timed at every batch size as there): start-up is paid once per engine, not per workload.
     max_groups: at each batch size B, only the first max_groups * B prompts (None: all), so that
     small batch sizes, which go through the prompts one group at a time, do not dominate a run.
-    Returns (start-up seconds, the TimedRuns of each workload in order)."""
+    batching: how B prompts are in flight (see BATCHING). Returns (start-up seconds, the TimedRuns
+    of each workload in order)."""
     if max_groups is not None and max_groups < 1:
         raise ValueError(f"max_groups must be >= 1 (or None for every prompt), got {max_groups}")
+    if batching not in BATCHING:
+        raise ValueError(f"batching must be one of {sorted(BATCHING)}, got {batching!r}")
     from vllm import LLM, SamplingParams
 
     draft_len = sdsat_draft_len(speculative_config)
@@ -319,8 +361,11 @@ def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | 
                 before = from_llm_metrics(llm.get_metrics(), draft_len)
                 outs = []
                 t0 = time.perf_counter()
-                for i in range(0, len(todo), bs):
-                    outs += llm.generate(todo[i:i + bs], sampling, use_tqdm=False)
+                if batching == "continuous":
+                    outs = generate_continuous(llm, todo, sampling, bs)
+                else:
+                    for i in range(0, len(todo), bs):
+                        outs += llm.generate(todo[i:i + bs], sampling, use_tqdm=False)
                 wall = time.perf_counter() - t0
                 token_ids = [list(o.outputs[0].token_ids) for o in outs]
                 # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards

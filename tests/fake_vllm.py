@@ -33,6 +33,16 @@ class SamplingParams:
     def __init__(self, temperature=1.0, max_tokens=16, stop=None, top_p=1.0, seed=None, **kw):
         self.temperature, self.max_tokens, self.stop, self.top_p, self.seed = temperature, max_tokens, stop, top_p, seed
         self.extra = kw
+        self.output_kind = None
+
+    def clone(self):
+        c = SamplingParams(self.temperature, self.max_tokens, self.stop, self.top_p, self.seed, **self.extra)
+        c.output_kind = self.output_kind
+        return c
+
+
+class RequestOutputKind:
+    CUMULATIVE, DELTA, FINAL_ONLY = 0, 1, 2
 
 
 class FakeLLM:
@@ -44,7 +54,7 @@ class FakeLLM:
         self.shut_down = False
         self.n = int(speculative_config["num_speculative_tokens"]) if speculative_config else 0
         self.counters = dict(drafts=0, draft_tokens=0, accepted=0, per_pos=[0] * self.n)
-        self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=self._shutdown))
+        self.llm_engine = FakeEngine(self)
         CLOCK.now += 3.0  # start-up
         FakeLLM.instances.append(self)
 
@@ -71,16 +81,25 @@ class FakeLLM:
             step += 1
         return forwards + 1
 
+    def complete(self, prompt, sampling):
+        """(token ids, text, decode forwards) of one request: the ids depend on the prompt only."""
+        n_tokens = sampling.max_tokens if not sampling.stop else max(1, min(sampling.max_tokens, len(prompt) % 23 + 3))
+        ids = [(len(prompt) * 7 + 3 * i) % 97 for i in range(n_tokens)]
+        text = "".join(chr(97 + t % 26) for t in ids)
+        return ids, text, self._decode(n_tokens)
+
+    @staticmethod
+    def output(ids, text, request_id=None):
+        return SimpleNamespace(request_id=request_id, finished=True,
+                               outputs=[SimpleNamespace(token_ids=ids, text=text, finish_reason="length")])
+
     def generate(self, prompts, sampling, use_tqdm=True):
         self.calls.append((list(prompts), sampling))
         outs = []
         for p in prompts:
-            n_tokens = sampling.max_tokens if not sampling.stop else max(1, min(sampling.max_tokens, len(p) % 23 + 3))
-            ids = [(len(p) * 7 + 3 * i) % 97 for i in range(n_tokens)]
-            forwards = self._decode(n_tokens)
-            CLOCK.now += 0.01 * forwards + 0.002 * n_tokens * (1 + self.n)
-            text = "".join(chr(97 + t % 26) for t in ids)
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, text=text, finish_reason="length")]))
+            ids, text, forwards = self.complete(p, sampling)
+            CLOCK.now += 0.01 * forwards + 0.002 * len(ids) * (1 + self.n)
+            outs.append(self.output(ids, text))
         return outs
 
     def get_metrics(self):
@@ -93,6 +112,39 @@ class FakeLLM:
                 SimpleNamespace(name="vllm:spec_decode_num_accepted_tokens_per_pos", values=list(c["per_pos"]))]
 
 
+class FakeEngine:
+    """`llm.llm_engine`: add_request / step as vLLM's LLMEngine, every request in flight advancing one
+    decode forward a step; `max_in_flight` and `added` (request ids in order) are kept for the tests,
+    and each request added is in the LLM's `calls` as a one-prompt generate."""
+
+    def __init__(self, llm: FakeLLM):
+        self.llm, self.engine_core = llm, SimpleNamespace(shutdown=llm._shutdown)
+        self.running: dict[str, list] = {}  # request id -> [forwards left, ids, text]
+        self.max_in_flight, self.added = 0, []
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.running)
+
+    def add_request(self, request_id, prompt, params):
+        assert params.output_kind == RequestOutputKind.FINAL_ONLY
+        self.llm.calls.append(([prompt], params))  # as a generate call of one prompt
+        ids, text, forwards = self.llm.complete(prompt, params)
+        self.running[request_id] = [forwards, ids, text]
+        self.added.append(request_id)
+        self.max_in_flight = max(self.max_in_flight, len(self.running))
+        return request_id
+
+    def step(self):
+        CLOCK.now += 0.01 + 0.002 * len(self.running) * (1 + self.llm.n)
+        done = []
+        for rid, r in list(self.running.items()):
+            r[0] -= 1
+            if r[0] <= 0:
+                done.append(self.llm.output(r[1], r[2], rid))
+                del self.running[rid]
+        return done
+
+
 def install(monkeypatch) -> type[FakeLLM]:
     import time
 
@@ -101,6 +153,10 @@ def install(monkeypatch) -> type[FakeLLM]:
     platforms = types.ModuleType("vllm.platforms")
     platforms.current_platform = SimpleNamespace(is_cpu=lambda: True)
     vllm.platforms = platforms
+    sampling_params = types.ModuleType("vllm.sampling_params")
+    sampling_params.RequestOutputKind = RequestOutputKind
+    vllm.sampling_params = sampling_params
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_params)
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.setattr(time, "perf_counter", CLOCK)

@@ -301,7 +301,8 @@ def test_bench_vllm_max_groups_times_the_first_groups_at_each_batch_size(fake, t
     b = load_bench_vllm()
     out_json = tmp_path / "groups.json"
     assert b.main([str(model), "--methods", "plain", "ngram", "--num-prompts", "8", "--max-tokens", "12",
-                   "--batch-sizes", "1", "2", "8", "--max-groups", "2", "--out", str(out_json), "--no-plots"]) == 0
+                   "--batch-sizes", "1", "2", "8", "--max-groups", "2", "--batching", "grouped",
+                   "--out", str(out_json), "--no-plots"]) == 0
     timed = [len(ps) for ps, sampling in FakeLLM.instances[0].calls if sampling.max_tokens == 12]
     assert timed == [1, 1, 2, 2, 8]  # B=1: 2 groups of 1; B=2: 2 groups of 2; B=8: its one group
     doc = json.loads(out_json.read_text())
@@ -311,6 +312,44 @@ def test_bench_vllm_max_groups_times_the_first_groups_at_each_batch_size(fake, t
     assert "at batch B, the first 2 x B prompts" in (tmp_path / "groups.md").read_text()
     with pytest.raises(ValueError, match="max_groups must be >= 1"):
         bench.run_vllm_workloads(model, None, [(["x"], fake_vllm.SamplingParams())], max_groups=0)
+
+
+def test_continuous_batching_keeps_b_requests_in_flight(fake, tmp_path):
+    """--batching continuous (the default): the same output tokens as grouped, requests added in prompt order, at most B
+    requests in the engine at once and B of them whenever prompts are waiting; the mode is in the results."""
+    FakeLLM, model = fake
+    b = load_bench_vllm()
+    common = [str(model), "--methods", "plain", "--prompt-set", "humaneval", "--num-prompts", "7",
+              "--max-tokens", "12", "--batch-sizes", "3", "--no-plots"]
+    assert b.main(common + ["--batching", "grouped", "--out", str(tmp_path / "g.json")]) == 0
+    assert b.main(common + ["--out", str(tmp_path / "c.json")]) == 0
+    grouped, continuous = (json.loads((tmp_path / f).read_text()) for f in ("g.json", "c.json"))
+    assert continuous["meta"]["batching"] == "continuous" and grouped["meta"]["batching"] == "grouped"
+    assert [r["output_tokens"] for r in continuous["results"]] == [r["output_tokens"] for r in grouped["results"]]
+    engine = FakeLLM.instances[-1].llm_engine
+    assert engine.max_in_flight == 3 and engine.added == [str(i) for i in range(7)]
+    assert "(continuous batching: B requests in flight, slots refilled)" in (tmp_path / "c.md").read_text()
+    with pytest.raises(ValueError, match="batching must be one of"):
+        bench.run_vllm_workloads(model, None, [(["x"], fake_vllm.SamplingParams())], batching="server")
+
+
+def test_generate_continuous_refills_a_slot_when_a_request_ends(fake):
+    """A hand-built case: requests of 1, 5 and 2 forwards at concurrency 2; the third starts as soon
+    as the first ends (step 1), so all end after 5 steps, where groups of 2 would take 5 + 2."""
+    FakeLLM, model = fake
+    llm = FakeLLM(str(model))
+    forwards = {"a": 1, "bbbbb": 5, "cc": 2}
+    llm.complete = lambda p, s: ([1] * forwards[p], p, forwards[p])
+    steps = []
+    step = llm.llm_engine.step
+    llm.llm_engine.step = lambda: steps.append(sorted(llm.llm_engine.running)) or step()
+    outs = bench.generate_continuous(llm, list(forwards), fake_vllm.SamplingParams(), 2)
+    assert [o.outputs[0].text for o in outs] == list(forwards)
+    assert steps == [["0", "1"], ["1", "2"], ["1", "2"], ["1"], ["1"]]
+    with pytest.raises(ValueError, match="concurrency must be >= 1"):
+        bench.generate_continuous(llm, ["a"], fake_vllm.SamplingParams(), 0)
+    with pytest.raises(ValueError, match="2 SamplingParams for 1 prompts"):
+        bench.generate_continuous(llm, ["a"], [fake_vllm.SamplingParams()] * 2, 1)
 
 
 def test_bench_vllm_rounds_alternate_their_order(fake, tmp_path):

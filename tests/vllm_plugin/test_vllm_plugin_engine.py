@@ -41,6 +41,22 @@ def test_resolved_config(sdsat_llm):
     assert spec.method == "custom_class" and spec.model == PROPOSER_PATH and spec.num_speculative_tokens == N_DRAFTS
 
 
+def test_continuous_batching_identical_to_plain(sdsat_llm, plain_baseline):
+    """The benchmarks' continuous batching (at most 3 requests in flight, a finished one replaced by the
+    next prompt while the others are mid-draft) through SDSAT: plain vLLM's outputs, in prompt order."""
+    from vllm import SamplingParams
+
+    from sdsat_vllm.bench import generate_continuous
+
+    mp = mixed_prompts()
+    before = spec_summary(sdsat_llm)
+    res = generate_continuous(sdsat_llm, [p for p, _ in mp], [SamplingParams(temperature=0, max_tokens=m)
+                                                              for _, m in mp], concurrency=3)
+    assert [list(r.outputs[0].token_ids) for r in res] == plain_baseline["mixed"]
+    assert (spec_summary(sdsat_llm) - before).num_accepted_tokens > 0
+    assert not sdsat_llm.llm_engine.has_unfinished_requests()
+
+
 def test_greedy_batch8_identical_to_plain_and_drafts_accepted(sdsat_llm, plain_baseline, sat_id):
     from vllm import SamplingParams
 
