@@ -618,6 +618,8 @@ class RequestState:
     #                                     unless the engine-wide acceptance says drafting does not pay)
     sent_q: list[float] = field(default_factory=list)  # SAT max probabilities of the drafts in flight
     sent_lookup: bool = False           # ... which came from the lookup candidate (its own calibration)
+    lookup_offered: int = 0             # this request's lookup chains verified so far ...
+    lookup_accepted: int = 0            # ... and how many of them had their first token accepted
     steady_m: int = -1                  # m* at the last step (-1: none yet)
     probe_backoff: int = 1              # multiplies the probe interval: doubles after each probe that left
     #                                     m* where it was, back to 1 when m* moves (probe_interval, PROBE_BACKOFF_MAX)
@@ -641,6 +643,12 @@ class AdaptiveDrafter:
     #: at most this factor on a request's probe interval (probe_backoff): a request in back-off whose
     #: drafts turn good is noticed within PROBE_BACKOFF_MAX * k steps
     PROBE_BACKOFF_MAX = 8
+    #: pseudo-observations of the engine-wide estimate in a request's own first-token acceptance of
+    #: lookup chains (_lookup_estimates). The lookup calibration is engine-wide and learns from every
+    #: request: after greedy code and prose, whose matches are right ~70% of the time, a request
+    #: sampled at temperature 1 over random identifiers (1 first token accepted in 117 sent, results
+    #: 18) kept being sent chains. With 2, four rejections in a row take a 0.7 estimate to 0.23.
+    LOOKUP_REQUEST_WEIGHT = 2.0
 
     def __init__(self, n: int, num_sat: int, cost: CostModel, online: bool = True,
                  probe_budget: float = DEFAULT_OPTIONS["probe_budget"], min_gain: float = DEFAULT_OPTIONS["min_gain"]):
@@ -731,16 +739,29 @@ class AdaptiveDrafter:
         best = max(cal.estimate(0, min(1.0, (i + 1) / cal.buckets - 1e-9)) for i in range(cal.buckets))
         return best > self._kappa_plain(batch_size) + 1e-12
 
-    def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None) -> bool:
+    def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None,
+                     req_id: str | None = None) -> bool:
         """Whether :meth:`decide` could send this lookup chain (its tokens' q) to a request in back-off
         (one :meth:`idle` would let skip): only if its first token's calibrated acceptance beats kappa,
         as in :meth:`lookup_may_pay` (every later token is committed with less chance, at the same
         cost). When it cannot, decide would return Decision(0, 0): the proposer takes the shortcut
-        instead of deciding (under load most requests find a match most steps, too short to send)."""
+        instead of deciding (under load most requests find a match most steps, too short to send).
+        req_id: the request's own record of lookup chains counts too (:meth:`_lookup_estimates`)."""
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0 or not lookup_q:
             return False
-        return self.lookup_calibration.estimate(0, lookup_q[0]) > self._kappa_plain(batch_size) + 1e-12
+        return self._lookup_estimates(lookup_q[:1], self.states.get(req_id))[0] > self._kappa_plain(batch_size) + 1e-12
+
+    def _lookup_estimates(self, lookup_q: Sequence[float], st: RequestState | None) -> list[float]:
+        """The lookup calibration's acceptance per position, the first one shrunk towards the request's
+        own record (LOOKUP_REQUEST_WEIGHT): later positions are conditional on the first accepted,
+        which the engine-wide figures describe well enough; whether a request's matches are right at
+        all is a property of the request (what it generates, greedy or sampled)."""
+        p = self.lookup_calibration.estimates(lookup_q)
+        if p and st is not None and st.lookup_offered:
+            w = self.LOOKUP_REQUEST_WEIGHT
+            p[0] = (st.lookup_accepted + w * p[0]) / (st.lookup_offered + w)
+        return p
 
     def _kappa_plain(self, batch_size: int) -> float:
         """kappa of plain decoding at this batch size: what one more token in a forward of B tokens
@@ -779,6 +800,9 @@ class AdaptiveDrafter:
         if st.sent_q and verified_real and verified_real <= len(st.sent_q):
             cal = self.lookup_calibration if st.sent_lookup else self.calibration
             cal.record_step(st.sent_q[:verified_real], min(max(accepted, 0), verified_real))
+            if st.sent_lookup:
+                st.lookup_offered += 1
+                st.lookup_accepted += int(accepted > 0)
         st.sent_q, st.sent_lookup = [], False
         p = self.calibration.estimates(fresh_q)
         for j, pj in enumerate(p[: self.n]):
@@ -799,7 +823,7 @@ class AdaptiveDrafter:
             st.probe_pending = False
         qs, use_lookup = fresh_q, False
         if lookup_q:
-            p_lookup = self.lookup_calibration.estimates(lookup_q)
+            p_lookup = self._lookup_estimates(lookup_q, st)
             if expected_accepted(p_lookup[:limit]) > expected_accepted(p[:limit]):
                 qs, p, use_lookup = lookup_q, p_lookup, True
         d = choose_draft_length(p, self.n, cost, alpha=st.alpha, batch_size=batch_size, cap=cap,

@@ -492,7 +492,7 @@ class SDSATProposer:
                 if best is not None:
                     cand, lookup_q = options[best]
             if not cnt and not idle_checked \
-                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap)) \
+                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row])) \
                     and self.drafter.idle(req_ids[row], batch, cap):
                 counts.append((0, 0))  # in back-off, and the match found (if any) could not pay
                 continue
