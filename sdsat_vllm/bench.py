@@ -314,17 +314,14 @@ def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency:
     if engine.has_unfinished_requests():
         raise RuntimeError("generate_continuous needs an idle engine")
     outputs: dict[str, Any] = {}
-    next_prompt, in_flight = 0, 0
-    while next_prompt < len(prompts) or in_flight:
-        while in_flight < concurrency and next_prompt < len(prompts):
+    next_prompt = 0
+    while len(outputs) < len(prompts):
+        while next_prompt - len(outputs) < concurrency and next_prompt < len(prompts):  # in flight: added - done
             params = per_prompt[next_prompt].clone()
             params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: one output per request, at its end
             engine.add_request(str(next_prompt), prompts[next_prompt], params)
-            next_prompt, in_flight = next_prompt + 1, in_flight + 1
-        for out in engine.step():
-            if out.finished:
-                outputs[out.request_id] = out
-                in_flight -= 1
+            next_prompt += 1
+        outputs.update((out.request_id, out) for out in engine.step() if out.finished)
     return [outputs[str(i)] for i in range(len(prompts))]
 
 
