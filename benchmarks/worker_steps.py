@@ -2,13 +2,16 @@
 step's scheduled tokens and times, taken inside the worker, for plain decoding or SDSAT.
 
     python benchmarks/worker_steps.py [MODEL] --method sdsat-adaptive --prompt-set norepeat \
-        --num-prompts 64 --batch-size 64 --max-tokens 64 [--repeats 3] [--out benchmarks/results/X.json]
+        --num-prompts 64 --batch-size 64 --max-tokens 64 [--repeats 3] [--batching continuous] \
+        [--out benchmarks/results/X.json]
 
 trace_steps.py sees the proposer, but only with the engine in one process; the three-process engine,
 which `LLM` and `vllm serve` use by default, keeps the worker out of reach. This script wraps the
-model runner's `execute_model` at import, so the worker processes (spawned: they import this file
-again) append one line per step to a trace file: the tokens scheduled (drafts and SAT tails show up
-as more tokens than requests) and the step's forward time. Nothing is warmed up first: the first
+model runner's `execute_model` and `sample_tokens` and the engine core's `step` at import, so the
+engine processes (spawned: they import this file again) append one line per step to a trace file: the
+tokens scheduled (drafts and SAT tails show up as more tokens than requests), the forward's time, the
+sampling half's (rejection sampler and proposer), and the engine core's whole step (scheduler and
+output bookkeeping too); what the engine core's steps leave of the wall time is the front end's. Nothing is warmed up first: the first
 `generate` is the engine's first, as a server's first requests are (results 17.1 found the policy
 drafting for 8 costly steps there, from a slope its cost model fitted to plain steps).
 """
@@ -35,28 +38,57 @@ METHODS = {
 
 
 def _install_step_trace(path: str) -> None:
-    """Wrap GPUModelRunner.execute_model (CPUModelRunner inherits it) to append
-    {"t": monotonic start, "n": scheduled tokens, "requests", "decode": no prefill in it, "ms": its
-    time} per call to `path`."""
+    """Wrap the model runner's two halves of a step (CPUModelRunner inherits both from GPUModelRunner)
+    and the engine core's step. The worker appends, per step, {"t": monotonic start, "n": scheduled
+    tokens, "requests", "decode": no prefill in it, "ms": the forward (`execute_model`), "sample_ms":
+    sampling, rejection and the proposer (`sample_tokens`, where vLLM calls `propose_draft_token_ids`)}
+    to `path`; the engine core appends {"t", "n", "ms": the whole `EngineCore.step`: schedule, both
+    halves, `update_from_output`} to `path` + ".engine"."""
+    from vllm.v1.engine.core import EngineCore
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from sdsat_vllm.vllm_plugin.proposer import decode_only
 
-    inner = GPUModelRunner.execute_model
+    def append(file: str, line: dict) -> None:
+        with open(file, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
 
-    @functools.wraps(inner)  # keeps the signature the SDSAT patch registry checks
+    forward, sample, step = GPUModelRunner.execute_model, GPUModelRunner.sample_tokens, EngineCore.step
+    pending: dict = {}  # the step whose forward ran and whose sampling has not yet
+
+    @functools.wraps(forward)  # keeps the signature the SDSAT patch registry checks
     def execute_model(self, scheduler_output, *args, **kwargs):
         t0 = time.monotonic()
-        out = inner(self, scheduler_output, *args, **kwargs)
+        out = forward(self, scheduler_output, *args, **kwargs)
         per_request = scheduler_output.num_scheduled_tokens
         line = {"t": t0, "n": int(scheduler_output.total_num_scheduled_tokens), "requests": len(per_request),
                 "decode": bool(per_request) and decode_only(per_request, scheduler_output.scheduled_spec_decode_tokens),
                 "ms": (time.monotonic() - t0) * 1e3}
-        with open(path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        if out is None:  # vLLM samples in sample_tokens
+            pending["line"] = line
+        else:
+            append(path, line)
         return out
 
-    GPUModelRunner.execute_model = execute_model
+    @functools.wraps(sample)
+    def sample_tokens(self, *args, **kwargs):
+        t0 = time.monotonic()
+        out = sample(self, *args, **kwargs)
+        line = pending.pop("line", None)
+        if line is not None:
+            append(path, {**line, "sample_ms": (time.monotonic() - t0) * 1e3})
+        return out
+
+    @functools.wraps(step)
+    def engine_step(self, *args, **kwargs):
+        t0 = time.monotonic()
+        outputs, executed = step(self, *args, **kwargs)
+        if executed:
+            append(path + ".engine", {"t": t0, "ms": (time.monotonic() - t0) * 1e3})
+        return outputs, executed
+
+    GPUModelRunner.execute_model, GPUModelRunner.sample_tokens, EngineCore.step = \
+        execute_model, sample_tokens, engine_step
 
 
 if os.environ.get(TRACE_ENV) and __name__ != "__main__":  # a spawned engine process
@@ -68,19 +100,34 @@ def split_runs(steps: list[dict], windows: list[tuple[float, float]]) -> list[li
     return [[s for s in steps if lo <= s["t"] <= hi] for lo, hi in windows]
 
 
-def summarize(steps: list[dict]) -> dict:
+def summarize(steps: list[dict], engine_steps: list[dict], wall_s: float) -> dict:
     """Decode steps (no prefill in them): the plain ones (one token a request) against the ones that
-    carried speculative tokens (more tokens than requests), and how many took over 3x the median."""
+    carried speculative tokens (more tokens than requests), and how many took over 3x the median; the
+    worker's forward and sampling halves; the engine core's whole steps and their share of the wall
+    time (the rest: the front end and the hand-over between processes)."""
     decode = [s for s in steps if s["decode"]]
-    plain_ms = [s["ms"] for s in decode if s["n"] <= s["requests"]]
+    plain = [s for s in decode if s["n"] <= s["requests"]]
     spec = [s for s in decode if s["n"] > s["requests"]]
-    med = statistics.median(plain_ms) if plain_ms else None
+    med = statistics.median([s["ms"] for s in plain]) if plain else None
+
+    def median_of(rows: list[dict], key: str) -> float | None:
+        values = [r[key] for r in rows if key in r]
+        return round(statistics.median(values), 2) if values else None
+
+    engine_ms = sum(s["ms"] for s in engine_steps)
     return {"steps": len(steps), "decode_steps": len(decode), "median_plain_step_ms": med,
             "decode_steps_over_3x_median": sum(1 for s in decode if med and s["ms"] > 3 * med),
-            "steps_with_speculative_tokens": len(spec), "their_ms": [round(s["ms"]) for s in spec]}
+            "steps_with_speculative_tokens": len(spec), "their_ms": [round(s["ms"]) for s in spec],
+            "median_sample_ms": {"plain": median_of(plain, "sample_ms"), "speculative": median_of(spec, "sample_ms")},
+            "worker_ms": round(sum(s["ms"] + s.get("sample_ms", 0.0) for s in steps)),
+            "engine_steps": len(engine_steps), "engine_ms": round(engine_ms),
+            "median_engine_step_ms": median_of(engine_steps, "ms"),
+            "engine_share_of_wall": round(engine_ms / 1e3 / wall_s, 3) if wall_s > 0 else None}
 
 
 def main(argv=None) -> int:
+    from sdsat_vllm.bench import BATCHING
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--method", default="sdsat-adaptive", choices=sorted(METHODS))
@@ -89,13 +136,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed generate calls, the first one cold")
+    p.add_argument("--batching", default="grouped", choices=sorted(BATCHING), help="; ".join(
+        f"{k}: {v}" for k, v in BATCHING.items()))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1 or args.num_prompts < 1:
         p.error("--repeats, --batch-size and --num-prompts must be at least 1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, one_set_workload, quiet_vllm
+    from sdsat_vllm.bench import cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
     git = git_state(Path(__file__).resolve().parent)
@@ -113,9 +162,12 @@ def main(argv=None) -> int:
     try:
         for r in range(args.repeats):
             t0, w0 = time.monotonic(), time.perf_counter()
-            outs = []
-            for i in range(0, len(work.prompts), args.batch_size):
-                outs += llm.generate(work.prompts[i:i + args.batch_size], work.sampling, use_tqdm=False)
+            if args.batching == "continuous":
+                outs = generate_continuous(llm, work.prompts, work.sampling, args.batch_size)
+            else:
+                outs = []
+                for i in range(0, len(work.prompts), args.batch_size):
+                    outs += llm.generate(work.prompts[i:i + args.batch_size], work.sampling, use_tqdm=False)
             wall = time.perf_counter() - w0
             windows.append((t0, time.monotonic()))
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -123,20 +175,24 @@ def main(argv=None) -> int:
     finally:
         shutdown_llm(llm)
         del llm
-    steps = [json.loads(line) for line in trace.read_text().splitlines()] if trace.exists() else []
+    steps, engine_steps = ([json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+                           for f in (trace, Path(f"{trace}.engine")))
     if not steps:
         raise SystemExit(f"no step was traced in {trace}: the worker did not import {__file__} "
                          "(vLLM's worker processes are expected to be spawned)")
-    for r, (run, run_steps) in enumerate(zip(runs, split_runs(steps, windows))):
-        run.update(summarize(run_steps), trace=run_steps)
+    for r, (run, run_steps, run_engine) in enumerate(zip(runs, split_runs(steps, windows),
+                                                          split_runs(engine_steps, windows))):
+        run.update(summarize(run_steps, run_engine, run["wall_s"]), trace=run_steps)
         print(f"run {r}: {run['tokens']} tokens, {run['tokens_per_s']:.1f} tok/s, {run['steps']} steps, median plain "
               f"step {run['median_plain_step_ms'] or 0:.0f} ms, {run['steps_with_speculative_tokens']} steps with "
               f"speculative tokens ({run['their_ms']} ms), {run['decode_steps_over_3x_median']} decode steps over 3x "
-              f"the median", flush=True)
+              f"the median; sampling + proposer median {run['median_sample_ms']} ms; engine core steps "
+              f"{run['engine_ms']} ms of the wall ({run['engine_share_of_wall']}), median "
+              f"{run['median_engine_step_ms']} ms", flush=True)
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(work.model_dir), "method": args.method,
                 "speculative_config": spec, "prompt_set": args.prompt_set, "num_prompts": args.num_prompts,
-                "batch_size": args.batch_size, "max_tokens": args.max_tokens, "machine": cpu_name(), "git": git,
+                "batch_size": args.batch_size, "batching": args.batching, "max_tokens": args.max_tokens, "machine": cpu_name(), "git": git,
                 "engine": "vLLM default (engine core + worker processes)", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         Path(args.out).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         print(f"wrote {args.out}")
