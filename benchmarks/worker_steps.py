@@ -125,6 +125,53 @@ def summarize(steps: list[dict], engine_steps: list[dict], wall_s: float) -> dic
             "engine_share_of_wall": round(engine_ms / 1e3 / wall_s, 3) if wall_s > 0 else None}
 
 
+def breakdown(run: dict) -> dict:
+    """Where one timed run's wall time went, in ms: the worker's forwards, its sampling halves
+    (rejection sampler and proposer), the rest of the engine core's steps (scheduler, output
+    bookkeeping) and what lies outside them (the front end, the hand-over between processes)."""
+    forward = sum(s["ms"] for s in run["trace"])
+    sample = sum(s.get("sample_ms", 0.0) for s in run["trace"])
+    return {"forward": forward, "sample": sample, "engine_rest": run["engine_ms"] - forward - sample,
+            "outside_engine": run["wall_s"] * 1e3 - run["engine_ms"], "wall": run["wall_s"] * 1e3}
+
+
+def compare(results: list[dict]) -> list[dict]:
+    """Pool the runs of several result files (e.g. plain, sdsat, sdsat, plain: ABBA order) by method,
+    prompt set and batch size: mean tokens/s, its ratio to plain's in the same set and batch size, and
+    the mean breakdown per run. The first run of each file (the engine's first, cold) is left out
+    when a file has more than one."""
+    pooled: dict[tuple, list[dict]] = {}
+    for result in results:
+        m = result["meta"]
+        runs = result["runs"][1:] if len(result["runs"]) > 1 else result["runs"]
+        pooled.setdefault((m["prompt_set"], m["batch_size"], m["method"]), []).extend(runs)
+    rows = []
+    for (prompt_set, batch, method), runs in sorted(pooled.items()):
+        parts = [breakdown(r) for r in runs]
+        rows.append({"prompt_set": prompt_set, "batch_size": batch, "method": method, "runs": len(runs),
+                     "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in runs),
+                     "steps": statistics.mean(r["steps"] for r in runs),
+                     **{f"{k}_ms": statistics.mean(p[k] for p in parts) for k in parts[0]}})
+    plain = {(r["prompt_set"], r["batch_size"]): r["tokens_per_s"] for r in rows if r["method"] == "plain"}
+    for r in rows:
+        base = plain.get((r["prompt_set"], r["batch_size"]))
+        r["speedup"] = r["tokens_per_s"] / base if base else None
+    return rows
+
+
+def compare_table(rows: list[dict]) -> str:
+    head = ("| set | B | method | runs | tok/s | vs plain | steps | forward ms | sampling ms | "
+            "rest of engine step ms | outside engine ms | wall ms |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        speedup = f"{r['speedup']:.3f}x" if r["speedup"] else "-"
+        lines.append(f"| {r['prompt_set']} | {r['batch_size']} | {r['method']} | {r['runs']} | "
+                     f"{r['tokens_per_s']:.1f} | {speedup} | {r['steps']:.0f} | {r['forward_ms']:.0f} | "
+                     f"{r['sample_ms']:.0f} | {r['engine_rest_ms']:.0f} | {r['outside_engine_ms']:.0f} | "
+                     f"{r['wall_ms']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from sdsat_vllm.bench import BATCHING
 
@@ -139,7 +186,17 @@ def main(argv=None) -> int:
     p.add_argument("--batching", default="grouped", choices=sorted(BATCHING), help="; ".join(
         f"{k}: {v}" for k, v in BATCHING.items()))
     p.add_argument("--out", default=None)
+    p.add_argument("--compare", nargs="+", metavar="RESULT", default=None,
+                   help="no engine: pool these result files (e.g. ABBA order) and print where the time went")
     args = p.parse_args(argv)
+    if args.compare:
+        results = [json.loads(Path(f).read_text()) for f in args.compare]
+        rows = compare(results)
+        print(compare_table(rows))
+        if args.out:  # each file's own command, commit, machine and time come along
+            Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows, "sources": [
+                {"file": f, **r["meta"]} for f, r in zip(args.compare, results)]}, indent=1))
+        return 0
     if args.repeats < 1 or args.batch_size < 1 or args.num_prompts < 1:
         p.error("--repeats, --batch-size and --num-prompts must be at least 1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -43,3 +43,39 @@ def test_summary_times_the_sampling_half_and_the_engine_cores_steps():
     assert s["worker_ms"] == 50 + 2 + 52 + 4 + 60 + 12 + 70
     assert s["engine_steps"] == 4 and s["engine_ms"] == 300 and s["median_engine_step_ms"] == 75.0
     assert s["engine_share_of_wall"] == 0.6  # 0.3 s of steps in 0.5 s: 0.2 s outside the engine core
+
+
+def _result(method, runs, prompt_set="norepeat", batch=4):
+    return {"meta": {"method": method, "prompt_set": prompt_set, "batch_size": batch}, "runs": runs}
+
+
+def _run(tokens_per_s, wall_s, engine_ms, trace):
+    return {"tokens_per_s": tokens_per_s, "wall_s": wall_s, "engine_ms": engine_ms, "steps": len(trace),
+            "trace": trace}
+
+
+def test_breakdown_splits_the_wall_time():
+    worker_steps = load_benchmark("worker_steps")
+    run = _run(100.0, 1.0, 900.0, [_step(1, 4, 4, 400.0, sample_ms=10.0), _step(2, 9, 4, 450.0, sample_ms=20.0)])
+    assert worker_steps.breakdown(run) == {"forward": 850.0, "sample": 30.0, "engine_rest": 20.0,
+                                           "outside_engine": 100.0, "wall": 1000.0}
+
+
+def test_compare_pools_abba_files_without_their_cold_runs():
+    worker_steps = load_benchmark("worker_steps")
+    trace = [_step(1, 4, 4, 400.0, sample_ms=10.0)]
+    cold = _run(10.0, 5.0, 4000.0, trace)  # each file's first run: left out
+    results = [_result("plain", [cold, _run(100.0, 1.0, 500.0, trace)]),
+               _result("sdsat-adaptive", [cold, _run(90.0, 1.0, 500.0, trace)]),
+               _result("sdsat-adaptive", [cold, _run(110.0, 1.0, 500.0, trace), _run(120.0, 1.0, 500.0, trace)]),
+               _result("plain", [cold, _run(120.0, 1.0, 500.0, trace)]),
+               _result("plain", [_run(50.0, 1.0, 500.0, trace)], prompt_set="worst")]  # one run: kept
+    rows = {(r["prompt_set"], r["method"]): r for r in worker_steps.compare(results)}
+    plain, sdsat = rows["norepeat", "plain"], rows["norepeat", "sdsat-adaptive"]
+    assert plain["runs"] == 2 and plain["tokens_per_s"] == 110.0 and plain["speedup"] == 1.0
+    assert sdsat["runs"] == 3 and sdsat["tokens_per_s"] == (90 + 110 + 120) / 3
+    assert abs(sdsat["speedup"] - (320 / 3) / 110) < 1e-12
+    assert rows["worst", "plain"]["runs"] == 1 and rows["worst", "plain"]["tokens_per_s"] == 50.0
+    assert sdsat["outside_engine_ms"] == 500.0 and sdsat["engine_rest_ms"] == 90.0
+    table = worker_steps.compare_table(worker_steps.compare(results))
+    assert "| norepeat | 4 | sdsat-adaptive | 3 | 106.7 | 0.970x |" in table

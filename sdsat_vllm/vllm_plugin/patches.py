@@ -1403,8 +1403,8 @@ def _apply_no_draft_plain(mod: Any) -> None:
             if drafter is None or meta is None:
                 return logits_indices, meta, max_sampled
             has_drafts = any(meta.num_draft_tokens)
-            # the SAT-logit observer only needs the step's logits when SAT rows are in it
-            drafter.step_has_drafts = has_drafts
+            # the SAT-logit observer reads the step's SAT rows only, and nothing without a draft
+            drafter.note_step(meta if has_drafts else None)
             if has_drafts or self.model_config.is_hybrid or self.model_config.is_attention_free:
                 return logits_indices, meta, max_sampled
             # no request carries a draft: one logit row per request (the last scheduled token, as

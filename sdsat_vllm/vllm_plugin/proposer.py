@@ -141,6 +141,22 @@ def plan_drafts(
     return DraftPlan(drafts, gather, rows_for)
 
 
+def sat_input_rows(draft_token_ids: Any, target_logits_indices: Any, sat_ids: Any) -> Any:
+    """The logits rows of a verify step whose input token is a SAT: the only rows the proposer reads.
+    Draft k's target row (the one that verifies it) is the row of the token before it, so the row
+    that has draft k as its input is the next one.
+
+    draft_token_ids:       [num_drafts] int, every request's drafts in batch order (vLLM's
+                           SpecDecodeMetadata)
+    target_logits_indices: [num_drafts] int, the logits row that verifies each draft
+    sat_ids:               [num_sat] int, on the same device
+    returns                [num_sat_rows] int64, ascending
+    """
+    import torch
+
+    return target_logits_indices[torch.isin(draft_token_ids, sat_ids)].long() + 1
+
+
 #: committed tokens a lookup searches for a suffix match
 LOOKUP_WINDOW = 4096
 
@@ -244,10 +260,13 @@ class SDSATProposer:
         self._last_q = None
         self._last_lse = None
         self._last_logits = None
+        self._last_rows = None
         self.drafter = None
-        # set per step by the patch no_draft_step_plain_sampler: False when no request of the step
-        # carries a draft (then no SAT row is in it and the observer has nothing to read)
+        # set per step by note_step (patch no_draft_step_plain_sampler): False when no request of the
+        # step carries a draft (then no SAT row is in it and the observer has nothing to read)
         self.step_has_drafts = True
+        self._step_sat_rows = self._step_num_rows = None
+        self._sat_ids_on: dict[Any, Any] = {}
         if self.adaptive:
             try:
                 from vllm.platforms import current_platform
@@ -344,14 +363,40 @@ class SDSATProposer:
         if self.tree:
             self._check_tree_attention_layers()
 
+    def note_step(self, spec_decode_metadata: Any) -> None:
+        """Before a step's forward (patch no_draft_step_plain_sampler): whether any request carries a
+        draft, and which logits rows have a SAT as input, so that the observer reads those rows only
+        (at batch 16 the verify and bonus rows are most of the logits, and a logsumexp over a
+        49k vocabulary costs ~15 us a row on a CPU core). None: no draft in the step."""
+        meta = spec_decode_metadata
+        self.step_has_drafts = meta is not None
+        self._step_sat_rows = self._step_num_rows = None
+        if meta is None:
+            return
+        device = meta.draft_token_ids.device
+        ids = self._sat_ids_on.get(device)
+        if ids is None:
+            import torch
+
+            ids = self._sat_ids_on[device] = torch.tensor(self.sat_ids, dtype=meta.draft_token_ids.dtype,
+                                                          device=device)
+        self._step_sat_rows = sat_input_rows(meta.draft_token_ids, meta.target_logits_indices, ids)
+        self._step_num_rows = int(meta.logits_indices.shape[0])
+
     def _observe_logits(self, hidden_states: Any, logits: Any) -> None:
         # Runs on every compute_logits call. The last call before propose is normally the verify
         # pass's (execute_model); the argmax is taken now, before the sampler changes the logits
         # in place. The hidden-states identity tells later whether this is that call.
         self._last_hidden = hidden_states
         if not self.step_has_drafts:
-            self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
+            self._last_argmax = self._last_q = self._last_lse = self._last_logits = self._last_rows = None
             return
+        rows = self._step_sat_rows
+        if rows is not None and logits.shape[0] == self._step_num_rows:
+            logits = logits.index_select(0, rows)  # a copy: the sampler's in-place changes miss it
+            self._last_rows = rows
+        else:  # not the verify pass's layout (or no layout given): every row
+            self._last_rows = None
         if self.adaptive:
             # the SAT rows' max probability (temperature 1, SAT ids excluded): one logsumexp per row
             import torch
@@ -360,7 +405,7 @@ class SDSATProposer:
             self._last_lse = torch.logsumexp(logits, dim=-1)
             self._last_q = torch.exp(top - self._last_lse)
             if self.lookup:  # lookup candidates are scored by the SAT rows' probability of their tokens
-                self._last_logits = logits.clone()
+                self._last_logits = logits if self._last_rows is not None else logits.clone()
         else:
             self._last_argmax = logits.argmax(dim=-1)
 
@@ -434,8 +479,15 @@ class SDSATProposer:
         import torch
 
         logprobs = None
+        rows = plan.gather
+        if self._last_rows is not None and self._last_argmax is not None:
+            # the observer kept the SAT rows only: where each gather row lies among them
+            where = {r: i for i, r in enumerate(self._last_rows.tolist())}
+            rows = [where.get(g) for g in plan.gather]
+            if None in rows:  # a gather row without a SAT input: not the layout the observer saw
+                self._last_argmax = None
         if self._last_hidden is sample_hidden_states and self._last_argmax is not None:
-            idx = torch.tensor(plan.gather, dtype=torch.long, device=self._last_argmax.device)
+            idx = torch.tensor(rows, dtype=torch.long, device=self._last_argmax.device)
             top = self._last_argmax.index_select(0, idx).tolist()
             q = self._last_q.index_select(0, idx).tolist() if self._last_q is not None else []
             if self._last_logits is not None:
@@ -506,4 +558,4 @@ class SDSATProposer:
 
 
 __all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains",
-           "LOOKUP_WINDOW", "PROPOSER_PATH"]
+           "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]

@@ -343,11 +343,15 @@ def test_steps_without_drafts_sample_on_the_plain_path_for_sdsat_only():
         def sdsat_propose_with_context(self):  # what marks the SDSAT proposer
             pass
 
+        def note_step(self, meta):
+            self.step_has_drafts, self.meta = meta is not None, meta
+
     sdsat = SDSAT()
     assert Runner([0, 0, 0], sdsat)._prepare_inputs(None, None) == ("rows", None, 1)
     assert sdsat.step_has_drafts is False
     with_drafts = Runner([0, 3, 0], sdsat)
     assert with_drafts._prepare_inputs(None, None) == ("rows", with_drafts.meta, 4) and sdsat.step_has_drafts
+    assert sdsat.meta is with_drafts.meta  # the proposer sees the step's layout before its forward
     for other in (Runner([0, 0], SimpleNamespace()), Runner([0, 0], None), Runner([0, 0], SDSAT(), hybrid=True)):
         assert other._prepare_inputs(None, None)[1] is other.meta  # another drafter, none, a hybrid model
 

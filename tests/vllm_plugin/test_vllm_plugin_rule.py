@@ -11,7 +11,7 @@ from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
 from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
-from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, decode_only, lookup_chains, plan_drafts
+from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, decode_only, lookup_chains, plan_drafts, sat_input_rows
 
 S = 900  # a SAT id
 SATS = [S, S, S]
@@ -164,7 +164,8 @@ def _adaptive_proposer(n=3, lookup=True):
     p = SDSATProposer.__new__(SDSATProposer)
     p.n, p.sat_ids, p.tail, p.tree, p.adaptive, p.lookup = n, SATS[:n], SATS[:n], False, True, lookup
     p.model, p.dynamic_schedule, p._last_step_start = object(), True, None
-    p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = None
+    p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = p._last_rows = None
+    p.step_has_drafts, p._step_sat_rows, p._step_num_rows, p._sat_ids_on = True, None, None, {}
     p.drafter = AdaptiveDrafter(n, n, CostModel.linear(0.075), online=False)
     return p
 
@@ -178,6 +179,70 @@ def _input_batch(texts):
         tokens[i, : len(t)] = t
     return SimpleNamespace(req_ids=[f"r{i}" for i in range(len(texts))], spec_token_ids=[[] for _ in texts],
                            num_tokens_no_spec=[len(t) for t in texts], token_ids_cpu=tokens)
+
+
+def _verify_step(drafts):
+    """vLLM's SpecDecodeMetadata fields the proposer reads, for per-request draft lists: each
+    request's rows are [last token, its drafts], draft k verified by the row before it."""
+    import torch
+
+    flat, target, cu, row = [], [], [], 0
+    for d in drafts:
+        flat += d
+        target += list(range(row, row + len(d)))
+        row += len(d) + 1
+        cu.append(row)
+    return SimpleNamespace(draft_token_ids=torch.tensor(flat, dtype=torch.int32),
+                           target_logits_indices=torch.tensor(target, dtype=torch.int32),
+                           logits_indices=torch.zeros(row, dtype=torch.int32),
+                           num_draft_tokens=[len(d) for d in drafts]), cu
+
+
+def test_sat_input_rows_are_the_rows_after_each_sat_drafts_target():
+    import torch
+
+    meta, _ = _verify_step([[S, S, S], [4, 5, S, S], [], [6]])
+    # rows: r0 [y]=0 S=1 S=2 S=3 | r1 [y]=4 4=5 5=6 S=7 S=8 | r2 [y]=9 | r3 [y]=10 6=11
+    assert sat_input_rows(meta.draft_token_ids, meta.target_logits_indices,
+                          torch.tensor([S], dtype=torch.int32)).tolist() == [1, 2, 3, 7, 8]
+
+
+def test_observer_reads_the_sat_rows_only_and_gathers_what_the_full_logits_give():
+    """note_step + _observe_logits keep the SAT rows' argmax, max probability and log-probabilities
+    only; _gathered then gives exactly what the full logits give for the plan's rows. A gather row
+    without a SAT input (a layout the observer did not see) recomputes from the hidden states
+    instead of reading a wrong row."""
+    import torch
+
+    p = _adaptive_proposer(n=2)
+    drafts = [[S, S], [3, S, S], [7]]
+    meta, cu = _verify_step(drafts)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(meta.logits_indices.shape[0], 50, generator=g) * 3
+    hidden = object()
+    p.note_step(meta)
+    p._observe_logits(hidden, logits.clone())
+    assert p._last_rows.tolist() == [1, 2, 5, 6] and p._last_logits.shape == (4, 50)
+    # r0: its first SAT rejected, 7 recovered (SAT-only step); r1: draft 3 accepted, 9 at the first SAT
+    plan = plan_drafts([[7], [3, 9]], drafts[:2], [2, 3], cu[:2], SATS[:2], 2)
+    assert plan.gather == [1, 2, 5, 6]
+    top, q, logprobs = p._gathered(plan, hidden)
+    full = torch.log_softmax(logits, dim=-1)[plan.gather]
+    assert top == full.argmax(-1).tolist()
+    assert torch.allclose(torch.tensor(q), full.amax(-1).exp(), atol=1e-6)
+    assert torch.allclose(logprobs, full, atol=1e-5)
+
+    recomputed = []
+    p.model = SimpleNamespace(compute_logits=lambda h: recomputed.append(h.shape[0]) or h)
+    p.note_step(meta)
+    p._observe_logits(hidden, logits.clone())
+    stale = SimpleNamespace(gather=[4, 5])  # row 4 has a real draft (3) as input
+    rows = torch.randn(meta.logits_indices.shape[0], 50, generator=g)
+    top, _, _ = p._gathered(stale, rows)
+    assert recomputed == [2] and top == rows[[4, 5]].argmax(-1).tolist()
+    p.note_step(None)  # a step without drafts: nothing kept
+    p._observe_logits(hidden, logits.clone())
+    assert p._last_argmax is None and p._last_rows is None
 
 
 def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(monkeypatch):
