@@ -366,8 +366,9 @@ class SDSATProposer:
     def note_step(self, spec_decode_metadata: Any) -> None:
         """Before a step's forward (patch no_draft_step_plain_sampler): whether any request carries a
         draft, and which logits rows have a SAT as input, so that the observer reads those rows only
-        (at batch 16 the verify and bonus rows are most of the logits, and a logsumexp over a
-        49k vocabulary costs ~15 us a row on a CPU core). None: no draft in the step."""
+        (the verify and bonus rows are most of the logits: at batch 16 on a 2-core CPU the observer
+        took ~1 ms a step over every row, ~0.12 ms over the SAT rows; results 19.2). None: no draft
+        in the step."""
         meta = spec_decode_metadata
         self.step_has_drafts = meta is not None
         self._step_sat_rows = self._step_num_rows = None
