@@ -481,13 +481,13 @@ class SDSATProposer:
 
         logprobs = None
         rows = plan.gather
-        if self._last_rows is not None and self._last_argmax is not None:
+        observed = self._last_hidden is sample_hidden_states and self._last_argmax is not None
+        if observed and self._last_rows is not None:
             # the observer kept the SAT rows only: where each gather row lies among them
             where = {r: i for i, r in enumerate(self._last_rows.tolist())}
             rows = [where.get(g) for g in plan.gather]
-            if None in rows:  # a gather row without a SAT input: not the layout the observer saw
-                self._last_argmax = None
-        if self._last_hidden is sample_hidden_states and self._last_argmax is not None:
+            observed = None not in rows  # else a gather row without a SAT input: not the layout observed
+        if observed:
             idx = torch.tensor(rows, dtype=torch.long, device=self._last_argmax.device)
             top = self._last_argmax.index_select(0, idx).tolist()
             q = self._last_q.index_select(0, idx).tolist() if self._last_q is not None else []
