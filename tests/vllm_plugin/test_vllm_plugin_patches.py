@@ -395,3 +395,112 @@ def test_kernel_scan_reads_objects_without_a_mapping_dict_as_empty(monkeypatch):
     dispatcher._rebind_kernels([(original_kernel, wrapper)])
     # the scan still does its job: every holder of the original kernel now holds the wrapper
     assert fake.alias is wrapper and holder.kernel is wrapper
+
+
+def test_a_steps_drafts_ride_on_its_output_and_skip_the_round_trip():
+    """draft_ids_with_output + executor_drafts_from_output: the worker puts what take_draft_token_ids
+    would answer on the step's output (SDSAT proposer only); the executor in the engine core keeps it
+    for post_step's take_draft_token_ids, which then makes no RPC. Anything else (another drafter, a
+    step that did not sample, vLLM's shared empty output, a Future, a newer step) leaves the RPC as it was."""
+    import pickle
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT, DraftTokenIds, ModelRunnerOutput
+
+    from sdsat_vllm.vllm_plugin.patches import (DRAFTS_ATTR, REGISTRY, PatchCheckError, _apply_drafts_with_output,
+                                                _apply_executor_drafts)
+
+    class SDSAT:
+        def sdsat_propose_with_context(self):  # what marks the SDSAT proposer
+            pass
+
+    class Runner:
+        use_async_scheduling = False
+
+        def __init__(self, drafter, output=None):
+            self.drafter, self.execute_model_state = drafter, "a forward ran"
+            self.input_batch_req_ids = ["a", "b"]
+            self.output = output
+
+        def sample_tokens(self, grammar_output):
+            self.execute_model_state = None  # as vLLM's: the step's state is consumed
+            return self.output or ModelRunnerOutput(req_ids=["a", "b"], req_id_to_index={"a": 0, "b": 1})
+
+        def take_draft_token_ids(self):
+            return DraftTokenIds(self.input_batch_req_ids, [[7, 8], []])
+
+    _apply_drafts_with_output(SimpleNamespace(GPUModelRunner=Runner))
+    runner = Runner(SDSAT())
+
+    def sampled(runner):  # a forward ran, then vLLM samples
+        runner.execute_model_state = "a forward ran"
+        return runner.sample_tokens(None)
+
+    out = sampled(runner)
+    drafts = getattr(out, DRAFTS_ATTR)
+    assert drafts.req_ids == ["a", "b"] and drafts.draft_token_ids == [[7, 8], []]
+    runner.input_batch_req_ids.append("c")  # the next step's batch changes: the output's list does not
+    assert drafts.req_ids == ["a", "b"]
+    # the executor pickles the output whole: the drafts cross the process boundary with it
+    assert getattr(pickle.loads(pickle.dumps(out)), DRAFTS_ATTR).draft_token_ids == [[7, 8], []]
+    assert not hasattr(sampled(Runner(SimpleNamespace())), DRAFTS_ATTR)  # another drafter
+    idle = Runner(SDSAT(), output=EMPTY_MODEL_RUNNER_OUTPUT)
+    idle.execute_model_state = None  # nothing ran: vLLM answers with its shared empty output
+    assert idle.sample_tokens(None) is EMPTY_MODEL_RUNNER_OUTPUT and not hasattr(EMPTY_MODEL_RUNNER_OUTPUT,
+                                                                                 DRAFTS_ATTR)
+
+    class Executor:
+        def __init__(self):
+            self.rpcs, self.next_output = 0, None
+
+        def execute_model(self, scheduler_output, non_block=False):
+            return Future() if non_block else None
+
+        def sample_tokens(self, grammar_output, non_block=False):
+            return Future() if non_block else self.next_output
+
+        def take_draft_token_ids(self):
+            self.rpcs += 1
+            return DraftTokenIds(["from"], [["the worker"]])
+
+    _apply_executor_drafts(SimpleNamespace(MultiprocExecutor=Executor))
+    ex = Executor()
+
+    def step(output, non_block=False):
+        ex.next_output = output
+        ex.execute_model("step", non_block=True)
+        return ex.sample_tokens("grammar", non_block=non_block)
+
+    carried = sampled(runner)
+    assert step(carried) is carried and not hasattr(carried, DRAFTS_ATTR)  # taken off before vLLM reads it
+    assert ex.take_draft_token_ids().draft_token_ids == [[7, 8], []] and ex.rpcs == 0
+    assert ex.take_draft_token_ids().draft_token_ids == [["the worker"]] and ex.rpcs == 1  # used once
+    none_carried = ModelRunnerOutput(req_ids=[], req_id_to_index={})
+    setattr(none_carried, DRAFTS_ATTR, None)  # the worker had no drafts: post_step gets None, as from the RPC
+    step(none_carried)
+    assert ex.take_draft_token_ids() is None and ex.rpcs == 1
+    step(ModelRunnerOutput(req_ids=[], req_id_to_index={}))  # another drafter's output
+    ex.take_draft_token_ids()
+    assert ex.rpcs == 2
+    step(sampled(runner), non_block=True)  # a Future: not looked into
+    ex.take_draft_token_ids()
+    assert ex.rpcs == 3
+    step(sampled(runner))
+    ex.execute_model("the next step", non_block=True)  # a new step forgets the last one's drafts
+    ex.take_draft_token_ids()
+    assert ex.rpcs == 4
+
+    class ChangedRunner(Runner):  # vLLM's sample_tokens now hands over the output before drafting
+        def sample_tokens(self, grammar_output):
+            return None
+
+    with pytest.raises(PatchCheckError, match="draft_ids_with_output.*execute_model_state"):
+        REGISTRY["draft_ids_with_output"].check(SimpleNamespace(GPUModelRunner=ChangedRunner))
+
+    class ChangedExecutor(Executor):  # the drafts now come from another rank than the output
+        def take_draft_token_ids(self):
+            return None
+
+    with pytest.raises(PatchCheckError, match="executor_drafts_from_output.*take_draft_token_ids"):
+        REGISTRY["executor_drafts_from_output"].check(SimpleNamespace(MultiprocExecutor=ChangedExecutor))
