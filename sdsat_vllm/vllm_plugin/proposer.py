@@ -526,9 +526,9 @@ class SDSATProposer:
                 counts.append(None)
                 continue
             off, cnt = plan.fresh(row)
-            if not cnt and not may_lookup:
+            if not cnt and (not may_lookup or not self.drafter.lookup_due(req_ids[row])):
                 if self.drafter.idle(req_ids[row], batch, cap):
-                    counts.append((0, 0))  # in back-off, nothing to read, no probe due: no draft, no tail
+                    counts.append((0, 0))  # in back-off, nothing to read, no probe due, no match can pay
                     continue
                 idle_checked = True  # not idle now; a lookup chain below cannot change that
             else:
@@ -547,7 +547,9 @@ class SDSATProposer:
             if not cnt and not idle_checked \
                     and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row])) \
                     and self.drafter.idle(req_ids[row], batch, cap):
-                counts.append((0, 0))  # in back-off, and the match found (if any) could not pay
+                # in back-off, and the match found (if any) could not pay: nor can the next few
+                self.drafter.note_lookup_miss(req_ids[row], lookup_q[0] if lookup_q else None, batch, cap)
+                counts.append((0, 0))
                 continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,

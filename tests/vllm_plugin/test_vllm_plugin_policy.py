@@ -693,3 +693,86 @@ def test_speculative_config_options_move_to_additional_config():
         split_sdsat_options({"model": "ngram", "sdsat_policy": "adaptive"}, {})
     with pytest.raises(ValueError, match="unknown SDSAT option"):
         split_sdsat_options({"model": "sdsat", "sdsat_polcy": "adaptive"}, {})
+
+
+# ---------------------------------------------------------------- lookups skipped in back-off
+
+
+def _match_len(text) -> int:
+    m = suffix_match(text, 4)
+    return m.ngram if m is not None else 0
+
+
+def test_the_longest_earlier_suffix_grows_by_at_most_one_token_a_token():
+    """What note_lookup_miss's skip rests on: a match of length L now is at most L + 1 long after one
+    more token (its last L' - 1 tokens were a match before), on texts full of repeats."""
+    rng = random.Random(0)
+    for _ in range(20):
+        text = []
+        for _ in range(300):
+            text.append(rng.choice(text[-40:-30]) if len(text) > 40 and rng.random() < 0.5 else rng.randrange(6))
+        lens = [_match_len(text[:t]) for t in range(2, len(text) + 1)]
+        assert max(b - a for a, b in zip(lens, lens[1:])) == 1  # it does grow by one, never by more
+        assert max(lens) >= 5
+
+
+def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
+    """At batch 16 on the CPU cost model (kappa ~.55) and an empty lookup calibration (estimate = q), a
+    prior-only chain pays from a 3-token match (q .65) on: a request whose match was 1 token long (or
+    none) cannot have one before 2 (3) more tokens, so it skips that many steps' suffix matches; 2 tokens
+    long: it looks again at the next step; at batch 64 (kappa ~.83) only 6-token matches pay; where none
+    can, it waits LOOKUP_RECHECK steps."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
+    kappa16 = 16 * CPU.marginal(16) / CPU.time(16)
+    assert lookup_prior_q(2) < kappa16 < lookup_prior_q(3)
+    for first_q, batch, waits in ((lookup_prior_q(1), 16, 2), (None, 16, 3), (lookup_prior_q(2), 16, 1),
+                                  (lookup_prior_q(3), 16, 1), (lookup_prior_q(2), 64, 4), (None, 64, 6),
+                                  (None, 1024, AdaptiveDrafter.LOOKUP_RECHECK)):
+        start = dr.clock
+        dr.note_lookup_miss("r", first_q, batch)
+        due = []
+        for _ in range(8):
+            dr.tick()
+            due.append(dr.lookup_due("r"))
+        assert due.index(True) + 1 == waits, (first_q, batch, due)
+        assert dr.clock - start == 8
+    assert dr.lookup_due("new request")
+
+
+def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending():
+    """A request in back-off over a long text, fresh tokens with now and then a passage copied from
+    earlier: at batch 16 and 64 every step on which a suffix match would pass lookup_worth is still
+    looked up on (the skip only drops steps that cannot pass), with fewer suffix matches (at 64, where
+    only 6-token matches pay, under half). Calibration, record and kappa held fixed, as the skip assumes."""
+    rng = random.Random(1)
+    text = []
+    while len(text) < 2000:
+        if len(text) > 100 and rng.random() < 0.05:
+            start = rng.randrange(len(text) - 20)
+            text.extend(text[start:start + 10])
+        else:
+            text.append(rng.randrange(50))
+    for batch, most in ((16, 0.8), (64, 0.5)):
+        dr = AdaptiveDrafter(4, 4, CPU, online=False)
+        dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
+
+        def worth(t):
+            m = suffix_match(text[:t], 4)
+            q = score_lookup(m.ngram, [], len(m.tokens)) if m is not None else None
+            return q, q is not None and dr.lookup_worth(q, batch, 4, "r")
+
+        every_step = {t for t in range(50, len(text)) if worth(t)[1]}
+        found, looked = set(), 0
+        for t in range(50, len(text)):
+            dr.tick()
+            if not dr.lookup_due("r"):
+                continue
+            looked += 1
+            q, ok = worth(t)
+            if ok:
+                found.add(t)
+            else:
+                dr.note_lookup_miss("r", q[0] if q else None, batch)
+        assert found == every_step and len(every_step) > 100, batch
+        assert looked < most * (len(text) - 50), (batch, looked)

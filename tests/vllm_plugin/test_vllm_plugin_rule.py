@@ -277,6 +277,36 @@ def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(mon
     assert step(everyone, num_spec=0) == [[]] * 64 and seen == []
 
 
+def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
+    """Batch 64, every request in back-off, a lookup calibration that lets lookups be tried
+    (lookup_may_pay): a request whose text has no match now cannot have one that pays (6 tokens at
+    this batch size on this CPU) before 6 more tokens, so it is looked up on one step in 6, not on every
+    step. Control: with the skip turned off, 64 suffix matches every step."""
+    from sdsat_vllm.vllm_plugin import proposer as P
+
+    def run(skip: bool) -> list[int]:
+        p = _adaptive_proposer()
+        monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
+        if not skip:
+            monkeypatch.setattr(p.drafter, "lookup_due", lambda *a, **k: True)
+        calls, real = [], P.lookup_chains
+        monkeypatch.setattr(P, "lookup_chains", lambda *a, **k: calls.append(1) or real(*a, **k))
+        texts = [[1, 2, 3, 4, 5, 6, 100 + i] for i in range(64)]  # the last token is new: no match
+        per_step = []
+        for _ in range(13):
+            calls.clear()
+            out = p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 64, None, None,
+                                               SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
+                                                               scheduled_spec_decode_tokens={},
+                                                               total_num_scheduled_tokens=64))
+            assert out == [[]] * 64
+            per_step.append(len(calls))
+        return per_step
+
+    assert run(skip=True) == [64, 64, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0]  # the first step decides, then back-off
+    assert run(skip=False) == [64] * 13
+
+
 # ---------------------------------------------------------------- short form
 
 
