@@ -1687,8 +1687,9 @@ def _check_drafts_with_output(mod: Any) -> None:
     _require_attr(p, cls, "take_draft_token_ids")
     # synchronous scheduling: the drafts are proposed before sample_tokens returns its output, and
     # take_draft_token_ids only reads them (the engine core asks for them next, in post_step)
-    _require_source(p, cls.sample_tokens, "if self.execute_model_state is None:", "self.execute_model_state = None",
-                    "propose_draft_token_ids(valid_sampled_token_ids)", "if not self.use_async_scheduling: return output")
+    _require_source(p, cls.sample_tokens, "if self.execute_model_state is None:",
+                    "self.execute_model_state = None", "propose_draft_token_ids(valid_sampled_token_ids)",
+                    "if not self.use_async_scheduling: return output")
     _require_source(p, cls.take_draft_token_ids, "return DraftTokenIds(req_ids, draft_token_ids)")
     from vllm.v1 import outputs
 

@@ -782,14 +782,15 @@ class AdaptiveDrafter:
         st = self.states.get(req_id)
         return st is None or self.clock >= st.lookup_after
 
-    def note_lookup_miss(self, req_id: str, first_q: float | None, batch_size: int = 1, cap: int | None = None) -> None:
+    def note_lookup_miss(self, req_id: str, first_q: float | None, batch_size: int = 1) -> None:
         """A request in back-off looked up and found no chain worth sending (first_q: its chain's first
         token's q, None: no match). In back-off a chain's q is the prior of its match length alone
         (score_lookup without SAT rows, LOOKUP_PRIOR_BY_NGRAM), and the longest suffix that occurs
         earlier in a text grows by at most one token per token appended: a match of length L now is at
         most L + j long j steps later. So if the shortest match whose q :meth:`lookup_worth` would pass
-        is G long, the next G - L steps' matches cannot pass and are skipped (:meth:`lookup_due`); with
-        no such G, the request looks again after LOOKUP_RECHECK steps. Exact while the lookup
+        is G long, the matches of the next G - L - 1 steps cannot pass and are skipped
+        (:meth:`lookup_due`); with no such G, the request looks again after LOOKUP_RECHECK steps. Exact
+        while the lookup
         calibration, the request's record and kappa stay where they are (they move slowly; the
         same trade as :meth:`idle`'s). Under load the suffix match was most of the proposer's time for
         requests in back-off (~20 us each, 1.3 ms a step at batch 64 on this CPU, results 20)."""

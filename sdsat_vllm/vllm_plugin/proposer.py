@@ -548,7 +548,7 @@ class SDSATProposer:
                     and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row])) \
                     and self.drafter.idle(req_ids[row], batch, cap):
                 # in back-off, and the match found (if any) could not pay: nor can the next few
-                self.drafter.note_lookup_miss(req_ids[row], lookup_q[0] if lookup_q else None, batch, cap)
+                self.drafter.note_lookup_miss(req_ids[row], lookup_q[0] if lookup_q else None, batch)
                 counts.append((0, 0))
                 continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
