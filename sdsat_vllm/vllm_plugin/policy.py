@@ -778,7 +778,7 @@ class AdaptiveDrafter:
 
     def lookup_due(self, req_id: str) -> bool:
         """Whether a request in back-off may find a lookup chain worth sending this step (False: the
-        proposer skips its suffix match; :meth:`note_lookup_miss` set when)."""
+        proposer skips its suffix match until :meth:`note_lookup_miss`'s step comes)."""
         st = self.states.get(req_id)
         return st is None or self.clock >= st.lookup_after
 
@@ -790,9 +790,8 @@ class AdaptiveDrafter:
         most L + j long j steps later. So if the shortest match whose q :meth:`lookup_worth` would pass
         is G long, the matches of the next G - L - 1 steps cannot pass and are skipped
         (:meth:`lookup_due`); with no such G, the request looks again after LOOKUP_RECHECK steps. Exact
-        while the lookup
-        calibration, the request's record and kappa stay where they are (they move slowly; the
-        same trade as :meth:`idle`'s). Under load the suffix match was most of the proposer's time for
+        while the lookup calibration, the request's record and kappa stay where they are (they move
+        slowly; the same trade as :meth:`idle`'s). Under load the suffix match was most of the proposer's time for
         requests in back-off (~20 us each, 1.3 ms a step at batch 64 on this CPU, results 20)."""
         st = self.states.get(req_id)
         if st is None:
