@@ -799,12 +799,8 @@ class AdaptiveDrafter:
         levels = LOOKUP_PRIOR_BY_NGRAM
         now = 0 if first_q is None else max(g for g, v in enumerate(levels) if v <= first_q + 1e-9)
         kappa = self._kappa_plain(batch_size) + 1e-12
-        worthy = [g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > kappa]
-        if not worthy:
-            wait = self.LOOKUP_RECHECK
-        else:
-            wait = max(1, worthy[0] - now)
-        st.lookup_after = self.clock + wait
+        shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > kappa), None)
+        st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:
         """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup`), the index
