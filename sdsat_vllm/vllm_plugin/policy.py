@@ -202,16 +202,19 @@ class OnlineCost:
     """The engine's own step times, fitted to a local linear T(N) = a + b N (+ c on the speculative
     path) near the recent N.
 
-    ``add(N, seconds, speculative)``: one engine step, N = its total scheduled tokens, seconds = the
-    time from the previous step's proposal to this one's (the forward, sampling, scheduling),
-    speculative = whether it went through vLLM's speculative path. Gaps far above the typical step
+    ``add(N, seconds, speculative, sampling)``: one engine step, N = its total scheduled tokens,
+    seconds = the time from the previous step's proposal to this one's (the forward, sampling,
+    scheduling), speculative = whether it went through vLLM's speculative path, sampling = the part
+    of it from the verify pass's logits to the proposal (sampling, rejection, bookkeeping; None:
+    not timed). Gaps far above the typical step
     (the engine idled between requests) are dropped. The slope b is shared by both kinds of step
     (fitted within each kind) and shrunk towards the prior's local slope by its standard error (a
     Gaussian posterior with the prior's slope as mean and as standard deviation), so timing noise
     leaves the prior in charge; a window whose N spans less than half its mean (a large batch of
     plain steps: requests finishing move N by a few percent while the machine drifts) is not fitted
     a slope at all (MIN_N_SPREAD), only its level. c is the difference of the two
-    kinds' intercepts, once the window holds enough steps of each (else the prior's).
+    kinds' intercepts, once the window holds enough steps of each (else the prior's), and at least
+    the difference the sampling half alone shows (:func:`sampling_overhead`).
     """
 
     def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8):
@@ -221,9 +224,11 @@ class OnlineCost:
         self._since_fit = 0
         self._model = prior
 
-    def add(self, n_tokens: float, seconds: float, speculative: bool = True) -> None:
+    def add(self, n_tokens: float, seconds: float, speculative: bool = True, sampling: float | None = None) -> None:
         if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
-            self.samples.append((float(n_tokens), float(seconds), bool(speculative)))
+            if sampling is not None and not (0 <= sampling <= seconds):
+                sampling = None  # not this step's (e.g. a compute_logits call from elsewhere came between)
+            self.samples.append((float(n_tokens), float(seconds), bool(speculative), sampling))
             self._since_fit += 1
             if self._since_fit >= self.refit_every:
                 self._since_fit = 0
@@ -238,9 +243,37 @@ class OnlineCost:
 MIN_N_SPREAD = 0.5
 
 
+def sampling_overhead(samples: Iterable[tuple], min_samples: int = 8) -> float | None:
+    """What a step on the speculative path costs more than a plain one in its sampling half alone,
+    at the same N: (N, seconds, speculative, sampling) samples, sampling seconds = None where not
+    timed. None while either kind has fewer than min_samples timed steps.
+
+    Why apart from the whole step's c: the path's cost lives in the sampling half (vLLM's rejection
+    sampler gathers the bonus rows' logits, samples them, then verifies; the plain sampler does one
+    pass), which is a few ms against a whole step's noise of as much or more. At batch 64 on a
+    2-core CPU (results 21): the rejection path cost 3-4 ms a step more than the plain one, the
+    whole-step fit said 0.5-3.4 ms, and lookup chains whose net gain was a fraction of a token were
+    sent on ~70 of a run's 131 steps."""
+    groups: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for x, _, *rest in samples:
+        if len(rest) >= 2 and rest[1] is not None:
+            groups[bool(rest[0])].append((float(x), float(rest[1])))
+    if any(len(g) < min_samples for g in groups.values()):
+        return None
+    means = {kind: (sum(x for x, _ in g) / len(g), sum(s for _, s in g) / len(g)) for kind, g in groups.items()}
+    dev = [(x - means[kind][0], s - means[kind][1]) for kind, g in groups.items() for x, s in g]
+    sxx = sum(dx * dx for dx, _ in dev)
+    # the sampling half's own cost per token (rows to sample), fitted within each kind; never negative
+    slope = max(sum(dx * ds for dx, ds in dev) / sxx, 0.0) if sxx > 0 else 0.0
+    (xp, sp), (xs, ss) = means[False], means[True]
+    return max(0.0, ss - (sp + slope * (xs - xp)))
+
+
 def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: int = 8) -> CostModel:
-    """The local linear T(N) + c of :class:`OnlineCost` (pure; see there). samples: (N, seconds) or
-    (N, seconds, speculative); pairs are all of one kind (c stays the prior's)."""
+    """The local linear T(N) + c of :class:`OnlineCost` (pure; see there). samples: (N, seconds),
+    (N, seconds, speculative) or (N, seconds, speculative, sampling seconds or None); pairs are all
+    of one kind (c stays the prior's)."""
+    samples = list(samples)
     pts = [(float(x), float(y), bool(rest[0]) if rest else True) for x, y, *rest in samples]
     if len(pts) < min_samples:
         return prior
@@ -285,6 +318,9 @@ def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: in
         a = 0.05 * level
         b = (level - a) / bx
     c = max(0.0, (means[True][1] - b * means[True][0]) - a) if both else prior.step_overhead
+    c_sampling = sampling_overhead(samples, min_samples)
+    if c_sampling is not None:
+        c = max(c, c_sampling)
     return CostModel.linear(b, a, c)
 
 
@@ -678,9 +714,10 @@ class AdaptiveDrafter:
     def cost(self) -> CostModel:
         return self.online.model() if self.online is not None else self.fixed_cost
 
-    def observe_step(self, n_tokens: float, seconds: float, speculative: bool = True) -> None:
+    def observe_step(self, n_tokens: float, seconds: float, speculative: bool = True,
+                     sampling: float | None = None) -> None:
         if self.online is not None:
-            self.online.add(n_tokens, seconds, speculative)
+            self.online.add(n_tokens, seconds, speculative, sampling)
 
     def keep_only(self, live: Iterable[str]) -> None:
         live = set(live)
@@ -867,7 +904,7 @@ class AdaptiveDrafter:
         st.sent_lookup = use_lookup and d.drafts > 0
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
 
-__all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear",
+__all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
            "probe_interval", "probe_due", "decision_batch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",

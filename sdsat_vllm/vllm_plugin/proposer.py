@@ -22,6 +22,7 @@ every draft, so some block always saw the committed sequence and there is no SAT
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -267,6 +268,7 @@ class SDSATProposer:
         self.step_has_drafts = True
         self._step_sat_rows = self._step_num_rows = None
         self._sat_ids_on: dict[Any, Any] = {}
+        self._logits_at: float | None = None  # the last compute_logits call (the sampling half follows it)
         if self.adaptive:
             try:
                 from vllm.platforms import current_platform
@@ -389,6 +391,7 @@ class SDSATProposer:
         # pass's (execute_model); the argmax is taken now, before the sampler changes the logits
         # in place. The hidden-states identity tells later whether this is that call.
         self._last_hidden = hidden_states
+        self._logits_at = time.perf_counter()
         if not self.step_has_drafts:
             self._last_argmax = self._last_q = self._last_lse = self._last_logits = self._last_rows = None
             return
@@ -418,8 +421,6 @@ class SDSATProposer:
     def sdsat_propose_with_context(self, input_batch: Any, sampled_token_ids: list[list[int]],
                                    sample_hidden_states: Any, spec_decode_metadata: Any,
                                    scheduler_output: Any = None) -> list[list[int]]:
-        import time
-
         step_start = time.perf_counter()
         if self.model is None:
             raise RuntimeError(
@@ -463,9 +464,13 @@ class SDSATProposer:
                 # this step: its tokens, its time, its path (a step with a prefill in it costs otherwise)
                 if self._last_step_start is not None and decode_only(scheduler_output.num_scheduled_tokens,
                                                                      scheduler_output.scheduled_spec_decode_tokens):
+                    # the sampling half: from this step's logits to now (the path's cost lives there)
+                    logits_at = self._logits_at
+                    sampling = step_start - logits_at if logits_at is not None and logits_at > self._last_step_start \
+                        else None
                     self.drafter.observe_step(scheduler_output.total_num_scheduled_tokens,
                                               step_start - self._last_step_start,
-                                              speculative=spec_decode_metadata is not None)
+                                              speculative=spec_decode_metadata is not None, sampling=sampling)
                 self._last_step_start = step_start
             return out
         if cap < self.n:

@@ -163,7 +163,7 @@ def _adaptive_proposer(n=3, lookup=True):
 
     p = SDSATProposer.__new__(SDSATProposer)
     p.n, p.sat_ids, p.tail, p.tree, p.adaptive, p.lookup = n, SATS[:n], SATS[:n], False, True, lookup
-    p.model, p.dynamic_schedule, p._last_step_start = object(), True, None
+    p.model, p.dynamic_schedule, p._last_step_start, p._logits_at = object(), True, None, None
     p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = p._last_rows = None
     p.step_has_drafts, p._step_sat_rows, p._step_num_rows, p._sat_ids_on = True, None, None, {}
     p.drafter = AdaptiveDrafter(n, n, CostModel.linear(0.075), online=False)
@@ -275,6 +275,37 @@ def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(mon
     # vLLM's dynamic speculative decoding says 0 at this batch size: nothing proposed, nothing decided
     monkeypatch.setattr(p.drafter, "idle", lambda *a, **k: pytest.fail("the policy was asked at cap 0"))
     assert step(everyone, num_spec=0) == [[]] * 64 and seen == []
+
+
+def test_proposer_times_each_decode_steps_sampling_half(monkeypatch):
+    """observe_step gets, besides the step-to-step time, the part from the step's compute_logits call
+    (the observer) to the proposal: the sampling half, where vLLM's speculative path costs what the
+    plain one does not. None when no compute_logits call came within the step."""
+    from sdsat_vllm.vllm_plugin import proposer as P
+
+    p = _adaptive_proposer()
+    clock = [100.0]
+    monkeypatch.setattr(P, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    seen = []
+    monkeypatch.setattr(p.drafter, "observe_step", lambda n, s, **kw: seen.append((n, round(s, 6), kw)))
+    texts = [[1, 2, 3, 4, 5, 6, 7]] * 2
+    decode = SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={"r0": 1, "r1": 1},
+                             scheduled_spec_decode_tokens={}, total_num_scheduled_tokens=2)
+
+    def step(forward_s, sample_s, logits=True):
+        clock[0] += forward_s
+        if logits:
+            p.note_step(None)
+            p._observe_logits(object(), None)  # a step without drafts: the observer only notes the time
+        clock[0] += sample_s
+        p.sdsat_propose_with_context(_input_batch(texts), [[9], [9]], None, None, decode)
+
+    step(0.050, 0.004)
+    assert seen == []  # the first step: no step before it to time from
+    step(0.050, 0.004)
+    assert seen == [(2, 0.054, {"speculative": False, "sampling": pytest.approx(0.004)})]
+    step(0.050, 0.003, logits=False)  # the last compute_logits call was the previous step's
+    assert seen[-1][2]["sampling"] is None
 
 
 def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
