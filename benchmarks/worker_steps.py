@@ -148,25 +148,33 @@ def compare(results: list[dict]) -> list[dict]:
     rows = []
     for (prompt_set, batch, method), runs in sorted(pooled.items()):
         parts = [breakdown(r) for r in runs]
+        latency = [r["mean_request_s"] for r in runs if r.get("mean_request_s") is not None]
         rows.append({"prompt_set": prompt_set, "batch_size": batch, "method": method, "runs": len(runs),
                      "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in runs),
+                     "mean_request_s": statistics.mean(latency) if len(latency) == len(runs) else None,
                      "steps": statistics.mean(r["steps"] for r in runs),
                      **{f"{k}_ms": statistics.mean(p[k] for p in parts) for k in parts[0]}})
-    plain = {(r["prompt_set"], r["batch_size"]): r["tokens_per_s"] for r in rows if r["method"] == "plain"}
+    plain = {(r["prompt_set"], r["batch_size"]): r for r in rows if r["method"] == "plain"}
     for r in rows:
         base = plain.get((r["prompt_set"], r["batch_size"]))
-        r["speedup"] = r["tokens_per_s"] / base if base else None
+        r["speedup"] = r["tokens_per_s"] / base["tokens_per_s"] if base else None
+        # > 1: requests end sooner on average than plain decoding's (plain's mean latency over this one's)
+        r["latency_speedup"] = (base["mean_request_s"] / r["mean_request_s"]
+                                if base and base["mean_request_s"] and r["mean_request_s"] else None)
     return rows
 
 
 def compare_table(rows: list[dict]) -> str:
-    head = ("| set | B | method | runs | tok/s | vs plain | steps | forward ms | sampling ms | "
-            "rest of engine step ms | outside engine ms | wall ms |")
+    head = ("| set | B | method | runs | tok/s | vs plain | mean request s | vs plain | steps | forward ms | "
+            "sampling ms | rest of engine step ms | outside engine ms | wall ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         speedup = f"{r['speedup']:.3f}x" if r["speedup"] else "-"
+        latency = f"{r['mean_request_s']:.2f}" if r.get("mean_request_s") else "-"
+        latency_speedup = f"{r['latency_speedup']:.3f}x" if r.get("latency_speedup") else "-"
         lines.append(f"| {r['prompt_set']} | {r['batch_size']} | {r['method']} | {r['runs']} | "
-                     f"{r['tokens_per_s']:.1f} | {speedup} | {r['steps']:.0f} | {r['forward_ms']:.0f} | "
+                     f"{r['tokens_per_s']:.1f} | {speedup} | {latency} | {latency_speedup} | {r['steps']:.0f} | "
+                     f"{r['forward_ms']:.0f} | "
                      f"{r['sample_ms']:.0f} | {r['engine_rest_ms']:.0f} | {r['outside_engine_ms']:.0f} | "
                      f"{r['wall_ms']:.0f} |")
     return "\n".join(lines)
@@ -219,8 +227,9 @@ def main(argv=None) -> int:
     try:
         for r in range(args.repeats):
             t0, w0 = time.monotonic(), time.perf_counter()
+            latencies: dict[int, float] = {}
             if args.batching == "continuous":
-                outs = generate_continuous(llm, work.prompts, work.sampling, args.batch_size)
+                outs = generate_continuous(llm, work.prompts, work.sampling, args.batch_size, latencies)
             else:
                 outs = []
                 for i in range(0, len(work.prompts), args.batch_size):
@@ -228,7 +237,9 @@ def main(argv=None) -> int:
             wall = time.perf_counter() - w0
             windows.append((t0, time.monotonic()))
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-            runs.append({"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall})
+            runs.append({"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+                         # continuous batching: each request's admission to its end (grouped: none)
+                         "mean_request_s": statistics.mean(latencies.values()) if latencies else None})
     finally:
         shutdown_llm(llm)
         del llm
@@ -245,7 +256,9 @@ def main(argv=None) -> int:
               f"speculative tokens ({run['their_ms']} ms), {run['decode_steps_over_3x_median']} decode steps over 3x "
               f"the median; sampling + proposer median {run['median_sample_ms']} ms; engine core steps "
               f"{run['engine_ms']} ms of the wall ({run['engine_share_of_wall']}), median "
-              f"{run['median_engine_step_ms']} ms", flush=True)
+              f"{run['median_engine_step_ms']} ms"
+              + (f"; mean request {run['mean_request_s']:.2f} s" if run["mean_request_s"] is not None else ""),
+              flush=True)
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(work.model_dir), "method": args.method,
                 "speculative_config": spec, "prompt_set": args.prompt_set, "num_prompts": args.num_prompts,

@@ -298,11 +298,15 @@ def run_vllm(model_dir: str | os.PathLike, speculative_config: dict | None, prom
 BATCHING = {"grouped": "one generate per group of B prompts", "continuous": "B requests in flight, slots refilled"}
 
 
-def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency: int) -> list:
+def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency: int,
+                        latencies: dict[int, float] | None = None) -> list:
     """The RequestOutputs of `prompts` (in prompt order), at most `concurrency` of them in the engine at
     once: a request that finishes is replaced by the next prompt before the next step, through the
     engine's own add_request / step loop (what `LLM.generate` runs, with admission held back).
-    sampling: one SamplingParams for all, or one per prompt (as `LLM.generate`)."""
+    sampling: one SamplingParams for all, or one per prompt (as `LLM.generate`). latencies: filled
+    with each prompt's seconds from its admission to the step that returned its end (what a client of
+    a server with concurrency `concurrency` waits per request; a batch's wall time is its slowest
+    slot's, which drafts that end some requests early do not shorten)."""
     from vllm.sampling_params import RequestOutputKind
 
     if concurrency < 1:
@@ -314,14 +318,21 @@ def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency:
     if engine.has_unfinished_requests():
         raise RuntimeError("generate_continuous needs an idle engine")
     outputs: dict[str, Any] = {}
+    added: dict[str, float] = {}
     next_prompt = 0
     while len(outputs) < len(prompts):
         while next_prompt - len(outputs) < concurrency and next_prompt < len(prompts):  # in flight: added - done
             params = per_prompt[next_prompt].clone()
             params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: one output per request, at its end
+            added[str(next_prompt)] = time.perf_counter()
             engine.add_request(str(next_prompt), prompts[next_prompt], params)
             next_prompt += 1
-        outputs.update((out.request_id, out) for out in engine.step() if out.finished)
+        done = [out for out in engine.step() if out.finished]
+        now = time.perf_counter()
+        for out in done:
+            outputs[out.request_id] = out
+            if latencies is not None:
+                latencies[int(out.request_id)] = now - added[out.request_id]
     return [outputs[str(i)] for i in range(len(prompts))]
 
 

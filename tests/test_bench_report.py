@@ -333,7 +333,7 @@ def test_continuous_batching_keeps_b_requests_in_flight(fake, tmp_path):
         bench.run_vllm_workloads(model, None, [(["x"], fake_vllm.SamplingParams())], batching="server")
 
 
-def test_generate_continuous_refills_a_slot_when_a_request_ends(fake):
+def test_generate_continuous_refills_a_slot_when_a_request_ends(fake, monkeypatch):
     """A hand-built case: requests of 1, 5 and 2 forwards at concurrency 2; the third starts as soon
     as the first ends (step 1), so all end after 5 steps, where groups of 2 would take 5 + 2."""
     FakeLLM, model = fake
@@ -343,9 +343,14 @@ def test_generate_continuous_refills_a_slot_when_a_request_ends(fake):
     steps = []
     step = llm.llm_engine.step
     llm.llm_engine.step = lambda: steps.append(sorted(llm.llm_engine.running)) or step()
-    outs = bench.generate_continuous(llm, list(forwards), fake_vllm.SamplingParams(), 2)
+    clock = iter(range(100))  # perf_counter: one tick per call (admissions and the ends of steps)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    latencies = {}
+    outs = bench.generate_continuous(llm, list(forwards), fake_vllm.SamplingParams(), 2, latencies)
     assert [o.outputs[0].text for o in outs] == list(forwards)
     assert steps == [["0", "1"], ["1", "2"], ["1", "2"], ["1"], ["1"]]
+    # ticks: admit 0 (0), 1 (1); step 1 ends (2): "a" done; admit 2 (3); steps end 4, 5 ("cc"), 6, 7 ("bbbbb")
+    assert latencies == {0: 2.0, 2: 2.0, 1: 6.0}
     with pytest.raises(ValueError, match="concurrency must be >= 1"):
         bench.generate_continuous(llm, ["a"], fake_vllm.SamplingParams(), 0)
     with pytest.raises(ValueError, match="2 SamplingParams for 1 prompts"):

@@ -49,9 +49,9 @@ def _result(method, runs, prompt_set="norepeat", batch=4):
     return {"meta": {"method": method, "prompt_set": prompt_set, "batch_size": batch}, "runs": runs}
 
 
-def _run(tokens_per_s, wall_s, engine_ms, trace):
+def _run(tokens_per_s, wall_s, engine_ms, trace, mean_request_s=None):
     return {"tokens_per_s": tokens_per_s, "wall_s": wall_s, "engine_ms": engine_ms, "steps": len(trace),
-            "trace": trace}
+            "trace": trace, "mean_request_s": mean_request_s}
 
 
 def test_breakdown_splits_the_wall_time():
@@ -78,4 +78,24 @@ def test_compare_pools_abba_files_without_their_cold_runs():
     assert rows["worst", "plain"]["runs"] == 1 and rows["worst", "plain"]["tokens_per_s"] == 50.0
     assert sdsat["outside_engine_ms"] == 500.0 and sdsat["engine_rest_ms"] == 90.0
     table = worker_steps.compare_table(worker_steps.compare(results))
-    assert "| norepeat | 4 | sdsat-adaptive | 3 | 106.7 | 0.970x |" in table
+    assert "| norepeat | 4 | sdsat-adaptive | 3 | 106.7 | 0.970x | - | - |" in table  # no latencies: none
+
+
+def test_compare_sets_mean_request_latency_against_plains():
+    """Continuous batching: each run's mean request latency (admission to end), pooled as tokens/s
+    are; a method's ratio is plain's mean over its own (> 1: its requests end sooner), also where its
+    tokens/s are lower (a batch lasts as long as its slowest slot)."""
+    worker_steps = load_benchmark("worker_steps")
+    trace = [_step(1, 4, 4, 400.0, sample_ms=10.0)]
+    cold = _run(10.0, 5.0, 4000.0, trace, mean_request_s=9.0)
+    results = [_result("plain", [cold, _run(100.0, 1.0, 500.0, trace, 2.0), _run(100.0, 1.0, 500.0, trace, 2.4)]),
+               _result("sdsat-adaptive", [cold, _run(98.0, 1.0, 500.0, trace, 2.0), _run(98.0, 1.0, 500.0, trace, 1.6)]),
+               _result("sdsat-adaptive", [cold, _run(98.0, 1.0, 500.0, trace)], batch=16)]  # grouped: no latency
+    rows = {(r["batch_size"], r["method"]): r for r in worker_steps.compare(results)}
+    plain, sdsat = rows[4, "plain"], rows[4, "sdsat-adaptive"]
+    assert plain["mean_request_s"] == 2.2 and plain["latency_speedup"] == 1.0
+    assert sdsat["mean_request_s"] == 1.8 and abs(sdsat["latency_speedup"] - 2.2 / 1.8) < 1e-12
+    assert sdsat["speedup"] == 0.98
+    assert rows[16, "sdsat-adaptive"]["mean_request_s"] is None and rows[16, "sdsat-adaptive"]["latency_speedup"] is None
+    assert "| norepeat | 4 | sdsat-adaptive | 2 | 98.0 | 0.980x | 1.80 | 1.222x |" in worker_steps.compare_table(
+        worker_steps.compare(results))
