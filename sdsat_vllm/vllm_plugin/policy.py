@@ -253,7 +253,9 @@ def sampling_overhead(samples: Iterable[tuple], min_samples: int = 8) -> float |
     pass), which is a few ms against a whole step's noise of as much or more. At batch 64 on a
     2-core CPU (results 21): the rejection path cost 3-4 ms a step more than the plain one, the
     whole-step fit said 0.5-3.4 ms, and lookup chains whose net gain was a fraction of a token were
-    sent on up to 89 of a run's 131 steps."""
+    sent on up to 89 of a run's 131 steps. On an accelerator compute_logits only queues its kernels,
+    so the half also waits for the forward to finish; it does so on both kinds of step, and the
+    per-token slope fitted within each kind compares them at the same N."""
     groups: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for x, _, *rest in samples:
         if len(rest) >= 2 and rest[1] is not None:
