@@ -11,7 +11,9 @@ model runner's `execute_model` and `sample_tokens` and the engine core's `step` 
 engine processes (spawned: they import this file again) append one line per step to a trace file: the
 tokens scheduled (drafts and SAT tails show up as more tokens than requests), the forward's time, the
 sampling half's (rejection sampler and proposer), and the engine core's whole step (scheduler and
-output bookkeeping too); what the engine core's steps leave of the wall time is the front end's. Nothing is warmed up first: the first
+output bookkeeping too); what the engine core's steps leave of the wall time is the front end's. With
+`--batching continuous` each run also has its requests' mean latency (admission to end): a batch lasts
+as long as its slowest slot, so drafts that end some requests early show there first. Nothing is warmed up first: the first
 `generate` is the engine's first, as a server's first requests are (results 17.1 found the policy
 drafting for 8 costly steps there, from a slope its cost model fitted to plain steps).
 """
