@@ -775,27 +775,26 @@ class AdaptiveDrafter:
         the first draft pays only if its acceptance beats kappa (what one more token in a forward of
         plain decoding costs, in tokens), and every later one is worth less than the first. When it
         cannot, the proposer skips the suffix match for the requests in back-off (the match is most
-        of its per-request time). The speculative path's own cost is left out (a probe step pays it
-        anyway): the test errs towards looking."""
+        of its per-request time). The bar is :meth:`_lookup_bar`'s, the speculative path's cost
+        included."""
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0:
             return False
         cal = self.lookup_calibration
         best = max(cal.estimate(0, min(1.0, (i + 1) / cal.buckets - 1e-9)) for i in range(cal.buckets))
-        return best > self._kappa_plain(batch_size) + 1e-12
+        return best > self._lookup_bar(batch_size, limit)
 
     def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None,
                      req_id: str | None = None) -> bool:
         """Whether :meth:`decide` could send this lookup chain (its tokens' q) to a request in back-off
-        (one :meth:`idle` would let skip): only if its first token's calibrated acceptance beats kappa,
-        as in :meth:`lookup_may_pay` (every later token is committed with less chance, at the same
-        cost). When it cannot, decide would return Decision(0, 0): the proposer takes the shortcut
-        instead of deciding (under load most requests find a match most steps, too short to send).
-        req_id: the request's own record of lookup chains counts too (:meth:`_lookup_estimates`)."""
+        (one :meth:`idle` would let skip): only if its first token's calibrated acceptance clears
+        :meth:`_lookup_bar`. When it cannot, decide would return Decision(0, 0): the proposer takes the
+        shortcut instead of deciding (under load most requests find a match most steps, too short to
+        send). req_id: the request's own record of lookup chains counts too (:meth:`_lookup_estimates`)."""
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0 or not lookup_q:
             return False
-        return self._lookup_estimates(lookup_q[:1], self.states.get(req_id))[0] > self._kappa_plain(batch_size) + 1e-12
+        return self._lookup_estimates(lookup_q[:1], self.states.get(req_id))[0] > self._lookup_bar(batch_size, limit)
 
     def _lookup_estimates(self, lookup_q: Sequence[float], st: RequestState | None) -> list[float]:
         """The lookup calibration's acceptance per position, the first one shrunk towards the request's
@@ -808,12 +807,19 @@ class AdaptiveDrafter:
             p[0] = (st.lookup_accepted + w * p[0]) / (st.lookup_offered + w)
         return p
 
-    def _kappa_plain(self, batch_size: int) -> float:
-        """kappa of plain decoding at this batch size: what one more token in a forward of B tokens
-        costs, in tokens (choose_draft_length's kappa for a request in back-off, B T'(B) / T(B))."""
+    def _lookup_bar(self, batch_size: int, limit: int) -> float:
+        """The first-token acceptance a lookup chain needs before :meth:`decide` could send it to a
+        request in back-off on a step without a probe. There choose_draft_length scores m drafts
+        g_1 + .. + g_m - kappa m - kappa_0 against 0, with kappa = B T'(B) / T(B) (one more token in a
+        forward of plain decoding, in tokens) and kappa_0 = B c / T(B) (the speculative path). Every
+        g_i is at most p_1, so the score is at most m (p_1 - kappa) - kappa_0 <= limit (p_1 - kappa)
+        - kappa_0: no chain can pay unless p_1 > kappa + kappa_0 / limit. Without kappa_0 the bar
+        let through chains that decide then turned down, every step (at batch 64 on this CPU, a
+        suffix match and a decision for most requests of the batch, ~4 ms a step; results 22)."""
         cost = self.cost()
         b = decision_batch(batch_size)
-        return b * cost.marginal(b) / cost.time(b)
+        t = cost.time(b)
+        return (b * cost.marginal(b) + b * cost.step_overhead / max(int(limit), 1)) / t + 1e-12
 
     def lookup_due(self, req_id: str) -> bool:
         """Whether a request in back-off may find a lookup chain worth sending this step (False: the
@@ -837,8 +843,9 @@ class AdaptiveDrafter:
             return
         levels = LOOKUP_PRIOR_BY_NGRAM
         now = 0 if first_q is None else max(g for g, v in enumerate(levels) if v <= first_q + 1e-9)
-        kappa = self._kappa_plain(batch_size) + 1e-12
-        shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > kappa), None)
+        limit = self.n  # the proposer's cap only lowers the limit, which raises the bar: the skip stays safe
+        bar = self._lookup_bar(batch_size, limit)
+        shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > bar), None)
         st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:

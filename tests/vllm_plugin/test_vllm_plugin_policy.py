@@ -418,7 +418,12 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
     assert not dr.idle("r", 64)
 
 
-def test_lookup_candidates_that_cannot_pay_take_the_shortcut():
+#: the CPU model with a speculative path that costs c (at batch 16 a quarter of a token, at 64 a token)
+CPU_SPEC = CostModel.linear(0.075, step_overhead=0.1)
+
+
+@pytest.mark.parametrize("cost", [CPU, CPU_SPEC], ids=["c0", "c"])
+def test_lookup_candidates_that_cannot_pay_take_the_shortcut(cost):
     """A request in back-off with a lookup candidate whose first token cannot beat kappa
     (AdaptiveDrafter.lookup_worth False) takes the idle shortcut: driven against a drafter that
     always decides with the candidate, over batch sizes where requests back off, with candidates
@@ -426,7 +431,7 @@ def test_lookup_candidates_that_cannot_pay_take_the_shortcut():
     the ones sent): the same decisions and states step by step; both the shortcut and sent lookups
     occur."""
     rng = random.Random(1)
-    short, ref = AdaptiveDrafter(4, 4, CPU, online=False), AdaptiveDrafter(4, 4, CPU, online=False)
+    short, ref = AdaptiveDrafter(4, 4, cost, online=False), AdaptiveDrafter(4, 4, cost, online=False)
     good = {f"r{i}": i % 3 == 0 for i in range(16)}
     sent = {r: (0, 0) for r in good}  # (tail, lookup drafts) sent last step
     shortcuts = lookups_sent = 0
@@ -461,6 +466,43 @@ def test_lookup_candidates_that_cannot_pay_take_the_shortcut():
     kappa = 64 * CPU.marginal(64) / CPU.time(64)
     assert dr.lookup_worth([min(1.0, kappa + 0.05)], 64) and not dr.lookup_worth([kappa - 0.05, 1.0, 1.0], 64)
     assert not dr.lookup_worth([], 64) and not dr.lookup_worth([0.99], 64, cap=0)
+
+
+def test_the_lookup_bar_counts_the_speculative_paths_cost():
+    """With a speculative path that costs c, a chain sent to a request in back-off on a step without a
+    probe pays c alone: its first token needs more than kappa + kappa_0 / limit (kappa_0 = B c / T(B)),
+    and the bar is tight (a chain whose later tokens are sure and whose first clears it is sent).
+    Before, the bar was kappa: chains between the two were matched and decided every step, never sent."""
+    b, limit = 16, 4
+    kappa = b * CPU_SPEC.marginal(b) / CPU_SPEC.time(b)
+    kappa_0 = b * CPU_SPEC.step_overhead / CPU_SPEC.time(b)
+    bar = kappa + kappa_0 / limit
+    assert 0.5 < kappa < bar < 0.8
+
+    def fresh(p1):
+        dr = AdaptiveDrafter(limit, limit, CPU_SPEC, online=False)
+        dr.tick()
+        assert dr.decide("r", [], batch_size=b) == Decision(0, 0)  # new at batch 16: in back-off
+        dr.tick()
+        return dr, [p1] + [1.0] * (limit - 1)
+
+    for p1, sent in ((kappa + 0.02, False), (bar - 0.01, False), (bar + 0.01, True)):
+        dr, q = fresh(p1)
+        assert dr.lookup_worth(q, b, req_id="r") == sent, p1
+        assert dr.idle("r", b)  # no probe due: decide would charge the path's cost (tail 0)
+        dr, q = fresh(p1)
+        d = dr.decide("r", [], batch_size=b, lookup_q=q)
+        assert (d.drafts > 0) == sent and d.tail == 0, (p1, d)
+        assert dr.lookup_may_pay(b) and AdaptiveDrafter(limit, limit, CPU_SPEC, online=False).lookup_may_pay(b)
+    # the calibration's best bucket between kappa and the bar: no suffix matches for requests in back-off
+    dr, _ = fresh(0.0)
+    for i in range(200):
+        for bucket in range(10):
+            dr.lookup_calibration.record(0, (bucket + 0.5) / 10, bucket == 9 and i % 100 < (kappa + bar) * 50)
+    assert kappa < dr.lookup_calibration.estimate(0, 0.999) < bar
+    no_path = AdaptiveDrafter(limit, limit, CPU, online=False)
+    no_path.lookup_calibration = dr.lookup_calibration
+    assert not dr.lookup_may_pay(b) and no_path.lookup_may_pay(b)  # with c = 0 the bar is kappa
 
 
 def test_decisions_are_sized_for_a_ladder_of_batch_sizes():
@@ -769,11 +811,13 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
     assert dr.lookup_due("new request")
 
 
-def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending():
+@pytest.mark.parametrize("cost", [CPU, CPU_SPEC], ids=["c0", "c"])
+def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
     """A request in back-off over a long text, fresh tokens with now and then a passage copied from
     earlier: at batch 16 and 64 every step on which a suffix match would pass lookup_worth is still
     looked up on (the skip only drops steps that cannot pass), with fewer suffix matches (at 64, where
-    only 6-token matches pay, under half). Calibration, record and kappa held fixed, as the skip assumes."""
+    only 6-token matches pay, under half); with a speculative path that costs c, at batch 8 and 16.
+    Calibration, record and kappa held fixed, as the skip assumes."""
     rng = random.Random(1)
     text = []
     while len(text) < 2000:
@@ -782,8 +826,8 @@ def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending():
             text.extend(text[start:start + 10])
         else:
             text.append(rng.randrange(50))
-    for batch, most in ((16, 0.8), (64, 0.5)):
-        dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    for batch, most in ((16, 0.8), (64, 0.5)) if cost is CPU else ((8, 0.8), (16, 0.8)):
+        dr = AdaptiveDrafter(4, 4, cost, online=False)
         dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
 
         def worth(t):
