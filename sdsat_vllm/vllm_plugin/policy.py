@@ -29,6 +29,8 @@ docs/design.md, section 4.5 has the derivation; in short:
   (up to 8 times) after each probe that left m* where it was: a request whose plan the probes keep
   confirming pays for them less and less. A probe comes only after k steps since the last one, a
   new request's first included (:func:`probe_due`): a request shorter than k never pays for one.
+  No probes at a batch size where SAT drafts could not pay even if every one were accepted (there
+  no alpha could change the plan; :meth:`AdaptiveDrafter._batch_level`).
 * **Batch size**: the drafter sizes its decisions for the batch rounded down to a rung of ~9% steps
   (:func:`decision_batch`), so that under load a request in back-off keeps its decision (and skips
   the policy, :meth:`AdaptiveDrafter.idle`) while requests come and go.
@@ -734,16 +736,27 @@ class AdaptiveDrafter:
             memo = st.steady_memo = (key, cost, best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain))
         return memo[2]
 
-    def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
-        """probe_interval of a request in back-off (m* = 0: its steady state is plain decoding, the
-        same for every request of the batch), cached while the limit, batch size and cost model hold."""
+    def _batch_level(self, limit: int, batch_size: int, cost: CostModel) -> tuple[float, int]:
+        """(probe budget, probe interval of a request in back-off) at this batch size, cached while the
+        limit, batch size and cost model hold. The budget is 0, and the interval endless, where SAT
+        drafts could not pay even if every one were accepted (best_steady_state with alpha = 1 is
+        plain decoding): a probe only refreshes alpha, and no alpha could change the plan there (on
+        this CPU from ~32 requests on, where a step's extra rows cost more than the tokens they add;
+        results 22). Lookup chains need no probe. In back-off m* = 0: the steady state is plain
+        decoding, the same for every request of the batch."""
         key = (limit, batch_size)
         if self._probe_k_cost is not cost:
             self._probe_k_cost, self._probe_k_cache = cost, {}
-        k = self._probe_k_cache.get(key)
-        if k is None:
-            k = self._probe_k_cache[key] = probe_interval(limit, cost, batch_size, self.probe_budget, plain=True)
-        return k
+        level = self._probe_k_cache.get(key)
+        if level is None:
+            can_pay = best_steady_state([1.0] * limit, limit, cost, batch_size, self.min_gain).m > 0
+            budget = self.probe_budget if can_pay else 0.0
+            level = self._probe_k_cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
+        return level
+
+    def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
+        """probe_interval of a request in back-off (:meth:`_batch_level`)."""
+        return self._batch_level(limit, batch_size, cost)[1]
 
     def idle(self, req_id: str, batch_size: int = 1, cap: int | None = None) -> bool:
         """:meth:`decide`'s shortcut for a request with nothing to read or send this step (the caller
@@ -905,7 +918,8 @@ class AdaptiveDrafter:
             if expected_accepted(p_lookup[:limit]) > expected_accepted(p[:limit]):
                 qs, p, use_lookup = lookup_q, p_lookup, True
         d = choose_draft_length(p, self.n, cost, alpha=st.alpha, batch_size=batch_size, cap=cap,
-                                steps_since_probe=st.since_probe, probe_budget=self.probe_budget,
+                                steps_since_probe=st.since_probe,
+                                probe_budget=self._batch_level(limit, batch_size, cost)[0] if limit else 0.0,
                                 probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
                                 min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady)
         st.probe_pending = st.probe_pending or d.probe

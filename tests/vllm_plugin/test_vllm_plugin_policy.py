@@ -402,20 +402,41 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
     assert idle_steps > 4 * decided  # under load, nearly every request-step is the shortcut
     # never for a request it does not know, on a probe step, at another batch size, with drafts in flight
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
-    assert not dr.idle("r", 64)
+    assert not dr.idle("r", 8)
     dr.tick()
-    assert dr.decide("r", [], batch_size=64) == Decision(0, 0)  # new at batch 64: starts in back-off
-    k = probe_interval(4, CPU, 64, budget=dr.probe_budget)
+    assert dr.decide("r", [], batch_size=8) == Decision(0, 0)  # new at batch 8: starts in back-off
+    k = probe_interval(4, CPU, 8, budget=dr.probe_budget)
     not_idle = []
     for step in range(2 * k):
         dr.tick()
-        if not dr.idle("r", 64):
+        if not dr.idle("r", 8):
             not_idle.append(step)
-            assert dr.decide("r", [], batch_size=64).probe
+            assert dr.decide("r", [], batch_size=8).probe
     assert len(not_idle) == 2 and not_idle[1] - not_idle[0] == k
     assert not dr.idle("r", 16)
     dr.states["r"].sent_q = [0.5]
-    assert not dr.idle("r", 64)
+    assert not dr.idle("r", 8)
+
+
+def test_no_probes_where_no_acceptance_could_make_drafting_pay():
+    """A probe only refreshes a request's alpha. On the CPU cost model at batch 64 SAT drafting would
+    not pay even with every draft accepted (the extra rows cost more than the tokens they commit), so
+    requests in back-off never probe there and every step after the first is the idle shortcut; at
+    batch 8 they probe every k steps; where extra tokens are nearly free (CHEAP) they probe at 64 too."""
+    assert best_steady_state([1.0] * 4, 4, CPU, 64).m == 0 < best_steady_state([1.0] * 4, 4, CPU, 8).m
+    for cost, batch, probes in ((CPU, 64, False), (CPU, 8, True), (CHEAP, 64, True)):
+        dr = AdaptiveDrafter(4, 4, cost, online=False)
+        dr.alpha_global = [0.0] * 4  # new requests start in back-off, also where drafting is cheap
+        sent = []
+        for step in range(600):
+            dr.tick()
+            if step == 0 or not dr.idle("r", batch):
+                d = dr.decide("r", [], batch_size=batch)
+                assert d.drafts == 0 and d.probe == bool(d.tail)
+                sent.append(d.tail)
+        assert (sum(1 for t in sent if t) >= 2) == probes, (cost, batch, sent)
+        if not probes:
+            assert sent == [0]  # decided once, at its first step; the shortcut ever after
 
 
 #: the CPU model with a speculative path that costs c (at batch 16 a quarter of a token, at 64 a token)
@@ -673,8 +694,8 @@ def test_new_requests_start_in_back_off_where_drafting_does_not_pay():
     life), and longer ones probe together."""
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     assert best_steady_state(dr.alpha_global, 4, CPU, 1).m > 0 and dr.decide("first", []).probe
-    assert best_steady_state(dr.alpha_global, 4, CPU, 64).m == 0
-    k = probe_interval(4, CPU, 64, budget=dr.probe_budget)
+    assert best_steady_state(dr.alpha_global, 4, CPU, 8).m == 0
+    k = probe_interval(4, CPU, 8, budget=dr.probe_budget)
     every = max(k // 4, 1)
     for life in (k - 2, 2 * k):  # decisions per request: a probe goes out with its (k-1)-th at the earliest
         dr = AdaptiveDrafter(4, 4, CPU, online=False)
@@ -687,8 +708,8 @@ def test_new_requests_start_in_back_off_where_drafting_does_not_pay():
                 born[f"r{step}"] = step
             live = [r for r, b in born.items() if step - b < life]
             dr.keep_only(live)
-            for r in live:  # a batch of 64 of which these are followed; SATs that are always wrong
-                d = dr.decide(r, [0.05] * tails.get(r, 0), batch_size=64)
+            for r in live:  # a batch of 8 of which these are followed; SATs that are always wrong
+                d = dr.decide(r, [0.05] * tails.get(r, 0), batch_size=8)
                 tails[r] = d.tail
                 if d.tail:
                     assert d.probe and d.drafts == 0
