@@ -285,6 +285,7 @@ class SDSATProposer:
                                                   probe_budget=self.options["probe_budget"],
                                                   min_gain=self.options["min_gain"])
             self._last_step_start: float | None = None
+            self._recent_batch = policy.RecentBatch()
         logger.info("SDSAT proposer: %s, n=%d real drafts + %s per verify forward (K=%d, SAT ids %s)%s",
                     "tree mode" if self.tree else
                     "adaptive policy (m <= n drafts, tail <= n)" if self.adaptive else "fixed policy",
@@ -519,8 +520,9 @@ class SDSATProposer:
         self.drafter.keep_only(req_ids)
         # the batch the next steps decode: every request of the persistent batch, those still in a
         # chunked prefill too (counting only the ones that sampled now would, while a wave of new
-        # requests prefills, size their first decisions for a small batch: drafts and probes at once)
-        batch = len(req_ids)
+        # requests prefills, size their first decisions for a small batch: drafts and probes at once),
+        # the largest of the last few steps' (a slot left empty for a step is not a smaller batch)
+        batch = self._recent_batch(len(req_ids))
         sat_set = frozenset(self.sat_ids)
         # batch-level: can a lookup chain pay for a request in back-off at all? (else no suffix match)
         may_lookup = self.lookup and cap > 0 and self.drafter.lookup_may_pay(batch, cap)

@@ -158,7 +158,7 @@ def test_a_draft_rejected_without_tail():
 
 def _adaptive_proposer(n=3, lookup=True):
     """An SDSATProposer with just what its adaptive path reads (no vLLM engine)."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
     from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
 
     p = SDSATProposer.__new__(SDSATProposer)
@@ -167,6 +167,7 @@ def _adaptive_proposer(n=3, lookup=True):
     p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = p._last_rows = None
     p.step_has_drafts, p._step_sat_rows, p._step_num_rows, p._sat_ids_on = True, None, None, {}
     p.drafter = AdaptiveDrafter(n, n, CostModel.linear(0.075), online=False)
+    p._recent_batch = RecentBatch()
     return p
 
 
@@ -275,6 +276,54 @@ def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(mon
     # vLLM's dynamic speculative decoding says 0 at this batch size: nothing proposed, nothing decided
     monkeypatch.setattr(p.drafter, "idle", lambda *a, **k: pytest.fail("the policy was asked at cap 0"))
     assert step(everyone, num_spec=0) == [[]] * 64 and seen == []
+
+
+def test_a_slot_left_empty_for_a_step_does_not_make_the_batch_decide_afresh(monkeypatch):
+    """Under load a finished request's slot stays empty for a step or two: the batch goes 64, 63, 64
+    (rungs 64 and 58). Decisions are sized for the largest batch of the last steps, so the requests in
+    back-off stay idle through the dip and only the new request decides; control: sized for each
+    step's own batch, all 63 decide on the dip and again when it ends."""
+    from sdsat_vllm.vllm_plugin.policy import RecentBatch
+
+    def run(window: int) -> list[int]:
+        p = _adaptive_proposer()
+        p._recent_batch = RecentBatch(window)
+        seen, real = [], p.drafter.decide
+        monkeypatch.setattr(p.drafter, "decide", lambda r, q, **kw: seen.append(r) or real(r, q, **kw))
+        monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: False)
+        texts = [[1, 2, 3, 4, 5, 6, 7]] * 64
+        decided = []
+
+        def step(live, sampled):
+            seen.clear()
+            batch = _input_batch([texts[0]] * len(live))
+            batch.req_ids = live
+            p.sdsat_propose_with_context(batch, sampled, None, None,
+                                         SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
+                                                         scheduled_spec_decode_tokens={},
+                                                         total_num_scheduled_tokens=len(live)))
+            decided.append(len(seen))
+
+        full = [f"r{i}" for i in range(64)]
+        step(full, [[9]] * 64)                      # every request new: each decides once
+        step(full, [[9]] * 64)                      # all idle
+        dip = full[1:]                              # r0 finished; its slot is empty this step
+        step(dip, [[9]] * 63)
+        step(dip + ["new"], [[9]] * 63 + [[]])      # a new request prefills in the slot
+        step(dip + ["new"], [[9]] * 64)
+        return decided
+
+    assert run(8) == [64, 0, 0, 0, 1]
+    assert run(1) == [64, 0, 63, 63, 1]
+
+
+def test_recent_batch_is_the_largest_of_the_last_steps():
+    from sdsat_vllm.vllm_plugin.policy import RecentBatch
+
+    rb = RecentBatch(3)
+    assert [rb(b) for b in (64, 63, 64, 62, 40, 40, 40, 41)] == [64, 64, 64, 64, 64, 62, 40, 41]
+    with pytest.raises(ValueError, match="window"):
+        RecentBatch(0)
 
 
 def test_proposer_times_each_decode_steps_sampling_half(monkeypatch):
