@@ -483,7 +483,7 @@ class RecentBatch:
     Under load a finished request leaves its slot empty for a step or two until the scheduler fills
     it; sized for the dip, a batch of 64 alternated between the rungs 64 and 58 (decision_batch) and
     every request in back-off decided afresh on each change (in vLLM's default engine at batch 64,
-    4-5 ms a step on ~20 steps a run; results 22). A batch that really shrinks (a draining one) is
+    4-5 ms a step, 14 changes in a run of 131 steps; results 22). A batch that really shrinks (a draining one) is
     sized for after `window` steps; until then the error leans to fewer drafts."""
 
     __slots__ = ("_sizes",)
@@ -806,12 +806,11 @@ class AdaptiveDrafter:
 
     def lookup_may_pay(self, batch_size: int = 1, cap: int | None = None) -> bool:
         """Whether a lookup chain could be sent to a request in back-off at this batch size, by the
-        best acceptance the lookup calibration holds for any q at the first position: in back-off
-        the first draft pays only if its acceptance beats kappa (what one more token in a forward of
-        plain decoding costs, in tokens), and every later one is worth less than the first. When it
-        cannot, the proposer skips the suffix match for the requests in back-off (the match is most
-        of its per-request time). The bar is :meth:`_lookup_bar`'s, the speculative path's cost
-        included."""
+        best acceptance the lookup calibration holds for any q at the first position: in back-off a
+        chain pays only if its first token's acceptance clears :meth:`_lookup_bar` (what one more
+        token and the speculative path cost, in tokens; every later token is worth less than the
+        first). When it cannot, the proposer skips the suffix match for the requests in back-off (the
+        match is most of its per-request time)."""
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0:
             return False
