@@ -62,7 +62,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 #: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
@@ -215,16 +215,22 @@ class OnlineCost:
     leaves the prior in charge; a window whose N spans less than half its mean (a large batch of
     plain steps: requests finishing move N by a few percent while the machine drifts) is not fitted
     a slope at all (MIN_N_SPREAD), only its level. c is the difference of the two
-    kinds' intercepts, once the window holds enough steps of each (else the prior's), and at least
-    the difference the sampling half alone shows (:func:`sampling_overhead`).
+    kinds' intercepts, once the window holds enough steps of each, and at least the difference the
+    sampling half alone shows (:func:`sampling_overhead`). Without enough of both kinds c is the
+    last one measured (the prior's until then): where nothing drafts (a large batch in back-off
+    sends no probe, :meth:`AdaptiveDrafter._batch_level`) the window soon holds plain steps only,
+    and falling back to the prior's c (0 on a CPU) made lookup chains look cheap again every other
+    run. At batch 64 with sampled requests the path costs ~20% of a step (results 22).
     """
 
-    def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8):
+    def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8, min_samples: int = 8):
         self.prior = prior
         self.samples: deque[tuple[float, float, bool]] = deque(maxlen=window)
         self.refit_every = refit_every
+        self.min_samples = min_samples
         self._since_fit = 0
         self._model = prior
+        self._known_c = prior  # the prior with the last measured c: what a fit without both kinds keeps
 
     def add(self, n_tokens: float, seconds: float, speculative: bool = True, sampling: float | None = None) -> None:
         if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
@@ -234,7 +240,10 @@ class OnlineCost:
             self._since_fit += 1
             if self._since_fit >= self.refit_every:
                 self._since_fit = 0
-                self._model = fit_local_linear(self.samples, self.prior)
+                self._model = fit_local_linear(self.samples, self._known_c, self.min_samples)
+                kinds = [sum(1 for x in self.samples if x[2] == kind) for kind in (False, True)]
+                if min(kinds) >= self.min_samples:  # both kinds in the window: this fit measured c
+                    self._known_c = replace(self.prior, step_overhead=self._model.step_overhead)
 
     def model(self) -> CostModel:
         return self._model

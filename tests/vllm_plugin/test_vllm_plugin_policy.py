@@ -101,6 +101,30 @@ def test_online_fit_separates_the_speculative_path():
         CostModel.linear(0.1, step_overhead=-1.0)
 
 
+def test_online_cost_keeps_the_last_measured_c_when_nothing_drafts():
+    """A window with both kinds of step measures c; when later steps are all plain (a large batch in
+    back-off sends no probe) c stays the last measured, not the prior's (0 on the CPU model), so that
+    lookup chains do not look cheap again once the speculative steps have left the window. Control:
+    a cost model that has never seen a speculative step keeps the prior's c."""
+    rng = random.Random(3)
+    online = OnlineCost(CPU, window=64, refit_every=8)
+    for i in range(64):
+        spec = i % 4 == 0
+        online.add(64 + (5 if spec else 0), 6.0 + 0.3 * (5 if spec else 0) + (1.5 if spec else 0.0) + rng.gauss(0, 0.01),
+                   speculative=spec)
+    measured = online.model().step_overhead
+    assert measured > 1.0  # the path's 1.5 (and part of the 5 tokens: N spreads too little for a slope)
+    for _ in range(200):  # nothing drafts any more: the window fills with plain steps
+        online.add(64, 6.0 + rng.gauss(0, 0.01), speculative=False)
+    assert all(not s[2] for s in online.samples)
+    assert online.model().step_overhead == pytest.approx(measured, rel=0.05)  # the last fit with both kinds
+    assert online.model().time(64) == pytest.approx(6.0, rel=0.01)
+    fresh = OnlineCost(CPU, window=64, refit_every=8)
+    for _ in range(64):
+        fresh.add(64, 6.0 + rng.gauss(0, 0.01), speculative=False)
+    assert fresh.model().step_overhead == CPU.step_overhead == 0.0
+
+
 def test_online_fit_takes_the_speculative_paths_cost_from_the_sampling_half():
     """At batch 64 on a 2-core CPU the whole steps drift by more than the speculative path costs
     (results 21): fitted from whole steps, c came out at a fraction of what the rejection sampler cost.
