@@ -739,8 +739,8 @@ class AdaptiveDrafter:
         self.alpha_global = [0.5] * n
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
-        self._probe_k_cost: CostModel | None = None  # _probe_k's cache and the cost model it holds for
-        self._probe_k_cache: dict[tuple[int, int], int] = {}
+        self._level_cost: CostModel | None = None  # _batch_level's cache and the cost model it holds for
+        self._level_cache: dict[tuple[int, int], tuple[float, int]] = {}
 
     def tick(self) -> None:
         """One engine step begins (the proposer calls it once per step, before any decide)."""
@@ -776,13 +776,13 @@ class AdaptiveDrafter:
         results 22). Lookup chains need no probe. In back-off m* = 0: the steady state is plain
         decoding, the same for every request of the batch."""
         key = (limit, batch_size)
-        if self._probe_k_cost is not cost:
-            self._probe_k_cost, self._probe_k_cache = cost, {}
-        level = self._probe_k_cache.get(key)
+        if self._level_cost is not cost:
+            self._level_cost, self._level_cache = cost, {}
+        level = self._level_cache.get(key)
         if level is None:
             can_pay = best_steady_state([1.0] * limit, limit, cost, batch_size, self.min_gain).m > 0
             budget = self.probe_budget if can_pay else 0.0
-            level = self._probe_k_cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
+            level = self._level_cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
         return level
 
     def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
