@@ -195,6 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed generate calls, the first one cold")
     p.add_argument("--batching", default="grouped", choices=sorted(BATCHING), help="; ".join(
         f"{k}: {v}" for k, v in BATCHING.items()))
+    p.add_argument("--length-spread", type=float, default=0.0, help="each prompt's max_tokens drawn from "
+                   "[M (1 - s), M (1 + s)] (M = --max-tokens): outputs of varied length, as a server sees them "
+                   "(sdsat_vllm.bench.spread_lengths)")
     p.add_argument("--out", default=None)
     p.add_argument("--compare", nargs="+", metavar="RESULT", default=None,
                    help="no engine: pool these result files (e.g. ABBA order) and print where the time went")
@@ -209,9 +212,12 @@ def main(argv=None) -> int:
         return 0
     if args.repeats < 1 or args.batch_size < 1 or args.num_prompts < 1:
         p.error("--repeats, --batch-size and --num-prompts must be at least 1")
+    if not 0.0 <= args.length_spread < 1.0:
+        p.error(f"--length-spread must be in [0, 1), got {args.length_spread}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    from sdsat_vllm.bench import cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm
+    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm,
+                                  spread_lengths)
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
     git = git_state(Path(__file__).resolve().parent)
@@ -219,6 +225,8 @@ def main(argv=None) -> int:
     from vllm import LLM
 
     work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens)
+    sampling = (spread_lengths(work.sampling, len(work.prompts), args.length_spread) if args.length_spread
+                else [work.sampling] * len(work.prompts))
     spec = None if METHODS[args.method] is None else {"model": "sdsat", "num_speculative_tokens": work.num_sat,
                                                       **METHODS[args.method]}
     trace = Path(tempfile.mkdtemp(prefix="sdsat_worker_steps_")) / "steps.jsonl"
@@ -231,11 +239,12 @@ def main(argv=None) -> int:
             t0, w0 = time.monotonic(), time.perf_counter()
             latencies: dict[int, float] = {}
             if args.batching == "continuous":
-                outs = generate_continuous(llm, work.prompts, work.sampling, args.batch_size, latencies)
+                outs = generate_continuous(llm, work.prompts, sampling, args.batch_size, latencies)
             else:
                 outs = []
                 for i in range(0, len(work.prompts), args.batch_size):
-                    outs += llm.generate(work.prompts[i:i + args.batch_size], work.sampling, use_tqdm=False)
+                    outs += llm.generate(work.prompts[i:i + args.batch_size], sampling[i:i + args.batch_size],
+                                         use_tqdm=False)
             wall = time.perf_counter() - w0
             windows.append((t0, time.monotonic()))
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -264,7 +273,8 @@ def main(argv=None) -> int:
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(work.model_dir), "method": args.method,
                 "speculative_config": spec, "prompt_set": args.prompt_set, "num_prompts": args.num_prompts,
-                "batch_size": args.batch_size, "batching": args.batching, "max_tokens": args.max_tokens, "machine": cpu_name(), "git": git,
+                "batch_size": args.batch_size, "batching": args.batching, "max_tokens": args.max_tokens,
+                "length_spread": args.length_spread, "machine": cpu_name(), "git": git,
                 "engine": "vLLM default (engine core + worker processes)", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         Path(args.out).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         print(f"wrote {args.out}")

@@ -32,7 +32,7 @@ from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
            "chat_formatter", "cpu_name", "engine_kwargs", "generate_continuous", "git_state", "humaneval_prompts",
-           "norepeat_prompts", "prompt_set", "quiet_vllm", "run_vllm", "run_vllm_workloads", "sdsat_draft_len",
+           "norepeat_prompts", "prompt_set", "quiet_vllm", "run_vllm", "run_vllm_workloads", "sdsat_draft_len", "spread_lengths",
            "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
@@ -167,6 +167,30 @@ def one_set_workload(model: str | None, set_name: str, num_prompts: int, max_tok
     temp = temperature if temperature is not None else (1.0 if set_name == "worst" else 0.0)
     sampling = SamplingParams(temperature=temp, max_tokens=max_tokens, stop=stop, seed=0 if temp > 0 else None)
     return OneSetWorkload(model_dir, k, prompts, sampling, temp)
+
+
+def spread_lengths(sampling: Any, num: int, spread: float, seed: int = 0) -> list[Any]:
+    """One SamplingParams per prompt (clones of `sampling`) whose max_tokens are spread uniformly over
+    [M (1 - spread), M (1 + spread)] (M = sampling.max_tokens; deterministic in `seed`).
+
+    Why: on a set without stop strings (`worst`) every plain output runs to max_tokens, so under
+    continuous batching plain decoding's requests start and end in lockstep (one prefill step for
+    each wave, no partly empty batch at the end), while drafts that some requests get accepted end
+    them at different steps. That compares a workload plain decoding cannot desynchronize with one
+    SDSAT does; requests of varied lengths, as a server sees them, take the lockstep away from
+    both (results 23)."""
+    if not 0.0 <= spread < 1.0:
+        raise ValueError(f"length spread must be in [0, 1), got {spread}")
+    if num < 0:
+        raise ValueError(f"number of prompts must be >= 0, got {num}")
+    rng = random.Random(seed)
+    m = int(sampling.max_tokens)
+    out = []
+    for _ in range(num):
+        params = sampling.clone()
+        params.max_tokens = max(1, round(m * (1.0 - spread + 2.0 * spread * rng.random())))
+        out.append(params)
+    return out
 
 
 def chat_formatter(model_dir: str | os.PathLike) -> Callable[[str], str] | None:

@@ -172,3 +172,32 @@ def test_bench_vllm_table(fake, capsys, tmp_path):
     ngram = next(r for r in rows if r["method"] == "ngram")
     assert ngram["draft_len"] is None and ngram["real_draft_acceptance_rate_per_pos"] is None
     assert "acc. rate/pos: real drafts" in out and "vLLM (per draft)" in out
+
+
+class _Params:
+    """SamplingParams' two members spread_lengths uses."""
+
+    def __init__(self, max_tokens):
+        self.max_tokens = max_tokens
+
+    def clone(self):
+        return _Params(self.max_tokens)
+
+
+def test_spread_lengths_draws_each_prompts_max_tokens_around_the_given_one():
+    from sdsat_vllm.bench import spread_lengths
+
+    base = _Params(64)
+    out = spread_lengths(base, 400, 0.5, seed=3)
+    lengths = [p.max_tokens for p in out]
+    assert len(out) == 400 and base.max_tokens == 64 and all(p is not base for p in out)
+    assert min(lengths) >= 32 and max(lengths) <= 96
+    assert min(lengths) < 36 and max(lengths) > 92  # the whole range is used, not a constant
+    assert abs(sum(lengths) / len(lengths) - 64) < 3
+    assert lengths == [p.max_tokens for p in spread_lengths(base, 400, 0.5, seed=3)]  # deterministic
+    assert lengths != [p.max_tokens for p in spread_lengths(base, 400, 0.5, seed=4)]
+    assert {p.max_tokens for p in spread_lengths(base, 5, 0.0)} == {64}
+    assert all(p.max_tokens >= 1 for p in spread_lengths(_Params(1), 50, 0.9))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="length spread"):
+            spread_lengths(base, 4, bad)

@@ -3,6 +3,8 @@ which count as plain and as speculative decode steps (hand-built traces)."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmark_scripts import load_benchmark
 
 
@@ -99,3 +101,10 @@ def test_compare_sets_mean_request_latency_against_plains():
     assert rows[16, "sdsat-adaptive"]["mean_request_s"] is None and rows[16, "sdsat-adaptive"]["latency_speedup"] is None
     assert "| norepeat | 4 | sdsat-adaptive | 2 | 98.0 | 0.980x | 1.80 | 1.222x |" in worker_steps.compare_table(
         worker_steps.compare(results))
+
+
+@pytest.mark.parametrize("spread", ["1.0", "-0.2"])
+def test_a_length_spread_outside_0_1_is_refused_before_any_engine(spread, capsys):
+    with pytest.raises(SystemExit):
+        load_benchmark("worker_steps").main(["--length-spread", spread, "--prompt-set", "worst"])
+    assert "--length-spread must be in [0, 1)" in capsys.readouterr().err
