@@ -225,8 +225,7 @@ def main(argv=None) -> int:
     from vllm import LLM
 
     work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens)
-    sampling = (spread_lengths(work.sampling, len(work.prompts), args.length_spread) if args.length_spread
-                else [work.sampling] * len(work.prompts))
+    sampling = spread_lengths(work.sampling, len(work.prompts), args.length_spread)  # spread 0: all max_tokens
     spec = None if METHODS[args.method] is None else {"model": "sdsat", "num_speculative_tokens": work.num_sat,
                                                       **METHODS[args.method]}
     trace = Path(tempfile.mkdtemp(prefix="sdsat_worker_steps_")) / "steps.jsonl"
