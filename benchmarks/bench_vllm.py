@@ -31,6 +31,9 @@ a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-u
   and the machine's cost; docs/design.md, section 4.5): the SATs' own contribution;
 * sdsat-adaptive-lookup: the plugin's default, adaptive with `"sdsat_lookup": true` (a continuation
   of the request's own suffix found earlier in its text competes with the SAT drafts).
+* sdsat-adaptive-textlookup: the same with lookups in the request's own text only
+  (`"sdsat_datastore": "none"`): the default's drafts without the datastore of the model's own text
+  (sdsat_vllm/datastore.py), whose contribution stays visible beside it;
 * sdsat-tree: the plugin's tree mode, `"sdsat_mode": "tree"` (n drafts and a block of n SATs after
   x and after every draft: one forward per step always, 1 + n + (n + 1) n tokens per request;
   docs/design.md, section 4.7).
@@ -111,7 +114,8 @@ from sdsat_vllm.bench import (
 )
 from sdsat_vllm.metrics_vocabulary import acceptance_rate_per_pos
 
-METHODS = ("plain", "ngram", "suffix", "pard", "sdsat", "sdsat-adaptive", "sdsat-adaptive-lookup", "sdsat-tree")
+METHODS = ("plain", "ngram", "suffix", "pard", "sdsat", "sdsat-adaptive", "sdsat-adaptive-lookup",
+           "sdsat-adaptive-textlookup", "sdsat-tree")
 DEFAULT_METHODS = ("plain", "ngram", "pard", "sdsat")
 #: The table's columns, printed and in the markdown file (see the module docstring).
 COLUMNS = ("set", "method", "B", "tokens", "wall s", "tok/s", "speedup", "tok/fw", "accept",
@@ -151,6 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdsat-tokens", type=int, nargs="+", default=None,
                    help="run each sdsat method once per value of n (rows 'sdsat-n<N>', 'sdsat-adaptive-n<N>', ...); "
                         "default: one run with -n")
+    p.add_argument("--sdsat-datastore", default="auto",
+                   help="sdsat-adaptive-lookup's datastore (`sdsat_datastore`): auto (the model directory's, "
+                        "where it has one), none, or a datastore file (`sdsat datastore`)")
     p.add_argument("--sdsat-cost", default=None,
                    help="the adaptive policy's cost model (`sdsat_cost`: online, default, a number r for "
                         "T(N) = 1 + rN, or JSON [[N, T], ...]; default: the plugin's, online)")
@@ -234,10 +241,12 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
         return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "fixed"}
     if method == "sdsat-tree":
         return {"model": "sdsat", "num_speculative_tokens": n, "sdsat_mode": "tree"}
-    if method in ("sdsat-adaptive", "sdsat-adaptive-lookup"):
-        # both spelled out: the SATs' own contribution stays visible whatever the plugin's default
-        spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive",
-                "sdsat_lookup": method == "sdsat-adaptive-lookup"}
+    if method in ("sdsat-adaptive", "sdsat-adaptive-lookup", "sdsat-adaptive-textlookup"):
+        # all spelled out: the SATs' own contribution stays visible whatever the plugin's default
+        lookup = method != "sdsat-adaptive"
+        spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive", "sdsat_lookup": lookup}
+        if lookup:
+            spec["sdsat_datastore"] = "none" if method == "sdsat-adaptive-textlookup" else args.sdsat_datastore
         if args.sdsat_cost is not None:
             spec["sdsat_cost"] = args.sdsat_cost
         return spec

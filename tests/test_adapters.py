@@ -252,3 +252,20 @@ def test_interrupted_build_leaves_no_entry(shipped, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         adapters.resolve_sdsat_model(spec.name, cache_dir=cache_dir)
     assert _leftovers(cache_dir) == []
+
+
+def test_a_datastore_shipped_with_an_adapter_lands_in_the_built_model(shipped):
+    """An adapter's datastore.safetensors (the model's own text for lookup drafts) is copied into the
+    model directory built from it, where the vLLM proposer looks; a new one rebuilds the directory."""
+    from sdsat_vllm.datastore import ADAPTER_FILE, MODEL_DIR_FILE, load_datastore, save_datastore
+
+    spec, cache_dir, builds = shipped
+    out = adapters.resolve_sdsat_model(spec.name, cache_dir=cache_dir)
+    assert not (out / MODEL_DIR_FILE).exists() and builds.count == 1
+    save_datastore(spec.path / ADAPTER_FILE, [[1, 2, 3]], {"model": "tiny"})
+    write_manifest(spec.path)
+    out = adapters.resolve_sdsat_model(spec.name, cache_dir=cache_dir)
+    assert builds.count == 2
+    assert (out / MODEL_DIR_FILE).read_bytes() == (spec.path / ADAPTER_FILE).read_bytes()
+    assert load_datastore(out / MODEL_DIR_FILE).match([1, 2], 1).tokens == [3]
+    assert not list(out.rglob("*.part"))

@@ -122,7 +122,11 @@ def test_spec_configs_of_the_new_methods():
         "sdsat_cost": 0.05}  # SAT drafts only, whatever the plugin's default
     assert b.spec_config("sdsat-adaptive-lookup", args, 5, None, n=3) == {
         "model": "sdsat", "num_speculative_tokens": 3, "sdsat_policy": "adaptive", "sdsat_lookup": True,
-        "sdsat_cost": 0.05}
+        "sdsat_datastore": "auto", "sdsat_cost": 0.05}
+    # lookups in the request's own text only: the datastore's share stays visible beside the default
+    assert b.spec_config("sdsat-adaptive-textlookup", args, 5, None)["sdsat_datastore"] == "none"
+    assert b.spec_config("sdsat-adaptive-lookup", b.parse_args(["--sdsat-datastore", "ds.safetensors"]), 5,
+                         None)["sdsat_datastore"] == "ds.safetensors"
     assert "sdsat_cost" not in b.spec_config("sdsat-adaptive", b.parse_args([]), 5, None)
     assert b.parse_args(["--sdsat-cost", "[[0, 1], [64, 2]]"]).sdsat_cost == [[0, 1], [64, 2]]
     assert b.parse_args(["--sdsat-cost", "online"]).sdsat_cost == "online"
@@ -132,7 +136,7 @@ def test_spec_configs_of_the_new_methods():
 
     spec, extra = split_sdsat_options(b.spec_config("sdsat-adaptive-lookup", args, 5, None), None)
     assert spec == {"model": "sdsat", "num_speculative_tokens": 5}
-    assert extra == {"sdsat": {"policy": "adaptive", "lookup": True, "cost": 0.05}}
+    assert extra == {"sdsat": {"policy": "adaptive", "lookup": True, "datastore": "auto", "cost": 0.05}}
     names = [m for m, _ in b.engine_runs(b.parse_args(["--methods", "sdsat-adaptive", "ngram",
                                                        "--sdsat-tokens", "2", "4"]), 5, None)]
     assert names == ["plain", "sdsat-adaptive-n2", "sdsat-adaptive-n4", "ngram"]
@@ -280,7 +284,7 @@ def test_bench_vllm_every_method_and_prompt_set(fake, capsys, tmp_path, monkeypa
     assert norepeat_calls and all(p.startswith("Question: ") for ps in norepeat_calls for p in ps)
     doc = json.loads(out_json.read_text())
     rows = doc["results"]
-    assert len(rows) == 2 * len(b.METHODS) * 2 and len(b.METHODS) == 8 and doc["meta"]["prompt_sets"]["worst"]["seed"] == 0
+    assert len(rows) == 2 * len(b.METHODS) * 2 and len(b.METHODS) == 9 and doc["meta"]["prompt_sets"]["worst"]["seed"] == 0
     assert doc["meta"]["prompt_sets"]["worst"]["temperature"] == 1.0
     assert doc["meta"]["prompt_sets"]["norepeat"]["chat_template"] is False
     assert {r["outputs_differing_from_plain"] is None for r in rows if r["prompt_set"] == "worst"} == {True}

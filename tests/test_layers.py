@@ -34,6 +34,7 @@ PACKAGE = "sdsat_vllm"
 LAYERS: dict[str, int] = {
     "sdsat_vllm": 0,  # the package root (its __init__) only
     "sdsat_vllm.config": 0,
+    "sdsat_vllm.datastore": 0,
     "sdsat_vllm.metrics_vocabulary": 0,
     "sdsat_vllm.models": 0,
     "sdsat_vllm.training": 1,

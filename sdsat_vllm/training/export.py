@@ -113,7 +113,8 @@ def apply_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
     if want.train_mode == "gated":  # never merged: the base unchanged, the adapter beside it
         from .gated import build_gated_model_dir
 
-        return build_gated_model_dir(base, adapter_dir, out_dir, model=model, tokenizer=tokenizer)
+        return _with_datastore(build_gated_model_dir(base, adapter_dir, out_dir, model=model, tokenizer=tokenizer),
+                               adapter_dir)
     base_sha, dtype = None, None
     if model is None:
         model, tokenizer, _, base_sha, dtype = load_base(base)
@@ -127,7 +128,20 @@ def apply_adapter(base: str, adapter_dir: str | os.PathLike, out_dir: str | os.P
         raise ValueError(f"base {base} gives SAT ids {list(got.sat_token_ids)}, the adapter expects "
                          f"{list(want.sat_token_ids)}: it was trained on a different tokenizer")
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return save_model_dir(merged, tokenizer, want, Path(out_dir), dtype=dtype)
+    return _with_datastore(save_model_dir(merged, tokenizer, want, Path(out_dir), dtype=dtype), adapter_dir)
+
+
+def _with_datastore(model_dir: Path, adapter_dir: Path) -> Path:
+    """The adapter's datastore of the model's own text (sdsat_vllm/datastore.py), where it ships one,
+    copied into the model directory, where the vLLM proposer looks for it."""
+    from ..datastore import ADAPTER_FILE, MODEL_DIR_FILE
+
+    src = Path(adapter_dir) / ADAPTER_FILE
+    if src.is_file():
+        tmp = Path(model_dir) / (MODEL_DIR_FILE + ".part")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, Path(model_dir) / MODEL_DIR_FILE)
+    return model_dir
 
 
 def add_arguments(parser) -> None:

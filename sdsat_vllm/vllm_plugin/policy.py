@@ -77,6 +77,10 @@ DEFAULT_OPTIONS = {
     # with the adaptive policy, off otherwise (benchmarks/results 12.2: level or ahead of SAT-only
     # drafting in every set at batch 16 and 64, ahead on HumanEval and norepeat at batch 1)
     "lookup": None,
+    # lookup drafts from a datastore of the model's own text too (sdsat_vllm/datastore.py; results 24):
+    # "auto": the served model directory's sdsat_datastore.safetensors where it has one; "none"; or a
+    # datastore file (`sdsat datastore`)
+    "datastore": "auto",
 }
 POLICIES = ("fixed", "adaptive")
 MODES = ("fused", "tree")
@@ -111,6 +115,16 @@ def validate_options(options: dict | None) -> dict:
     if out["lookup"] and out["policy"] != "adaptive":
         raise ValueError("sdsat lookup needs policy 'adaptive' (it chooses between the SAT and the lookup chain "
                          "by their expected accepted length)")
+    store = out["datastore"]
+    if not isinstance(store, str) or not store:
+        raise ValueError(f"sdsat datastore must be 'auto', 'none' or the path of a datastore file, got {store!r}")
+    if store not in ("auto", "none"):
+        if not out["lookup"]:
+            raise ValueError("sdsat datastore needs lookup drafts (lookup true, policy 'adaptive'): its chains "
+                             "are lookup candidates")
+        from ..datastore import read_metadata
+
+        read_metadata(store)  # raises DatastoreError (a ValueError) naming the file and what is wrong
     for key in ("probe_budget", "min_gain"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -670,6 +684,27 @@ def score_lookup(ngram: int, sat_probs: Sequence[float], length: int) -> list[fl
             for j in range(length)]
 
 
+#: Prior chance that a datastore token is right (sdsat_vllm.datastore), by the matched suffix's length,
+#: before its share (the fraction of the match's occurrences that continue with it) scales it. On
+#: SmolLM2-135M's greedy answers to the 64 norepeat questions against a datastore of its answers to
+#: other questions (results 24.1), a first token is right ~.26 of the time after a 2-token match, ~.4
+#: after 6 or more, and ~.04 where under a tenth of the occurrences agree, ~.4 where nine tenths do.
+#: Each entry is below LOOKUP_PRIOR_BY_NGRAM's at the same length: a match in the request's own text
+#: is the stronger evidence, and AdaptiveDrafter.note_lookup_miss's skip relies on that order.
+DATASTORE_PRIOR_BY_NGRAM = (0.0, 0.0, 0.35, 0.4, 0.45, 0.5, 0.55)
+
+
+def score_datastore(ngram: int, share: Sequence[float], sat_probs: Sequence[float]) -> list[float]:
+    """The q of each token of a datastore candidate (one per `share`): its prior, the length's prior
+    times its share, combined with the fresh SAT row's probability of it as in :func:`score_lookup`."""
+    prior = DATASTORE_PRIOR_BY_NGRAM[max(0, min(int(ngram), len(DATASTORE_PRIOR_BY_NGRAM) - 1))]
+    out = []
+    for j, sh in enumerate(share):
+        pj = prior * min(max(float(sh), 0.0), 1.0)
+        out.append(1.0 - (1.0 - min(max(float(sat_probs[j]), 0.0), 1.0)) * (1.0 - pj) if j < len(sat_probs) else pj)
+    return out
+
+
 def expected_accepted(p: Sequence[float]) -> float:
     """E[accepted drafts] of a chain sent whole: g_1 + ... + g_len."""
     return sum(chain_gains(p))
@@ -870,22 +905,24 @@ class AdaptiveDrafter:
         st = self.states.get(req_id)
         return st is None or self.clock >= st.lookup_after
 
-    def note_lookup_miss(self, req_id: str, first_q: float | None, batch_size: int = 1) -> None:
-        """A request in back-off looked up and found no chain worth sending (first_q: its chain's first
-        token's q, None: no match). In back-off a chain's q is the prior of its match length alone
-        (score_lookup without SAT rows, LOOKUP_PRIOR_BY_NGRAM), and the longest suffix that occurs
-        earlier in a text grows by at most one token per token appended: a match of length L now is at
-        most L + j long j steps later. So if the shortest match whose q :meth:`lookup_worth` would pass
-        is G long, the matches of the next G - L - 1 steps cannot pass and are skipped
-        (:meth:`lookup_due`); with no such G, the request looks again after LOOKUP_RECHECK steps. Exact
-        while the lookup calibration, the request's record and kappa stay where they are (they move
-        slowly; the same trade as :meth:`idle`'s). Under load the suffix match was most of the proposer's time for
-        requests in back-off (~20 us each, 1.3 ms a step at batch 64 on this CPU, results 20)."""
+    def note_lookup_miss(self, req_id: str, longest_match: int, batch_size: int = 1) -> None:
+        """A request in back-off looked up and found no chain worth sending; longest_match: the longest
+        suffix of its text matched by any lookup (its own text, the datastore; 0: none). In back-off a
+        chain's q is a prior alone (no SAT rows score it): LOOKUP_PRIOR_BY_NGRAM of its match length,
+        DATASTORE_PRIOR_BY_NGRAM's (never more) for a datastore match. The longest suffix that occurs
+        earlier in a text, or in a fixed datastore, grows by at most one token per token appended: a
+        match of length L now is at most L + j long j steps later. So if the shortest match whose q
+        :meth:`lookup_worth` would pass is G long, the matches of the next G - L - 1 steps cannot pass
+        and are skipped (:meth:`lookup_due`); with no such G, the request looks again after
+        LOOKUP_RECHECK steps. Exact while the lookup calibration, the request's record and kappa stay
+        where they are (they move slowly; the same trade as :meth:`idle`'s). Under load the suffix
+        match was most of the proposer's time for requests in back-off (~20 us each, 1.3 ms a step at
+        batch 64 on this CPU, results 20)."""
         st = self.states.get(req_id)
         if st is None:
             return
         levels = LOOKUP_PRIOR_BY_NGRAM
-        now = 0 if first_q is None else max(g for g, v in enumerate(levels) if v <= first_q + 1e-9)
+        now = max(0, min(int(longest_match), len(levels) - 1))
         limit = self.n  # the proposer's cap only lowers the limit, which raises the bar: the skip stays safe
         bar = self._lookup_bar(batch_size, limit)
         shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > bar), None)
@@ -962,5 +999,5 @@ __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_
            "probe_interval", "probe_due", "decision_batch", "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
-           "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "LookupMatch", "suffix_match", "suffix_candidate",
+           "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore", "LookupMatch", "suffix_match", "suffix_candidate",
            "score_lookup", "expected_accepted"]

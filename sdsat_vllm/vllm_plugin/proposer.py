@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from . import PROPOSER_PATH
 
@@ -162,13 +162,22 @@ def sat_input_rows(draft_token_ids: Any, target_logits_indices: Any, sat_ids: An
 LOOKUP_WINDOW = 4096
 
 
+class LookupOption(NamedTuple):
+    """One lookup-backed chain a row could draft from: its tokens, their q (policy.score_lookup or
+    policy.score_datastore) and the length of the suffix match it continues."""
+
+    tokens: list[int]
+    q: list[float]
+    ngram: int
+
+
 def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float], logprobs: Any, off: int, cap: int,
-                  sat_set: frozenset[int] | set[int]) -> list[tuple[list[int], list[float]]]:
-    """A row's lookup-backed chains with their q (policy.score_lookup), at most `cap` tokens each: the
-    continuation of its text's suffix and, where the row has fresh SAT rows, the first SAT draft
-    followed by the continuation of the text with that draft appended (the SATs are best at their
-    first position; the lookup carries on from it). Pure apart from torch: tested with hand-built
-    inputs.
+                  sat_set: frozenset[int] | set[int], datastore: Any = None) -> list[LookupOption]:
+    """A row's lookup-backed chains, at most `cap` tokens each: the continuation of its text's suffix
+    in the text itself and, given a `datastore` (sdsat_vllm.datastore.Datastore), there; and where
+    the row has fresh SAT rows, the same lookups after the first SAT draft (the SATs are best at
+    their first position; the lookup carries on from it). Pure apart from torch: tested with
+    hand-built inputs.
 
     text:      [num_tokens] int, the row's committed tokens (numpy; the last LOOKUP_WINDOW searched)
     fresh_top: the row's fresh SAT argmaxes (empty: none); fresh_q: their probabilities
@@ -177,7 +186,7 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
     """
     import numpy as np
 
-    from .policy import score_lookup, suffix_match
+    from .policy import score_datastore, score_lookup, suffix_match
 
     text = np.asarray(text)[-LOOKUP_WINDOW:]
 
@@ -191,15 +200,23 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
         ids = torch.tensor(tokens[:k], dtype=torch.long, device=logprobs.device).unsqueeze(-1)
         return logprobs[off + first_row: off + first_row + k].gather(1, ids).exp().squeeze(-1).tolist()
 
-    out = []
-    match = suffix_match(text, cap, stop=sat_set)
-    if match is not None:
-        out.append((match.tokens, score_lookup(match.ngram, sat_probs(match.tokens, 0), len(match.tokens))))
+    def matches(tokens: Any, max_len: int, first_row: int) -> list[LookupOption]:
+        found = []
+        m = suffix_match(tokens, max_len, stop=sat_set)
+        if m is not None:
+            found.append(LookupOption(m.tokens, score_lookup(m.ngram, sat_probs(m.tokens, first_row), len(m.tokens)),
+                                      m.ngram))
+        if datastore is not None:
+            d = datastore.match(tokens, max_len, stop=sat_set)
+            if d is not None:
+                found.append(LookupOption(d.tokens, score_datastore(d.ngram, d.share, sat_probs(d.tokens, first_row)),
+                                          d.ngram))
+        return found
+
+    out = matches(text, cap, 0)
     if len(fresh_top) and len(fresh_q) and cap > 1:
-        after = suffix_match(np.append(text, fresh_top[0]), cap - 1, stop=sat_set)
-        if after is not None:
-            q = score_lookup(after.ngram, sat_probs(after.tokens, 1), len(after.tokens))
-            out.append(([int(fresh_top[0])] + after.tokens, [float(fresh_q[0])] + q))
+        for after in matches(np.append(text, fresh_top[0]), cap - 1, 1):
+            out.append(LookupOption([int(fresh_top[0])] + after.tokens, [float(fresh_q[0])] + after.q, after.ngram))
     return out
 
 
@@ -249,6 +266,7 @@ class SDSATProposer:
         self.options = policy.validate_options(raw)
         self.adaptive = self.options["policy"] == "adaptive"
         self.lookup = bool(self.options["lookup"])
+        self.datastore = self._load_datastore(model_config) if self.lookup else None
         # tree mode (tree_step.py): n drafts and a block of n SATs after x and after every draft
         self.tree = self.options["mode"] == "tree"
         if self.tree:
@@ -292,6 +310,24 @@ class SDSATProposer:
                     self.n, f"{self.n + 1} SAT blocks of {self.n}" if self.tree else f"{len(self.tail)} SAT tail",
                     self.K, sorted(set(self.sat_ids)),
                     "; per-batch-size cap from num_speculative_tokens_per_batch_size" if self.dynamic_schedule else "")
+
+    def _load_datastore(self, model_config: Any) -> Any:
+        """The option's datastore (sdsat_vllm.datastore.Datastore), checked against the served model's
+        vocabulary; None when it is "none", or "auto" and the model directory has none."""
+        from pathlib import Path
+
+        from ..datastore import MODEL_DIR_FILE, load_datastore
+
+        option = self.options["datastore"]
+        if option == "none":
+            return None
+        path = Path(model_config.model) / MODEL_DIR_FILE if option == "auto" else Path(option)
+        if option == "auto" and not path.is_file():
+            return None
+        store = load_datastore(path, model_config.get_vocab_size())
+        logger.info("SDSAT proposer: lookup drafts from the datastore %s too (%d tokens, %d documents)", path,
+                    len(store), store.num_documents)
+        return store
 
     def _check_tree_mode(self, vllm_config: Any) -> None:
         """Refuse, before the engine serves, what tree mode cannot run (a clear error, not a wrong answer)."""
@@ -542,20 +578,20 @@ class SDSATProposer:
                 idle_checked = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
-            cand, lookup_q = [], None
+            cand, lookup_q, options = [], None, []
             if self.lookup and cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
                 options = lookup_chains(input_batch.token_ids_cpu[row, :n_tok], top[off:off + cnt], q[off:off + cnt],
-                                        logprobs, off, cap, sat_set)
-                best = self.drafter.pick_lookup([oq for _, oq in options])
+                                        logprobs, off, cap, sat_set, self.datastore)
+                best = self.drafter.pick_lookup([o.q for o in options])
                 if best is not None:
-                    cand, lookup_q = options[best]
+                    cand, lookup_q = options[best].tokens, options[best].q
             if not cnt and not idle_checked \
                     and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row])) \
                     and self.drafter.idle(req_ids[row], batch, cap):
                 # in back-off, and the match found (if any) could not pay: nor can the next few
-                self.drafter.note_lookup_miss(req_ids[row], lookup_q[0] if lookup_q else None, batch)
+                self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in options), default=0), batch)
                 counts.append((0, 0))
                 continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
@@ -567,5 +603,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains",
+__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LookupOption",
            "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]

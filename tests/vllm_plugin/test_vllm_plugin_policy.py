@@ -784,6 +784,41 @@ def test_validate_options():
     assert validate_options({"policy": "adaptive", "lookup": True})["lookup"] is True
 
 
+def test_validate_datastore_option(tmp_path):
+    from sdsat_vllm.datastore import save_datastore
+
+    assert DEFAULT_OPTIONS["datastore"] == "auto"
+    assert validate_options({"datastore": "none"})["datastore"] == "none"
+    assert validate_options({"lookup": False})["datastore"] == "auto"  # no lookup: the proposer loads none
+    good = save_datastore(tmp_path / "ds.safetensors", [[1, 2, 3]], {})
+    assert validate_options({"datastore": str(good)})["datastore"] == str(good)
+    for bad, why in ((None, "datastore must be"), (3, "datastore must be"), ("", "datastore must be"),
+                     (str(tmp_path / "missing.safetensors"), "does not exist")):
+        with pytest.raises(ValueError, match=why):
+            validate_options({"datastore": bad})
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        validate_options({"datastore": str(tmp_path / "junk.safetensors")})
+    with pytest.raises(ValueError, match="needs lookup drafts"):
+        validate_options({"datastore": str(good), "lookup": False})
+
+
+def test_score_datastore():
+    """A datastore token's q: the prior of its match length times its share, combined with a fresh SAT
+    row's probability like a prompt-lookup token's; below a prompt-lookup match of the same length
+    (note_lookup_miss's skip relies on that order)."""
+    from sdsat_vllm.vllm_plugin.policy import DATASTORE_PRIOR_BY_NGRAM, score_datastore
+
+    assert all(d <= p for d, p in zip(DATASTORE_PRIOR_BY_NGRAM, policy.LOOKUP_PRIOR_BY_NGRAM))
+    assert len(DATASTORE_PRIOR_BY_NGRAM) == len(policy.LOOKUP_PRIOR_BY_NGRAM)
+    p2, p9 = DATASTORE_PRIOR_BY_NGRAM[2], DATASTORE_PRIOR_BY_NGRAM[-1]
+    assert score_datastore(2, [1.0, 0.5], []) == pytest.approx([p2, p2 * 0.5])
+    assert score_datastore(9, [0.5], []) == pytest.approx([p9 * 0.5])  # longer matches: the last entry
+    assert score_datastore(2, [1.0, 0.5], [0.6]) == pytest.approx([1 - 0.4 * (1 - p2), p2 * 0.5])
+    assert score_datastore(1, [1.0], [0.3]) == pytest.approx([0.3])  # below MIN_NGRAM: the SAT row alone
+    assert score_datastore(3, [], [0.9]) == []
+
+
 def test_tree_mode_options():
     assert DEFAULT_OPTIONS["mode"] == "fused"
     # tree mode drafts n every step: the fixed policy is implied, the adaptive one refused
@@ -842,16 +877,15 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
     dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
     kappa16 = 16 * CPU.marginal(16) / CPU.time(16)
     assert lookup_prior_q(2) < kappa16 < lookup_prior_q(3)
-    for first_q, batch, waits in ((lookup_prior_q(1), 16, 2), (None, 16, 3), (lookup_prior_q(2), 16, 1),
-                                  (lookup_prior_q(3), 16, 1), (lookup_prior_q(2), 64, 4), (None, 64, 6),
-                                  (None, 1024, AdaptiveDrafter.LOOKUP_RECHECK)):
+    for longest, batch, waits in ((1, 16, 2), (0, 16, 3), (2, 16, 1), (3, 16, 1), (2, 64, 4), (0, 64, 6),
+                                  (9, 64, 1), (0, 1024, AdaptiveDrafter.LOOKUP_RECHECK)):
         start = dr.clock
-        dr.note_lookup_miss("r", first_q, batch)
+        dr.note_lookup_miss("r", longest, batch)
         due = []
         for _ in range(8):
             dr.tick()
             due.append(dr.lookup_due("r"))
-        assert due.index(True) + 1 == waits, (first_q, batch, due)
+        assert due.index(True) + 1 == waits, (longest, batch, due)
         assert dr.clock - start == 8
     assert dr.lookup_due("new request")
 
@@ -878,7 +912,7 @@ def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
         def worth(t):
             m = suffix_match(text[:t], 4)
             q = score_lookup(m.ngram, [], len(m.tokens)) if m is not None else None
-            return q, q is not None and dr.lookup_worth(q, batch, 4, "r")
+            return (m.ngram if m is not None else 0), q is not None and dr.lookup_worth(q, batch, 4, "r")
 
         every_step = {t for t in range(50, len(text)) if worth(t)[1]}
         found, looked = set(), 0
@@ -887,10 +921,10 @@ def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
             if not dr.lookup_due("r"):
                 continue
             looked += 1
-            q, ok = worth(t)
+            longest, ok = worth(t)
             if ok:
                 found.add(t)
             else:
-                dr.note_lookup_miss("r", q[0] if q else None, batch)
+                dr.note_lookup_miss("r", longest, batch)
         assert found == every_step and len(every_step) > 100, batch
         assert looked < most * (len(text) - 50), (batch, looked)

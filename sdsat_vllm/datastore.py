@@ -1,0 +1,225 @@
+"""A datastore of the served model's own text, for lookup-backed drafts (retrieval drafting, as REST).
+
+Glossary
+- datastore: token ids of text the served model wrote itself (its greedy answers to prompts that no
+  benchmark uses, `sdsat make-data`), documents separated by SEPARATOR. Built once by
+  ``sdsat datastore``, shipped beside an adapter (`datastore.safetensors`), copied into the model
+  directory it builds (`sdsat_datastore.safetensors`), read by the vLLM proposer.
+- match: the longest suffix (MIN_NGRAM..MAX_NGRAM tokens) of a request's committed text that occurs
+  in the datastore, and the continuation its occurrences agree on most: at each next position the
+  token most of the still-matching occurrences continue with (`share`: their fraction).
+
+Why: a prompt lookup (policy.suffix_match) drafts only what the request's own text already holds. On
+prose that does not repeat its prompt, a small model still repeats itself across answers ("Here are
+some ...", "In conclusion, ..."): on the norepeat questions, the model's own answers to other
+questions predict a continuation at 65% of the positions (benchmarks/results, section 24). The
+proposer scores a datastore chain like a prompt-lookup chain (with the SAT rows' probabilities of
+its tokens where it has them) and sends whichever chain is expected to be accepted further; vLLM's
+rejection sampler verifies it like any draft, so the output is unchanged whatever the datastore holds.
+
+Index: for every n in MIN_NGRAM..MAX_NGRAM, a 64-bit polynomial hash of each n-gram that has a next
+token in its document, sorted, with the n-gram's end position: a lookup is one binary search per n
+(a hash collision can only cost a rejected draft). Pure numpy; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+#: the token id that separates documents in a datastore's token array
+SEPARATOR = -1
+#: match lengths searched: a 1-token match in a corpus says next to nothing about the next token
+MIN_NGRAM, MAX_NGRAM = 2, 8
+#: occurrences of a match whose continuations are counted (evenly spread over all of them): a
+#: common bigram occurs thousands of times, and counting them all costs more than it tells
+MAX_OCCURRENCES = 256
+#: the file name a built model directory carries (copied from the adapter's ADAPTER_FILE)
+MODEL_DIR_FILE = "sdsat_datastore.safetensors"
+#: the file name in an adapter directory
+ADAPTER_FILE = "datastore.safetensors"
+FORMAT = "sdsat-datastore/1"
+_TENSOR = "tokens"
+_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijection mod 2^64
+_MASK = (1 << 64) - 1
+
+__all__ = ["ADAPTER_FILE", "Datastore", "DatastoreError", "DatastoreMatch", "FORMAT", "MAX_NGRAM",
+           "MAX_OCCURRENCES", "MIN_NGRAM", "MODEL_DIR_FILE", "SEPARATOR", "load_datastore", "save_datastore"]
+
+
+class DatastoreError(ValueError):
+    """A datastore file that cannot be used (missing, not a datastore, damaged, ids out of range)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatastoreMatch:
+    """A continuation found in the datastore: `tokens`, the length of the matched suffix (`ngram`),
+    and per token the fraction of the occurrences still matching before it that continue with it."""
+
+    tokens: list[int]
+    ngram: int
+    share: list[float]
+    occurrences: int  # occurrences of the matched suffix (all of them, not only the ones counted)
+
+
+class Datastore:
+    """The hashed n-gram index of a token array (documents separated by SEPARATOR)."""
+
+    __slots__ = ("tokens", "num_documents", "_hashes", "_ends")
+
+    def __init__(self, tokens: np.ndarray):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise DatastoreError(f"a datastore is a 1-D integer token array, got {tokens.dtype} of shape {tokens.shape}")
+        if tokens.size and int(tokens.min()) < SEPARATOR:
+            raise DatastoreError(f"token ids must be >= 0 (or {SEPARATOR} between documents), found {int(tokens.min())}")
+        # padded with separators so a continuation read past the end stops there
+        self.tokens = np.concatenate([tokens.astype(np.int64), np.full(MAX_NGRAM + 64, SEPARATOR, np.int64)])
+        # a document starts where a token follows a separator (or the array's start)
+        self.num_documents = int(((tokens != SEPARATOR) & np.concatenate([[True], tokens[:-1] == SEPARATOR])).sum())
+        self._hashes: dict[int, np.ndarray] = {}
+        self._ends: dict[int, np.ndarray] = {}
+        t = self.tokens
+        n_tok = len(tokens)
+        sep = (t == SEPARATOR).astype(np.int64)
+        seps_before = np.concatenate([[0], np.cumsum(sep)])  # seps_before[i]: separators in t[:i]
+        vals = (t + 1).astype(np.uint64)
+        h = vals.copy()  # h[i]: hash of the n-gram ending at i (n = 1)
+        ends = np.arange(n_tok, dtype=np.int64)
+        has_next = t[1:n_tok + 1] != SEPARATOR
+        for n in range(2, MAX_NGRAM + 1):
+            h = np.concatenate([np.zeros(1, np.uint64), h[:-1] * _MULT + vals[1:]])  # window t[i-n+1..i]
+            if n < MIN_NGRAM:
+                continue
+            start = ends - n + 1
+            ok = (start >= 0) & has_next
+            ok[ok] = seps_before[ends[ok] + 1] == seps_before[start[ok]]
+            e = ends[ok]
+            order = np.argsort(h[e], kind="stable")
+            self._hashes[n] = h[e][order]
+            self._ends[n] = e[order]
+
+    def __len__(self) -> int:
+        return int((self.tokens != SEPARATOR).sum())
+
+    @staticmethod
+    def from_documents(docs: Iterable[Sequence[int]]) -> "Datastore":
+        return Datastore(join_documents(docs))
+
+    def match(self, text: Sequence[int], max_len: int, stop: frozenset[int] | set[int] = frozenset()) -> DatastoreMatch | None:
+        """The continuation of `text`'s longest suffix found here, at most max_len tokens, cut before
+        the first id in `stop` (SAT ids: a draft must never be one); None when nothing matches.
+
+        text: [num_tokens] int, the request's committed tokens (only the last MAX_NGRAM are read)"""
+        if max_len <= 0:
+            return None
+        tail = [int(x) for x in np.asarray(text)[-MAX_NGRAM:]]
+        # hash of the last n tokens: sum_k (x[-1-k] + 1) * MULT^k (mod 2^64), as the index has it
+        key, power, keys = 0, 1, {}
+        for n in range(1, len(tail) + 1):
+            key = (key + (tail[-n] + 1) * power) & _MASK
+            power = (power * int(_MULT)) & _MASK
+            keys[n] = key
+        for n in range(len(tail), MIN_NGRAM - 1, -1):
+            hashes = self._hashes[n]
+            h = np.uint64(keys[n])
+            lo = int(hashes.searchsorted(h, side="left"))
+            if lo < len(hashes) and hashes[lo] == h:
+                hi = int(hashes.searchsorted(h, side="right"))
+                return self._continue(self._ends[n][lo:hi], n, max_len, stop)
+        return None
+
+    def _continue(self, ends: np.ndarray, ngram: int, max_len: int, stop) -> DatastoreMatch | None:
+        occurrences = len(ends)
+        if occurrences > MAX_OCCURRENCES:
+            ends = ends[np.linspace(0, occurrences - 1, MAX_OCCURRENCES).astype(np.int64)]
+        out, share = [], []
+        if occurrences == 1:  # one occurrence (most long matches): its continuation, read off
+            for tok in self.tokens[ends[0] + 1: ends[0] + 1 + max_len].tolist():
+                if tok == SEPARATOR or tok in stop:
+                    break
+                out.append(tok)
+            return DatastoreMatch(out, ngram, [1.0] * len(out), 1) if out else None
+        for j in range(1, max_len + 1):
+            nxt = self.tokens[ends + j]
+            live = nxt[nxt != SEPARATOR]
+            if not live.size:
+                break
+            ids, counts = np.unique(live, return_counts=True)
+            best = int(counts.argmax())  # ties: the smallest id (deterministic)
+            tok = int(ids[best])
+            if tok in stop:
+                break
+            out.append(tok)
+            share.append(float(counts[best]) / len(ends))
+            ends = ends[nxt == tok]
+        return DatastoreMatch(out, ngram, share, occurrences) if out else None
+
+
+def join_documents(docs: Iterable[Sequence[int]]) -> np.ndarray:
+    """[num_tokens + num_docs] int32: the documents' tokens, each followed by SEPARATOR."""
+    parts = []
+    for d in docs:
+        a = np.asarray(d, dtype=np.int64)
+        if a.size:
+            if a.ndim != 1 or int(a.min()) < 0:
+                raise DatastoreError("a document is a list of non-negative token ids")
+            parts.extend([a, np.array([SEPARATOR])])
+    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+def save_datastore(path: str | os.PathLike, docs: Iterable[Sequence[int]], metadata: dict) -> Path:
+    """Write the documents as a datastore file (safetensors; written beside, then moved into place)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    tokens = join_documents(docs)
+    if not (tokens != SEPARATOR).any():
+        raise DatastoreError("no tokens to store: every document is empty")
+    meta = {"format": FORMAT, "num_tokens": str(int((tokens != SEPARATOR).sum())),
+            "num_documents": str(int((tokens == SEPARATOR).sum())), "info": json.dumps(metadata, sort_keys=True)}
+    tmp = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({_TENSOR: tokens}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The file's metadata (its `info` decoded); DatastoreError when it is not a datastore file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatastoreError(f"datastore {path} does not exist")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = dict(f.metadata() or {})
+            keys = list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise DatastoreError(f"{path} is not a readable safetensors file ({e}); rebuild it with `sdsat datastore`") from e
+    if meta.get("format") != FORMAT or keys != [_TENSOR]:
+        raise DatastoreError(f"{path} is not an SDSAT datastore (format {meta.get('format')!r}, tensors {keys}; "
+                             f"expected {FORMAT!r} with one tensor {_TENSOR!r}); build one with `sdsat datastore`")
+    meta["info"] = json.loads(meta.get("info") or "{}")
+    return meta
+
+
+def load_datastore(path: str | os.PathLike, vocab_size: int | None = None) -> Datastore:
+    """The index of a datastore file, checked: its format, and (given vocab_size) that every id is a
+    token of the served model's vocabulary."""
+    from safetensors.numpy import load_file
+
+    read_metadata(path)
+    tokens = load_file(str(path))[_TENSOR]
+    if tokens.dtype != np.int32 or tokens.ndim != 1:
+        raise DatastoreError(f"{path}: tokens must be a 1-D int32 array, got {tokens.dtype} of shape {tokens.shape}")
+    if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+        raise DatastoreError(f"{path} holds token id {int(tokens.max())}, outside the served model's vocabulary "
+                             f"(size {vocab_size}): it was built for another tokenizer")
+    return Datastore(tokens)
