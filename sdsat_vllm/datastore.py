@@ -4,7 +4,7 @@ Glossary
 - datastore: token ids of text the served model wrote itself (its greedy answers to prompts that no
   benchmark uses, `sdsat make-data`), documents separated by SEPARATOR. Built once by
   ``sdsat datastore``, shipped beside an adapter (`datastore.safetensors`), copied into the model
-  directory it builds (`sdsat_datastore.safetensors`), read by the vLLM proposer.
+  directory it builds (`sdsat_datastore/datastore.safetensors`), read by the vLLM proposer.
 - match: the longest suffix (MIN_NGRAM..MAX_NGRAM tokens) of a request's committed text that occurs
   in the datastore, and the continuation its occurrences agree on most: at each next position the
   token most of the still-matching occurrences continue with (`share`: their fraction).
@@ -39,8 +39,9 @@ MIN_NGRAM, MAX_NGRAM = 2, 8
 #: occurrences of a match whose continuations are counted (evenly spread over all of them): a
 #: common bigram occurs thousands of times, and counting them all costs more than it tells
 MAX_OCCURRENCES = 256
-#: the file name a built model directory carries (copied from the adapter's ADAPTER_FILE)
-MODEL_DIR_FILE = "sdsat_datastore.safetensors"
+#: where a built model directory carries it (copied from the adapter's ADAPTER_FILE): in a folder of
+#: its own, because vLLM loads every *.safetensors file at a model directory's top level as weights
+MODEL_DIR_FILE = "sdsat_datastore/datastore.safetensors"
 #: the file name in an adapter directory
 ADAPTER_FILE = "datastore.safetensors"
 FORMAT = "sdsat-datastore/1"

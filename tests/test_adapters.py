@@ -269,3 +269,5 @@ def test_a_datastore_shipped_with_an_adapter_lands_in_the_built_model(shipped):
     assert (out / MODEL_DIR_FILE).read_bytes() == (spec.path / ADAPTER_FILE).read_bytes()
     assert load_datastore(out / MODEL_DIR_FILE).match([1, 2], 1).tokens == [3]
     assert not list(out.rglob("*.part"))
+    # vLLM loads every *.safetensors file at the directory's top level as weights: not the datastore
+    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]

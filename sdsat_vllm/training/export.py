@@ -138,9 +138,11 @@ def _with_datastore(model_dir: Path, adapter_dir: Path) -> Path:
 
     src = Path(adapter_dir) / ADAPTER_FILE
     if src.is_file():
-        tmp = Path(model_dir) / (MODEL_DIR_FILE + ".part")
+        dest = Path(model_dir) / MODEL_DIR_FILE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(src, tmp)
-        os.replace(tmp, Path(model_dir) / MODEL_DIR_FILE)
+        os.replace(tmp, dest)
     return model_dir
 
 

@@ -78,7 +78,7 @@ DEFAULT_OPTIONS = {
     # drafting in every set at batch 16 and 64, ahead on HumanEval and norepeat at batch 1)
     "lookup": None,
     # lookup drafts from a datastore of the model's own text too (sdsat_vllm/datastore.py; results 24):
-    # "auto": the served model directory's sdsat_datastore.safetensors where it has one; "none"; or a
+    # "auto": the served model directory's sdsat_datastore/datastore.safetensors where it has one; "none"; or a
     # datastore file (`sdsat datastore`)
     "datastore": "auto",
 }
