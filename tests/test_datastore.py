@@ -157,7 +157,7 @@ def test_sdsat_datastore_builds_from_make_data_rows(tmp_path, capsys):
     assert "needs a 'completion' string field" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match="bad.jsonl:1: not a JSON line"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: not valid JSON"):
         build_datastore("m", [str(bad)], str(tmp_path / "x.safetensors"), tokenizer=tok)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_datastore("m", [str(tmp_path / "nope.jsonl")], str(tmp_path / "x.safetensors"), tokenizer=tok)

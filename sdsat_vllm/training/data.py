@@ -22,6 +22,7 @@ import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -90,6 +91,18 @@ def open_text(path: Path):
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded row) of each non-blank line; ValueError naming the line that is not JSON."""
+    with open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                yield i, row
 
 
 @dataclass(slots=True, frozen=True)

@@ -40,7 +40,7 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, open_text, stdlib_root
+from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, jsonl_rows, stdlib_root
 from .questions import BUILTIN_QUESTIONS, QUESTION_FRAME, builtin_questions
 
 CHAT_INSTRUCTION = "Complete this Python code. Answer with the code only.\n\n```python\n{prompt}```"
@@ -149,20 +149,13 @@ def prompts_from_python(source: str, label: str, split_key: str, rng: random.Ran
 def prompts_from_jsonl(path: Path) -> list[Prompt]:
     """Rows {"prompt": str, optional "source"}; a malformed file is refused whole, before any work."""
     out = []
-    with open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ValueError(f"{path}:{i}: a prompts JSONL row needs a non-empty 'prompt' string")
-            tag = " ".join(str(row.get(k, "")) for k in ("task_id", "source")).lower()
-            if any(m in tag for m in FORBIDDEN_MARKERS):
-                raise ValueError(f"{path}:{i}: this prompt is from HumanEval, the evaluation set: never train on it")
-            out.append(Prompt(row["prompt"], f"prompts:{path}:{i}", "given", f"{path}:{row.get('source', i)}"))
+    for i, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{path}:{i}: a prompts JSONL row needs a non-empty 'prompt' string")
+        tag = " ".join(str(row.get(k, "")) for k in ("task_id", "source")).lower()
+        if any(m in tag for m in FORBIDDEN_MARKERS):
+            raise ValueError(f"{path}:{i}: this prompt is from HumanEval, the evaluation set: never train on it")
+        out.append(Prompt(row["prompt"], f"prompts:{path}:{i}", "given", f"{path}:{row.get('source', i)}"))
     return out
 
 

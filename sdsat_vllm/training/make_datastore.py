@@ -21,21 +21,14 @@ __all__ = ["build_datastore", "read_completions"]
 def read_completions(path: Path) -> tuple[list[str], set[tuple[str, str]]]:
     """(the rows' completions, the (model, model_sha256) pairs that wrote them); ValueError naming the
     line when a row is not a make-data row."""
-    from .data import open_text
+    from .data import jsonl_rows
 
     texts, writers = [], set()
-    with open_text(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not a JSON line ({e})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
-                raise ValueError(f"{path}:{i + 1}: a make-data row needs a 'completion' string field")
-            texts.append(row["completion"])
-            writers.add((str(row.get("model")), str(row.get("model_sha256"))))
+    for i, row in jsonl_rows(path):
+        if not isinstance(row, dict) or not isinstance(row.get("completion"), str):
+            raise ValueError(f"{path}:{i}: a make-data row needs a 'completion' string field")
+        texts.append(row["completion"])
+        writers.add((str(row.get("model")), str(row.get("model_sha256"))))
     if not texts:
         raise ValueError(f"{path} holds no rows")
     return texts, writers
