@@ -99,10 +99,14 @@ def run(args) -> int:
         return sum(a == b for a, b in zip(plain.token_ids, run.token_ids))
 
     speedup = fast.tokens_per_s / plain.tokens_per_s
+    from .datastore import MODEL_DIR_FILE
+
+    has_store = (Path(model_dir) / MODEL_DIR_FILE).is_file()  # the option's "auto" finds it there
+    lookups = "the text's own and the model's datastore" if has_store else "the text's own"
     print()
     print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
     print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s"
-          "   (default: adaptive policy, drafts and SAT tail sized per step, with lookup-backed drafts)")
+          f"   (default: adaptive policy, drafts and SAT tail sized per step, with lookup-backed drafts: {lookups})")
     print(f"  speedup: {speedup:.2f}x   tokens per decode forward: {_fmt(fast.spec.tokens_per_decode_forward)}")
     if fixed is not None:
         s = fixed.spec  # draft_len = n: under the fixed policy every drafting step offers exactly n real drafts

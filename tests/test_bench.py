@@ -117,6 +117,7 @@ def test_demo_prints_its_figures(fake, capsys, tmp_path):
             f"{doc['sdsat']['tokens_per_decode_forward']:.2f}\n" in out)
     assert f"mean acceptance length: {s['mean_acceptance_length']:.2f} tokens per decode forward" in out
     assert "greedy outputs identical to plain decoding: 3/3 (both policies)" in out
+    assert "with lookup-backed drafts: the text's own)" in out  # this model directory has no datastore
     # the fake engine counts every decode forward as a draft (as vLLM does under SDSAT) and no stop string
     # cuts an accepted token: the mean acceptance length is the tokens per decode forward
     assert s["mean_acceptance_length"] == pytest.approx(s["tokens_per_decode_forward"])
@@ -133,6 +134,18 @@ def test_demo_without_drafter_figures(fake, tmp_path):
     assert demo.run(p.parse_args(["--model", str(model), "--num-prompts", "2", "--no-drafter-figures",
                                   "--json", str(out_json)])) == 0
     assert len(FakeLLM.instances) == 2 and json.loads(out_json.read_text())["sdsat_fixed"] is None
+
+
+def test_demo_names_the_datastore_where_the_model_has_one(fake, capsys):
+    from sdsat_vllm import demo
+    from sdsat_vllm.datastore import MODEL_DIR_FILE, save_datastore
+
+    _, model = fake
+    save_datastore(Path(model) / MODEL_DIR_FILE, [[1, 2, 3]], {})
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    assert demo.run(p.parse_args(["--model", str(model), "--num-prompts", "2", "--no-drafter-figures"])) == 0
+    assert "with lookup-backed drafts: the text's own and the model's datastore)" in capsys.readouterr().out
 
 
 def test_demo_verbose_leaves_vllm_logging_alone(fake):
