@@ -103,7 +103,7 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
     q = [V1_PRIOR_Q] * len(cand)
     for j in range(min(fresh, len(cand))):
         q[j] = row["top_p"][j][row["top"][j].index(cand[j])] if cand[j] in row["top"][j] else 0.0
-    return [LookupOption(cand, q, m.ngram)]
+    return [LookupOption(cand, q, m.ngram, "text")]
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
@@ -126,17 +126,17 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             drafter.tick()
             row = rows[i - 1]
             fresh_q = row["q"][:fresh]
-            cand, lookup_q = [], None
+            cand, lookup_q, source = [], None, "text"
             if lookup:
                 options = v1_chain(prompt + out[:i], fresh, row, n, sat_ids) if lookup == "v1" else \
                     lookup_chains(prompt + out[:i], row["argmax"][:fresh], fresh_q,
                                   _logprobs(row, fresh, vocab) if fresh else None, 0, n, sat_ids,
                                   datastore if lookup == "datastore" else None)
-                best = drafter.pick_lookup([o.q for o in options])
+                best = drafter.pick_lookup([o.q for o in options], [o.source for o in options])
                 if best is not None:
-                    cand, lookup_q = options[best].tokens, options[best].q
+                    cand, lookup_q, source = options[best].tokens, options[best].q, options[best].source
             d = drafter.decide(f"r{k}", fresh_q, verified_real=verified, accepted=accepted, batch_size=1,
-                               lookup_q=lookup_q)
+                               lookup_q=lookup_q, lookup_source=source)
             chain = (cand if d.lookup else row["argmax"][:fresh])[:d.drafts]
             a = 0
             while a < len(chain) and i + a < len(out) and out[i + a] == chain[a]:

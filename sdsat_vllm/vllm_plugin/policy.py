@@ -692,6 +692,8 @@ def score_lookup(ngram: int, sat_probs: Sequence[float], length: int) -> list[fl
 #: Each entry is below LOOKUP_PRIOR_BY_NGRAM's at the same length: a match in the request's own text
 #: is the stronger evidence, and AdaptiveDrafter.note_lookup_miss's skip relies on that order.
 DATASTORE_PRIOR_BY_NGRAM = (0.0, 0.0, 0.35, 0.4, 0.45, 0.5, 0.55)
+#: where a lookup candidate was found: the request's own text, or the datastore (each its calibration)
+LOOKUP_SOURCES = ("text", "datastore")
 
 
 def score_datastore(ngram: int, share: Sequence[float], sat_probs: Sequence[float]) -> list[float]:
@@ -724,6 +726,7 @@ class RequestState:
     #                                     unless the engine-wide acceptance says drafting does not pay)
     sent_q: list[float] = field(default_factory=list)  # SAT max probabilities of the drafts in flight
     sent_lookup: bool = False           # ... which came from the lookup candidate (its own calibration)
+    sent_source: str = "text"           # ... found in the request's text or in the datastore (LOOKUP_SOURCES)
     lookup_offered: int = 0             # this request's lookup chains verified so far ...
     lookup_accepted: int = 0            # ... and how many of them had their first token accepted
     steady_m: int = -1                  # m* at the last step (-1: none yet)
@@ -770,7 +773,12 @@ class AdaptiveDrafter:
         self.online = OnlineCost(cost) if online else None
         self.fixed_cost = cost
         self.calibration = AcceptanceCalibration(num_sat)
+        # one per lookup source: a datastore match of a given q is right less often than a match in the
+        # request's own text (on norepeat at batch 16 one shared calibration sent datastore chains that
+        # did not pay, results 24.4)
         self.lookup_calibration = AcceptanceCalibration(num_sat)
+        self.datastore_calibration = AcceptanceCalibration(num_sat)
+        self.has_datastore = False  # the proposer sets it when it has one (lookup_may_pay)
         self.alpha_global = [0.5] * n
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
@@ -858,12 +866,17 @@ class AdaptiveDrafter:
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0:
             return False
-        cal = self.lookup_calibration
-        best = max(cal.estimate(0, min(1.0, (i + 1) / cal.buckets - 1e-9)) for i in range(cal.buckets))
+        # in back-off no SAT row scores a chain: its q is a prior, at most 1 for a text match and
+        # max(DATASTORE_PRIOR_BY_NGRAM) for a datastore one (consulted only where there is a datastore)
+        sources = [(self.lookup_calibration, 1.0)]
+        if self.has_datastore:
+            sources.append((self.datastore_calibration, max(DATASTORE_PRIOR_BY_NGRAM)))
+        best = max(cal.estimate(0, min(top, (i + 1) / cal.buckets - 1e-9))
+                   for cal, top in sources for i in range(cal.buckets) if i / cal.buckets <= top)
         return best > self._lookup_bar(batch_size, limit)
 
     def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None,
-                     req_id: str | None = None) -> bool:
+                     req_id: str | None = None, source: str = "text") -> bool:
         """Whether :meth:`decide` could send this lookup chain (its tokens' q) to a request in back-off
         (one :meth:`idle` would let skip): only if its first token's calibrated acceptance clears
         :meth:`_lookup_bar`. When it cannot, decide would return Decision(0, 0): the proposer takes the
@@ -872,14 +885,22 @@ class AdaptiveDrafter:
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0 or not lookup_q:
             return False
-        return self._lookup_estimates(lookup_q[:1], self.states.get(req_id))[0] > self._lookup_bar(batch_size, limit)
+        return self._lookup_estimates(lookup_q[:1], self.states.get(req_id), source)[0] > self._lookup_bar(batch_size,
+                                                                                                          limit)
 
-    def _lookup_estimates(self, lookup_q: Sequence[float], st: RequestState | None) -> list[float]:
+    def lookup_calibration_of(self, source: str) -> AcceptanceCalibration:
+        """The calibration of a lookup source (LOOKUP_SOURCES)."""
+        if source not in LOOKUP_SOURCES:
+            raise ValueError(f"lookup source must be one of {LOOKUP_SOURCES}, got {source!r}")
+        return self.datastore_calibration if source == "datastore" else self.lookup_calibration
+
+    def _lookup_estimates(self, lookup_q: Sequence[float], st: RequestState | None,
+                          source: str = "text") -> list[float]:
         """The lookup calibration's acceptance per position, the first one shrunk towards the request's
         own record (LOOKUP_REQUEST_WEIGHT): later positions are conditional on the first accepted,
         which the engine-wide figures describe well enough; whether a request's matches are right at
         all is a property of the request (what it generates, greedy or sampled)."""
-        p = self.lookup_calibration.estimates(lookup_q)
+        p = self.lookup_calibration_of(source).estimates(lookup_q)
         if p and st is not None and st.lookup_offered:
             w = self.LOOKUP_REQUEST_WEIGHT
             p[0] = (st.lookup_accepted + w * p[0]) / (st.lookup_offered + w)
@@ -928,21 +949,25 @@ class AdaptiveDrafter:
         shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > bar), None)
         st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
 
-    def pick_lookup(self, candidates: Sequence[Sequence[float]]) -> int | None:
-        """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup`), the index
-        of the one with the largest calibrated expected accepted length; None when there are none."""
+    def pick_lookup(self, candidates: Sequence[Sequence[float]], sources: Sequence[str] | None = None) -> int | None:
+        """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup` or
+        :func:`score_datastore`, and its source, "text" when not given), the index of the one with
+        the largest expected accepted length by its source's calibration; None when there are none."""
         if not candidates:
             return None
-        values = [expected_accepted(self.lookup_calibration.estimates(q[: self.n])) for q in candidates]
+        sources = sources or ["text"] * len(candidates)
+        values = [expected_accepted(self.lookup_calibration_of(src).estimates(q[: self.n]))
+                  for q, src in zip(candidates, sources)]
         return max(range(len(values)), key=values.__getitem__)
 
     def decide(self, req_id: str, fresh_q: Sequence[float], *, verified_real: int | None = None,
                accepted: int = 0, batch_size: int = 1, cap: int | None = None,
-               lookup_q: Sequence[float] | None = None) -> Decision:
+               lookup_q: Sequence[float] | None = None, lookup_source: str = "text") -> Decision:
         """fresh_q: max probabilities of the request's fresh SAT rows (empty: none). verified_real:
         real drafts verified this step (None: unknown, nothing learned); accepted: how many of them.
         lookup_q: a lookup candidate's scores, one per candidate token (:func:`score_lookup`; the
-        proposer's best of several, :meth:`pick_lookup`); None: no candidate.
+        proposer's best of several, :meth:`pick_lookup`); None: no candidate. lookup_source: where it
+        was found (its calibration).
         The chain with the larger expected accepted length is drafted from (Decision.lookup)."""
         limit = self.n if cap is None else max(0, min(self.n, cap))
         batch_size = decision_batch(batch_size)
@@ -956,7 +981,7 @@ class AdaptiveDrafter:
                 # lengthen the forward for nothing)
                 st.since_probe = 0
         if st.sent_q and verified_real and verified_real <= len(st.sent_q):
-            cal = self.lookup_calibration if st.sent_lookup else self.calibration
+            cal = self.lookup_calibration_of(st.sent_source) if st.sent_lookup else self.calibration
             cal.record_step(st.sent_q[:verified_real], min(max(accepted, 0), verified_real))
             if st.sent_lookup:
                 st.lookup_offered += 1
@@ -981,7 +1006,7 @@ class AdaptiveDrafter:
             st.probe_pending = False
         qs, use_lookup = fresh_q, False
         if lookup_q:
-            p_lookup = self._lookup_estimates(lookup_q, st)
+            p_lookup = self._lookup_estimates(lookup_q, st, lookup_source)
             if expected_accepted(p_lookup[:limit]) > expected_accepted(p[:limit]):
                 qs, p, use_lookup = lookup_q, p_lookup, True
         d = choose_draft_length(p, self.n, cost, alpha=st.alpha, batch_size=batch_size, cap=cap,
@@ -992,6 +1017,7 @@ class AdaptiveDrafter:
         st.probe_pending = st.probe_pending or d.probe
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0
+        st.sent_source = lookup_source if st.sent_lookup else "text"
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
@@ -999,5 +1025,6 @@ __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_
            "probe_interval", "probe_due", "decision_batch", "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
-           "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore", "LookupMatch", "suffix_match", "suffix_candidate",
+           "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",
+           "LOOKUP_SOURCES", "LookupMatch", "suffix_match", "suffix_candidate",
            "score_lookup", "expected_accepted"]

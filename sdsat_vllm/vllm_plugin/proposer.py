@@ -164,11 +164,13 @@ LOOKUP_WINDOW = 4096
 
 class LookupOption(NamedTuple):
     """One lookup-backed chain a row could draft from: its tokens, their q (policy.score_lookup or
-    policy.score_datastore) and the length of the suffix match it continues."""
+    policy.score_datastore), the length of the suffix match it continues and where that match was
+    found (policy.LOOKUP_SOURCES)."""
 
     tokens: list[int]
     q: list[float]
     ngram: int
+    source: str
 
 
 def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float], logprobs: Any, off: int, cap: int,
@@ -205,18 +207,18 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
         m = suffix_match(tokens, max_len, stop=sat_set)
         if m is not None:
             found.append(LookupOption(m.tokens, score_lookup(m.ngram, sat_probs(m.tokens, first_row), len(m.tokens)),
-                                      m.ngram))
+                                      m.ngram, "text"))
         if datastore is not None:
             d = datastore.match(tokens, max_len, stop=sat_set)
             if d is not None:
                 found.append(LookupOption(d.tokens, score_datastore(d.ngram, d.share, sat_probs(d.tokens, first_row)),
-                                          d.ngram))
+                                          d.ngram, "datastore"))
         return found
 
     out = matches(text, cap, 0)
     if len(fresh_top) and len(fresh_q) and cap > 1:
         for after in matches(np.append(text, fresh_top[0]), cap - 1, 1):
-            out.append(LookupOption([int(fresh_top[0])] + after.tokens, [float(fresh_q[0])] + after.q, after.ngram))
+            out.append(after._replace(tokens=[int(fresh_top[0])] + after.tokens, q=[float(fresh_q[0])] + after.q))
     return out
 
 
@@ -303,6 +305,7 @@ class SDSATProposer:
             self.drafter = policy.AdaptiveDrafter(self.n, self.K, model, online=cost == "online",
                                                   probe_budget=self.options["probe_budget"],
                                                   min_gain=self.options["min_gain"])
+            self.drafter.has_datastore = self.datastore is not None
             self._last_step_start: float | None = None
             self._recent_batch = policy.RecentBatch()
         logger.info("SDSAT proposer: %s, n=%d real drafts + %s per verify forward (K=%d, SAT ids %s)%s",
@@ -579,17 +582,17 @@ class SDSATProposer:
                 idle_checked = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
-            cand, lookup_q, options = [], None, []
+            cand, lookup_q, source, options = [], None, "text", []
             if self.lookup and cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
                 options = lookup_chains(input_batch.token_ids_cpu[row, :n_tok], top[off:off + cnt], q[off:off + cnt],
                                         logprobs, off, cap, sat_set, self.datastore)
-                best = self.drafter.pick_lookup([o.q for o in options])
+                best = self.drafter.pick_lookup([o.q for o in options], [o.source for o in options])
                 if best is not None:
-                    cand, lookup_q = options[best].tokens, options[best].q
+                    cand, lookup_q, source = options[best].tokens, options[best].q, options[best].source
             if not cnt and not idle_checked \
-                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row])) \
+                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row], source)) \
                     and self.drafter.idle(req_ids[row], batch, cap):
                 # in back-off, and the match found (if any) could not pay: nor can the next few
                 self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in options), default=0), batch)
@@ -597,7 +600,8 @@ class SDSATProposer:
                 continue
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,
-                                    accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q)
+                                    accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q,
+                                    lookup_source=source)
             counts.append((d.drafts, d.tail))
             if d.lookup:
                 chains[row] = cand

@@ -803,6 +803,34 @@ def test_validate_datastore_option(tmp_path):
         validate_options({"datastore": str(good), "lookup": False})
 
 
+def test_datastore_chains_have_their_own_calibration():
+    """A datastore chain's outcome is recorded in the datastore calibration, a text match's in the
+    lookup calibration: once datastore chains at q .55 are seen rejected, a datastore candidate at .55
+    loses to a text one at .5 (one shared calibration would score both by the same bucket)."""
+    dr = AdaptiveDrafter(4, 4, CostModel.linear(0.0), online=False)
+    assert dr.decide("r", [], lookup_q=[0.55, 0.55], lookup_source="datastore").lookup
+    assert dr.states["r"].sent_source == "datastore"
+    dr.decide("r", [], verified_real=2, accepted=0)
+    assert dr.datastore_calibration.offered[0][5] == 1 and dr.datastore_calibration.accepted[0][5] == 0
+    assert sum(map(sum, dr.lookup_calibration.offered)) == 0
+    for _ in range(20):
+        dr.datastore_calibration.record(0, 0.55, False)
+    assert dr.pick_lookup([[0.55, 0.55], [0.5, 0.5]], ["datastore", "text"]) == 1
+    assert dr.pick_lookup([[0.55, 0.55], [0.5, 0.5]]) == 0  # both "text": the higher q wins
+    with pytest.raises(ValueError, match="lookup source"):
+        dr.lookup_calibration_of("web")
+    # in back-off a datastore chain's q is at most the longest prior: its unseen buckets above cannot
+    # make a lookup look worth a suffix match (lookup_may_pay), and only where there is a datastore
+    cpu = AdaptiveDrafter(4, 4, CPU, online=False)
+    for i in range(200):
+        for b in range(10):
+            cpu.lookup_calibration.record(0, (b + 0.5) / 10, False)
+    assert not cpu.lookup_may_pay(16)
+    cpu.has_datastore = True
+    assert cpu.lookup_may_pay(16) == (max(policy.DATASTORE_PRIOR_BY_NGRAM) > cpu._lookup_bar(16, 4))
+    assert cpu.lookup_may_pay(1)
+
+
 def test_score_datastore():
     """A datastore token's q: the prior of its match length times its share, combined with a fresh SAT
     row's probability like a prompt-lookup token's; below a prompt-lookup match of the same length

@@ -439,8 +439,8 @@ def test_lookup_chains_plain_and_after_the_first_sat_draft():
     probs[1, 3], probs[1, 6] = 0.5, 0.2
     probs[2, 9], probs[2, 6] = 0.6, 0.1
     chains = lookup_chains(text, [3, 9], [0.5, 0.6], probs.log(), 1, 3, {S})
-    (plain, q_plain, n_plain), (hybrid, q_hybrid, n_hybrid) = chains
-    assert (n_plain, n_hybrid) == (2, 1)
+    (plain, q_plain, n_plain, s_plain), (hybrid, q_hybrid, n_hybrid, s_hybrid) = chains
+    assert (n_plain, n_hybrid, s_plain, s_hybrid) == (2, 1, "text", "text")
     # "1 2" seen before: 6 6 3 follow; rows 1 and 2 score the first two tokens, the third has the prior
     p2, p1 = lookup_prior_q(2), lookup_prior_q(1)
     assert plain == [6, 6, 3]
@@ -449,10 +449,10 @@ def test_lookup_chains_plain_and_after_the_first_sat_draft():
     assert hybrid == [3, 9, 1]
     assert q_hybrid == pytest.approx([0.5, 1 - 0.4 * (1 - p1), p1])
     # no fresh rows: the plain chain only, scored by its match alone; cap 0: nothing
-    assert lookup_chains(text, [], [], None, 0, 2, {S}) == [([6, 6], [p2, p2], 2)]
+    assert lookup_chains(text, [], [], None, 0, 2, {S}) == [([6, 6], [p2, p2], 2, "text")]
     assert lookup_chains(text, [3], [0.5], probs.log(), 1, 0, {S}) == []
     # a SAT id is never drafted: the chain stops before it
-    assert lookup_chains(np.array([1, 2, 7, S, 1, 2]), [], [], None, 0, 3, {S}) == [([7], [p2], 2)]
+    assert lookup_chains(np.array([1, 2, 7, S, 1, 2]), [], [], None, 0, 3, {S}) == [([7], [p2], 2, "text")]
 
 
 def test_lookup_chains_from_a_datastore_too():
@@ -470,19 +470,19 @@ def test_lookup_chains_from_a_datastore_too():
     probs = torch.full((2, 12), 0.01)
     probs[0, 3], probs[0, 8] = 0.5, 0.3
     probs[1, 7] = 0.4
-    (store_chain, q, ngram), = lookup_chains(text, [], [], None, 0, 3, {S}, store)
+    (store_chain, q, ngram, source), = lookup_chains(text, [], [], None, 0, 3, {S}, store)
     # both occurrences continue with 8; then one with 8, one with 2 (a tie: the smaller id), whose document ends
-    assert (store_chain, ngram) == ([8, 2], 2)
+    assert (store_chain, ngram, source) == ([8, 2], 2, "datastore")
     assert q == pytest.approx(score_datastore(2, [1.0, 0.5], []))
     # a fresh SAT row at gathered row 0 (argmax 3) scores the first token; after the draft ("4 5 3",
     # "5 3") nothing matches, in the text or the datastore
     chains = lookup_chains(text, [3], [0.5], probs.log(), 0, 3, {S}, store)
-    assert chains == [([8, 2], pytest.approx(score_datastore(2, [1.0, 0.5], [0.3])), 2)]
+    assert chains == [([8, 2], pytest.approx(score_datastore(2, [1.0, 0.5], [0.3])), 2, "datastore")]
     # "0 3" then 7 7 (the document ends); after the draft 7, "0 3 7" then 7: a 3-token match
     text = np.array([1, 0, 3])
     chains = lookup_chains(text, [7], [0.4], probs.log(), 1, 3, {S}, store)
-    assert chains == [([7, 7], pytest.approx(score_datastore(2, [1.0, 1.0], [0.4])), 2),
-                      ([7, 7], pytest.approx([0.4, score_datastore(3, [1.0], [])[0]]), 3)]
+    assert chains == [([7, 7], pytest.approx(score_datastore(2, [1.0, 1.0], [0.4])), 2, "datastore"),
+                      ([7, 7], pytest.approx([0.4, score_datastore(3, [1.0], [])[0]]), 3, "datastore")]
     assert lookup_chains(text, [], [], None, 0, 3, {7}, store) == []  # 7 is a SAT id here: nothing left
 
 
