@@ -930,7 +930,8 @@ class AdaptiveDrafter:
         """A request in back-off looked up and found no chain worth sending; longest_match: the longest
         suffix of its text matched by any lookup (its own text, the datastore; 0: none). In back-off a
         chain's q is a prior alone (no SAT rows score it): LOOKUP_PRIOR_BY_NGRAM of its match length,
-        DATASTORE_PRIOR_BY_NGRAM's (never more) for a datastore match. The longest suffix that occurs
+        at most DATASTORE_PRIOR_BY_NGRAM's for a datastore match (each read through its source's
+        calibration). The longest suffix that occurs
         earlier in a text, or in a fixed datastore, grows by at most one token per token appended: a
         match of length L now is at most L + j long j steps later. So if the shortest match whose q
         :meth:`lookup_worth` would pass is G long, the matches of the next G - L - 1 steps cannot pass
@@ -946,7 +947,12 @@ class AdaptiveDrafter:
         now = max(0, min(int(longest_match), len(levels) - 1))
         limit = self.n  # the proposer's cap only lowers the limit, which raises the bar: the skip stays safe
         bar = self._lookup_bar(batch_size, limit)
-        shortest = next((g for g in range(1, len(levels)) if self._lookup_estimates([levels[g]], st)[0] > bar), None)
+
+        def passes(g: int) -> bool:  # a match g tokens long, in the text or (where there is one) the datastore
+            return self._lookup_estimates([levels[g]], st)[0] > bar or (
+                self.has_datastore and self._lookup_estimates([DATASTORE_PRIOR_BY_NGRAM[g]], st, "datastore")[0] > bar)
+
+        shortest = next((g for g in range(1, len(levels)) if passes(g)), None)
         st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]], sources: Sequence[str] | None = None) -> int | None:

@@ -956,3 +956,25 @@ def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
                 dr.note_lookup_miss("r", longest, batch)
         assert found == every_step and len(every_step) > 100, batch
         assert looked < most * (len(text) - 50), (batch, looked)
+
+
+def test_the_back_off_skip_counts_datastore_matches_where_there_is_a_datastore():
+    """note_lookup_miss's shortest passing match length looks at the datastore's calibration too: once
+    2-token datastore matches (prior .35) are seen always accepted, a request at batch 16 with no match
+    looks again after 2 steps, not the 3 a 3-token text match needs."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
+    for _ in range(100):
+        dr.datastore_calibration.record(0, policy.DATASTORE_PRIOR_BY_NGRAM[2], True)
+
+    def waits() -> int:
+        dr.note_lookup_miss("r", 0, 16)
+        for k in range(1, 9):
+            dr.tick()
+            if dr.lookup_due("r"):
+                return k
+        return 0
+
+    assert waits() == 3
+    dr.has_datastore = True
+    assert waits() == 2
