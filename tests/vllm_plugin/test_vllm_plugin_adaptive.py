@@ -46,13 +46,21 @@ def test_with_vllm_per_batch_size_count(sdsat_model_dir, plain_baseline, sat_id)
         shutdown(llm)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["sat-only", "lookup"])
-def adaptive_llm(request, sdsat_model_dir, plain_baseline):  # baseline first: one engine alive at a time
+@pytest.fixture(scope="module", params=[False, True, "datastore"], ids=["sat-only", "lookup", "lookup+datastore"])
+def adaptive_llm(request, sdsat_model_dir, plain_baseline, tmp_path_factory):  # baseline first: one engine at a time
     from vllm import LLM
 
-    spec = dict(ADAPTIVE, sdsat_lookup=request.param)
+    from sdsat_vllm.datastore import save_datastore
+
+    spec = dict(ADAPTIVE, sdsat_lookup=bool(request.param))
+    extra = {}
+    if request.param == "datastore":
+        # the model's own greedy text (the plain outputs of the batch), as a datastore built for it would hold
+        path = save_datastore(tmp_path_factory.mktemp("datastore") / "ds.safetensors", plain_baseline["mixed"],
+                              {"test": "plain greedy outputs"})
+        spec["sdsat_datastore"] = extra["datastore"] = str(path)
     llm = LLM(model=str(sdsat_model_dir), speculative_config=spec, **ENGINE_KW)
-    llm.sdsat_lookup = request.param
+    llm.sdsat_lookup, llm.sdsat_extra = bool(request.param), extra
     yield llm
     shutdown(llm)
 
@@ -62,7 +70,8 @@ def test_options_reached_the_engine(adaptive_llm):
 
     cfg = adaptive_llm.llm_engine.vllm_config
     assert cfg.speculative_config.model == PROPOSER_PATH
-    assert cfg.additional_config["sdsat"] == {"policy": "adaptive", "cost": 0.001, "lookup": adaptive_llm.sdsat_lookup}
+    assert cfg.additional_config["sdsat"] == {"policy": "adaptive", "cost": 0.001, "lookup": adaptive_llm.sdsat_lookup,
+                                              **adaptive_llm.sdsat_extra}
 
 
 def test_greedy_batch8_identical_to_plain_and_drafts_accepted(adaptive_llm, plain_baseline, sat_id):
