@@ -50,7 +50,7 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplication by it is a bijectio
 _MASK = (1 << 64) - 1
 
 __all__ = ["ADAPTER_FILE", "Datastore", "DatastoreError", "DatastoreMatch", "FORMAT", "MAX_NGRAM",
-           "MAX_OCCURRENCES", "MIN_NGRAM", "MODEL_DIR_FILE", "SEPARATOR", "load_datastore", "save_datastore"]
+           "MAX_OCCURRENCES", "MIN_NGRAM", "MODEL_DIR_FILE", "SEPARATOR", "load_datastore", "model_datastore", "save_datastore"]
 
 
 class DatastoreError(ValueError):
@@ -160,6 +160,13 @@ class Datastore:
             share.append(float(counts[best]) / len(ends))
             ends = ends[nxt == tok]
         return DatastoreMatch(out, ngram, share, occurrences) if out else None
+
+
+def model_datastore(model_dir: str | os.PathLike) -> Path | None:
+    """The datastore a model directory carries (MODEL_DIR_FILE), None where it has none: what the
+    `datastore` option's "auto" loads."""
+    path = Path(model_dir) / MODEL_DIR_FILE
+    return path if path.is_file() else None
 
 
 def join_documents(docs: Iterable[Sequence[int]]) -> np.ndarray:

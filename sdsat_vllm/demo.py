@@ -99,10 +99,9 @@ def run(args) -> int:
         return sum(a == b for a, b in zip(plain.token_ids, run.token_ids))
 
     speedup = fast.tokens_per_s / plain.tokens_per_s
-    from .datastore import MODEL_DIR_FILE
+    from .datastore import model_datastore
 
-    has_store = (Path(model_dir) / MODEL_DIR_FILE).is_file()  # the option's "auto" finds it there
-    lookups = "the text's own and the model's datastore" if has_store else "the text's own"
+    lookups = "the text's own and the model's datastore" if model_datastore(model_dir) else "the text's own"
     print()
     print(f"  plain : {plain.tokens:5d} tokens in {plain.wall_s:6.2f} s = {plain.tokens_per_s:7.1f} tokens/s")
     print(f"  SDSAT : {fast.tokens:5d} tokens in {fast.wall_s:6.2f} s = {fast.tokens_per_s:7.1f} tokens/s"

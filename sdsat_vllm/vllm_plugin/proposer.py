@@ -320,13 +320,13 @@ class SDSATProposer:
         vocabulary; None when it is "none", or "auto" and the model directory has none."""
         from pathlib import Path
 
-        from ..datastore import MODEL_DIR_FILE, load_datastore
+        from ..datastore import load_datastore, model_datastore
 
         option = self.options["datastore"]
         if option == "none":
             return None
-        path = Path(model_config.model) / MODEL_DIR_FILE if option == "auto" else Path(option)
-        if option == "auto" and not path.is_file():
+        path = model_datastore(model_config.model) if option == "auto" else Path(option)
+        if path is None:
             return None
         store = load_datastore(path, model_config.get_vocab_size())
         logger.info("SDSAT proposer: lookup drafts from the datastore %s too (%d tokens, %d documents)", path,
