@@ -34,8 +34,10 @@ import numpy as np
 
 #: the token id that separates documents in a datastore's token array
 SEPARATOR = -1
-#: match lengths searched: a 1-token match in a corpus says next to nothing about the next token
-MIN_NGRAM, MAX_NGRAM = 2, 8
+#: match lengths searched. Even a 1-token match says something: where nothing longer matched, the
+#: token that most often follows the last one was the model's next token 27% of the time on norepeat
+#: (results 25.1), and those steps had no other draft at all
+MIN_NGRAM, MAX_NGRAM = 1, 8
 #: occurrences of a match whose continuations are counted (evenly spread over all of them): a
 #: common bigram occurs thousands of times, and counting them all costs more than it tells
 MAX_OCCURRENCES = 256
@@ -90,11 +92,11 @@ class Datastore:
         sep = (t == SEPARATOR).astype(np.int64)
         seps_before = np.concatenate([[0], np.cumsum(sep)])  # seps_before[i]: separators in t[:i]
         vals = (t + 1).astype(np.uint64)
-        h = vals.copy()  # h[i]: hash of the n-gram ending at i (n = 1)
         ends = np.arange(n_tok, dtype=np.int64)
         has_next = t[1:n_tok + 1] != SEPARATOR
-        for n in range(2, MAX_NGRAM + 1):
-            h = np.concatenate([np.zeros(1, np.uint64), h[:-1] * _MULT + vals[1:]])  # window t[i-n+1..i]
+        for n in range(1, MAX_NGRAM + 1):
+            # h[i]: hash of the n-gram ending at i, the window t[i-n+1..i]
+            h = vals.copy() if n == 1 else np.concatenate([np.zeros(1, np.uint64), h[:-1] * _MULT + vals[1:]])
             if n < MIN_NGRAM:
                 continue
             start = ends - n + 1

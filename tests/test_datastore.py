@@ -49,8 +49,11 @@ def test_match_by_hand():
     assert (m.tokens, m.ngram, m.share) == ([4, 7], 3, [1.0, 1.0])
     assert store.match([8, 2, 3], 1).tokens == [4]
     assert store.match([8, 2, 3], 0) is None
-    assert store.match([5, 9], 3) is None  # "5 9" spans two documents: not a match
-    assert store.match([7, 1], 3) is None and store.match([2], 3) is None  # one token is below MIN_NGRAM
+    assert store.match([5, 9], 3).ngram == 1  # "5 9" spans two documents: not a match ("9" is)
+    assert store.match([7, 6], 3) is None  # "6" is nowhere
+    m = store.match([7, 1], 3)  # a 1-token match: "1" twice, each time "2 3 4"
+    assert (m.tokens, m.ngram, m.share, m.occurrences) == ([2, 3, 4], 1, [1.0, 1.0, 1.0], 2)
+    assert store.match([5], 3) is None  # "5" ends its documents: nothing follows it
     assert store.match([8, 2, 3], 5, stop={4}) is None  # a SAT id is never drafted
     assert store.match([9, 2, 3], 5, stop={7}).tokens == [4]
     assert store.match(list(range(100, 200)) + [9, 2, 3], 5).tokens == [4, 7]  # only the tail is read

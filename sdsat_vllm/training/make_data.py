@@ -11,8 +11,8 @@ Prompts come from real code, cut where a user would stop typing and ask for the 
 taken from Python files (default: the interpreter's stdlib source) or given as a prompts JSONL
 (rows with a "prompt" string). Each prompt is sent completion-style (the code as it is) or, for
 a fraction of them, chat-style (the model's chat template around "Complete this code"), since
-users send both. `builtin:questions` adds general questions answered in prose
-(`training/questions.py`), always sent as the user's message in the chat template: the text where
+users send both. `builtin:questions` (and `builtin:questions-2`, other topics) adds general
+questions answered in prose (`training/questions.py`), always sent as the user's message in the chat template: the text where
 the drafts are the SATs' alone, since nothing in the context predicts the answer. Completions are generated greedily and optionally sampled, by vLLM where it is
 installed (batched: ~140 tokens/s at batch 32 on a 2-core CPU for SmolLM2-135M) and by
 transformers otherwise.
@@ -41,7 +41,7 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from .data import FORBIDDEN_MARKERS, corpus_files, is_heldout, is_jsonl, jsonl_rows, stdlib_root
-from .questions import BUILTIN_QUESTIONS, QUESTION_FRAME, builtin_questions
+from .questions import BUILTIN_QUESTIONS, QUESTION_FRAME, QUESTION_SETS, builtin_questions
 
 CHAT_INSTRUCTION = "Complete this Python code. Answer with the code only.\n\n```python\n{prompt}```"
 PROMPT_KINDS = ("def_doc", "def_body", "class_doc", "question")
@@ -52,7 +52,7 @@ ROW_FORMAT = 1
 class MakeDataConfig:
     model: str = "smollm2-135m"  # the served (base) model whose completions we learn
     out: str = "data/self_distill.jsonl"
-    sources: tuple[str, ...] = ()  # .py files/dirs, prompt JSONL files, builtin:questions; empty: the stdlib
+    sources: tuple[str, ...] = ()  # .py files/dirs, prompt JSONL files, builtin:questions(-2); empty: the stdlib
     max_prompts: int | None = 2000
     max_prompt_chars: int = 1500
     chat_fraction: float = 0.25  # share of prompts sent through the chat template
@@ -159,18 +159,18 @@ def prompts_from_jsonl(path: Path) -> list[Prompt]:
     return out
 
 
-def prompts_from_questions(seed: int) -> list[Prompt]:
-    """The built-in prose questions, held out by topic."""
-    return [Prompt(q, f"{BUILTIN_QUESTIONS}:{i}", "question", f"questions/{topic}")
-            for i, (q, topic) in enumerate(builtin_questions(seed))]
+def prompts_from_questions(seed: int, source: str = BUILTIN_QUESTIONS) -> list[Prompt]:
+    """A built-in set of prose questions, held out by topic."""
+    return [Prompt(q, f"{source}:{i}", "question", f"questions/{topic}")
+            for i, (q, topic) in enumerate(builtin_questions(seed, source))]
 
 
 def collect_prompts(cfg: MakeDataConfig) -> list[Prompt]:
     """All prompts of the sources, deduplicated and shuffled (seeded), at most max_prompts."""
-    file_sources = tuple(s for s in cfg.sources if s != BUILTIN_QUESTIONS)
+    file_sources = tuple(s for s in cfg.sources if s not in QUESTION_SETS)
     roots = [Path(s) for s in file_sources]
     std = stdlib_root()
-    prompts: list[Prompt] = prompts_from_questions(cfg.seed) if BUILTIN_QUESTIONS in cfg.sources else []
+    prompts = [p for s in QUESTION_SETS if s in cfg.sources for p in prompts_from_questions(cfg.seed, s)]
     for path in corpus_files(file_sources) if file_sources or not cfg.sources else []:
         if is_jsonl(path):
             prompts.extend(prompts_from_jsonl(path))
@@ -443,7 +443,7 @@ def add_arguments(parser) -> None:
     from .cli import _add_fields
 
     _add_fields(parser, MakeDataConfig, required=(), help={
-        "sources": f"prompt sources: .py files or directories, prompts JSONL files, {BUILTIN_QUESTIONS} "
+        "sources": f"prompt sources: .py files or directories, prompts JSONL files, {' or '.join(QUESTION_SETS)} "
                    "(general questions answered in prose); default: the stdlib source"})
 
 

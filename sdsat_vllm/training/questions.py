@@ -16,6 +16,7 @@ import random
 
 #: the source name that selects these questions in `MakeDataConfig.sources`
 BUILTIN_QUESTIONS = "builtin:questions"
+BUILTIN_QUESTIONS_2 = "builtin:questions-2"
 #: a question for a model without a chat template (make-data's rows, the norepeat benchmark's prompts)
 QUESTION_FRAME = "Question: {}\nAnswer:"
 
@@ -45,6 +46,36 @@ QUESTION_TOPICS = (
     "microwave ovens", "airplanes", "bridges", "skyscrapers", "plumbing", "electric grids", "maps",
 )
 
+#: a second set (`builtin:questions-2`, session 25): 128 more topics with the same templates, for a
+#: datastore of the served model's own answers that covers more of what it says (sdsat_vllm/datastore.py)
+QUESTION_TOPICS_2 = (
+    # nature and science
+    "quantum computers", "the Big Bang", "neutron stars", "the Milky Way", "asteroids", "Jupiter",
+    "Saturn's rings", "the International Space Station", "cells and their parts", "viruses", "antibiotics",
+    "the skeleton", "the lungs", "the kidneys", "hormones", "allergies", "genetics", "stem cells",
+    "chemical reactions", "acids and bases", "radio waves", "microscopes", "lasers", "thermometers",
+    "weather forecasts", "rivers", "mountains", "the Arctic", "Antarctica", "jungles", "grasslands",
+    "spiders", "butterflies", "frogs", "sharks", "elephants", "penguins", "wolves", "horses", "owls",
+    "earthworms", "pollination", "seeds", "cactus plants", "soil", "water pollution", "air quality",
+    "endangered species",
+    # history and society
+    "the Aztecs", "the Inca Empire", "the Middle Ages", "knights", "the Ottoman Empire",
+    "the American Revolution", "the Cold War", "the Berlin Wall", "the telephone", "the light bulb",
+    "the steam engine", "the history of medicine", "pirates", "the Titanic", "the first Moon landing",
+    "coins and banknotes", "credit cards", "mortgages", "retirement savings", "the minimum wage", "globalization",
+    "tourism", "volunteering", "human rights", "courts of law", "firefighters", "hospitals", "schools",
+    "universities", "newspapers", "television",
+    # everyday life and technology
+    "making soup", "grilling vegetables", "rice", "cheese", "vitamins", "drinking water", "yoga",
+    "running a marathon", "hiking", "camping", "board games", "knitting", "woodworking",
+    "playing the guitar", "singing in a choir", "dancing", "poetry", "comic books", "podcasts",
+    "social media", "online shopping", "computer viruses", "spreadsheets", "programming languages",
+    "databases", "web browsers", "wifi", "bluetooth", "electric scooters", "trains", "ships", "rockets",
+    "drones", "virtual reality", "washing machines", "vacuum cleaners", "air conditioning",
+    "houseplants", "composting", "moving to a new city", "planning a trip", "packing a suitcase",
+    "weddings", "parenting", "teamwork", "negotiation", "leadership", "habits", "creativity",
+)
+
 QUESTION_TEMPLATES = (
     "Can you give me a short introduction to {}?",
     "How would you explain {} to a friend who knows nothing about it?",
@@ -59,8 +90,15 @@ QUESTION_TEMPLATES = (
 )
 
 
-def builtin_questions(seed: int = 0) -> list[tuple[str, str]]:
-    """Every (question, topic) pair of the topics and templates, in a seeded order."""
-    pairs = [(t.format(topic), topic) for topic in QUESTION_TOPICS for t in QUESTION_TEMPLATES]
-    random.Random(f"{seed}:questions").shuffle(pairs)
+#: the built-in question sets by source name (`MakeDataConfig.sources`)
+QUESTION_SETS = {BUILTIN_QUESTIONS: QUESTION_TOPICS, BUILTIN_QUESTIONS_2: QUESTION_TOPICS_2}
+
+
+def builtin_questions(seed: int = 0, source: str = BUILTIN_QUESTIONS) -> list[tuple[str, str]]:
+    """Every (question, topic) pair of a set's topics and the templates, in a seeded order."""
+    if source not in QUESTION_SETS:
+        raise ValueError(f"no built-in question set {source!r}; there are {sorted(QUESTION_SETS)}")
+    pairs = [(t.format(topic), topic) for topic in QUESTION_SETS[source] for t in QUESTION_TEMPLATES]
+    # the first set's order is the one its shipped data was made in
+    random.Random(f"{seed}:questions" if source == BUILTIN_QUESTIONS else f"{seed}:{source}").shuffle(pairs)
     return pairs

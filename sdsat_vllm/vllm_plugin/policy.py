@@ -688,10 +688,11 @@ def score_lookup(ngram: int, sat_probs: Sequence[float], length: int) -> list[fl
 #: before its share (the fraction of the match's occurrences that continue with it) scales it. On
 #: SmolLM2-135M's greedy answers to the 64 norepeat questions against a datastore of its answers to
 #: other questions (results 24.1), a first token is right ~.26 of the time after a 2-token match, ~.4
-#: after 6 or more, and ~.04 where under a tenth of the occurrences agree, ~.4 where nine tenths do.
-#: Each entry is below LOOKUP_PRIOR_BY_NGRAM's at the same length: a match in the request's own text
-#: is the stronger evidence, and AdaptiveDrafter.note_lookup_miss's skip relies on that order.
-DATASTORE_PRIOR_BY_NGRAM = (0.0, 0.0, 0.35, 0.4, 0.45, 0.5, 0.55)
+#: after 6 or more, and ~.04 where under a tenth of the occurrences agree, ~.4 where nine tenths do;
+#: a 1-token match, where nothing longer matched, ~.27 (results 25.1). Each entry is at most
+#: LOOKUP_PRIOR_BY_NGRAM's at the same length: a match in the request's own text is the stronger
+#: evidence, and AdaptiveDrafter.note_lookup_miss's skip relies on that order.
+DATASTORE_PRIOR_BY_NGRAM = (0.0, 0.2, 0.35, 0.4, 0.45, 0.5, 0.55)
 #: where a lookup candidate was found: the request's own text, or the datastore (each its calibration)
 LOOKUP_SOURCES = ("text", "datastore")
 

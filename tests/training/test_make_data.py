@@ -10,7 +10,8 @@ import pytest
 from sdsat_vllm.training.data import DataConfig, is_heldout, load_datasets
 from sdsat_vllm.training.make_data import (MakeDataConfig, collect_prompts, make_data, make_jobs, prompts_from_jsonl,
                                            prompts_from_python)
-from sdsat_vllm.training.questions import BUILTIN_QUESTIONS, QUESTION_TEMPLATES, QUESTION_TOPICS, builtin_questions
+from sdsat_vllm.training.questions import (BUILTIN_QUESTIONS, BUILTIN_QUESTIONS_2, QUESTION_SETS, QUESTION_TEMPLATES,
+                                          QUESTION_TOPICS, QUESTION_TOPICS_2, builtin_questions)
 from tiny_models import make_tiny_model
 
 SOURCE = '''import os
@@ -185,16 +186,34 @@ def test_builtin_questions_are_chat_turns_held_out_by_topic(tmp_path):
     assert not any(p.source.startswith("stdlib:") for p in both)
 
 
-def test_builtin_questions_share_nothing_with_the_benchmark_questions():
-    """The norepeat benchmark must measure questions the drafter never trained on."""
+@pytest.mark.parametrize("source", sorted(QUESTION_SETS))
+def test_builtin_questions_share_nothing_with_the_benchmark_questions(source):
+    """The norepeat benchmark must measure questions the drafter never trained on (nor its datastore
+    holds answers to)."""
     from sdsat_vllm import bench
 
-    assert not set(QUESTION_TOPICS) & set(bench._NOREPEAT_TOPICS)
+    topics = QUESTION_SETS[source]
+    assert not set(topics) & set(bench._NOREPEAT_TOPICS)
     assert not set(QUESTION_TEMPLATES) & set(bench._NOREPEAT_TEMPLATES)
-    questions = [q for q, _ in builtin_questions()]
-    assert len(questions) == len(set(questions)) == len(QUESTION_TOPICS) * len(QUESTION_TEMPLATES)
+    questions = [q for q, _ in builtin_questions(0, source)]
+    assert len(questions) == len(set(questions)) == len(topics) * len(QUESTION_TEMPLATES)
     assert not set(questions) & set(bench.norepeat_prompts(len(bench._NOREPEAT_TOPICS) * len(bench._NOREPEAT_TEMPLATES)))
     assert not any(topic in q for q in questions for topic in bench._NOREPEAT_TOPICS)
     # held out by topic (all the questions of a few topics)
-    split = {topic: is_heldout(Path(f"questions/{topic}"), 0.05) for topic in QUESTION_TOPICS}
+    split = {topic: is_heldout(Path(f"questions/{topic}"), 0.05) for topic in topics}
     assert 0 < sum(split.values()) < len(split) // 5
+
+
+def test_builtin_question_sets_are_disjoint_and_the_first_keeps_its_order():
+    """A second set adds topics; the first set's questions and order (its shipped data's) stay."""
+    assert not set(QUESTION_TOPICS) & set(QUESTION_TOPICS_2)
+    assert builtin_questions(0)[:2] == [("Summarize what learning a new language is in plain language.",
+                                         "learning a new language"),
+                                        ("How would you explain the periodic table to a friend who knows nothing "
+                                         "about it?", "the periodic table")]
+    with pytest.raises(ValueError, match="no built-in question set"):
+        builtin_questions(0, "builtin:questions-9")
+    prompts = collect_prompts(MakeDataConfig(sources=(BUILTIN_QUESTIONS, BUILTIN_QUESTIONS_2), out="unused.jsonl",
+                                             max_prompts=None))
+    assert len(prompts) == (len(QUESTION_TOPICS) + len(QUESTION_TOPICS_2)) * len(QUESTION_TEMPLATES)
+    assert {p.source.rsplit(":", 1)[0] for p in prompts} == {BUILTIN_QUESTIONS, BUILTIN_QUESTIONS_2}

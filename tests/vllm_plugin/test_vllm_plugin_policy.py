@@ -843,7 +843,9 @@ def test_score_datastore():
     assert score_datastore(2, [1.0, 0.5], []) == pytest.approx([p2, p2 * 0.5])
     assert score_datastore(9, [0.5], []) == pytest.approx([p9 * 0.5])  # longer matches: the last entry
     assert score_datastore(2, [1.0, 0.5], [0.6]) == pytest.approx([1 - 0.4 * (1 - p2), p2 * 0.5])
-    assert score_datastore(1, [1.0], [0.3]) == pytest.approx([0.3])  # below MIN_NGRAM: the SAT row alone
+    p1 = DATASTORE_PRIOR_BY_NGRAM[1]  # a 1-token match: the weakest prior
+    assert 0 < p1 < p2 and score_datastore(1, [0.5], [0.3]) == pytest.approx([1 - 0.7 * (1 - p1 * 0.5)])
+    assert score_datastore(0, [1.0], [0.3]) == pytest.approx([0.3])  # no match: the SAT row alone
     assert score_datastore(3, [], [0.9]) == []
 
 
