@@ -33,7 +33,9 @@ a fresh `LLM` on the same checkpoint that runs every prompt set in turn (start-u
   of the request's own suffix found earlier in its text competes with the SAT drafts).
 * sdsat-adaptive-textlookup: the same with lookups in the request's own text only
   (`"sdsat_datastore": "none"`): the default's drafts without the datastore of the model's own text
-  (sdsat_vllm/datastore.py), whose contribution stays visible beside it;
+  (sdsat_vllm/datastore.py), whose contribution stays visible beside it; with
+  `--sdsat-response-tokens T` the default row also drafts from the responses of the requests its
+  engine finished (`"sdsat_response_tokens": T`; off by default, as suffix decoding's cache);
 * sdsat-tree: the plugin's tree mode, `"sdsat_mode": "tree"` (n drafts and a block of n SATs after
   x and after every draft: one forward per step always, 1 + n + (n + 1) n tokens per request;
   docs/design.md, section 4.7).
@@ -158,6 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdsat-datastore", default="auto",
                    help="sdsat-adaptive-lookup's datastore (`sdsat_datastore`): auto (the model directory's, "
                         "where it has one), none, or a datastore file (`sdsat datastore`)")
+    p.add_argument("--sdsat-response-tokens", type=int, default=0,
+                   help="sdsat-adaptive-lookup's datastore of finished requests' responses (`sdsat_response_tokens`: "
+                        "tokens kept; default 0: off, as --suffix-cached-requests, for the same reason)")
     p.add_argument("--sdsat-cost", default=None,
                    help="the adaptive policy's cost model (`sdsat_cost`: online, default, a number r for "
                         "T(N) = 1 + rN, or JSON [[N, T], ...]; default: the plugin's, online)")
@@ -247,6 +252,8 @@ def spec_config(method: str, args, k: int, pard_dir: Path | None, n: int | None 
         spec = {"model": "sdsat", "num_speculative_tokens": n, "sdsat_policy": "adaptive", "sdsat_lookup": lookup}
         if lookup:
             spec["sdsat_datastore"] = "none" if method == "sdsat-adaptive-textlookup" else args.sdsat_datastore
+        if method == "sdsat-adaptive-lookup" and args.sdsat_response_tokens:
+            spec["sdsat_response_tokens"] = args.sdsat_response_tokens
         if args.sdsat_cost is not None:
             spec["sdsat_cost"] = args.sdsat_cost
         return spec

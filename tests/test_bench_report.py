@@ -127,6 +127,10 @@ def test_spec_configs_of_the_new_methods():
     assert b.spec_config("sdsat-adaptive-textlookup", args, 5, None)["sdsat_datastore"] == "none"
     assert b.spec_config("sdsat-adaptive-lookup", b.parse_args(["--sdsat-datastore", "ds.safetensors"]), 5,
                          None)["sdsat_datastore"] == "ds.safetensors"
+    assert "sdsat_response_tokens" not in b.spec_config("sdsat-adaptive-lookup", args, 5, None)  # off unless asked
+    grow = b.parse_args(["--sdsat-response-tokens", "4096"])
+    assert b.spec_config("sdsat-adaptive-lookup", grow, 5, None)["sdsat_response_tokens"] == 4096
+    assert "sdsat_response_tokens" not in b.spec_config("sdsat-adaptive-textlookup", grow, 5, None)
     assert "sdsat_cost" not in b.spec_config("sdsat-adaptive", b.parse_args([]), 5, None)
     assert b.parse_args(["--sdsat-cost", "[[0, 1], [64, 2]]"]).sdsat_cost == [[0, 1], [64, 2]]
     assert b.parse_args(["--sdsat-cost", "online"]).sdsat_cost == "online"

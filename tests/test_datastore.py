@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sdsat_vllm import datastore as D
-from sdsat_vllm.datastore import Datastore, DatastoreError, load_datastore, read_metadata, save_datastore
+from sdsat_vllm.datastore import (Datastore, DatastoreError, Datastores, ResponseDatastore, load_datastore, read_metadata,
+                                  save_datastore)
 
 
 def reference_match(docs, text, max_len, stop=frozenset()):
@@ -83,6 +84,51 @@ def test_common_matches_count_a_spread_of_their_occurrences(monkeypatch):
     m = store.match([1, 2], 2)
     assert m.occurrences == 10 and m.tokens == [6]  # 4 of the 10 counted, spread: first and last included
     assert m.share[0] in (0.5, 0.75)
+
+
+def test_response_datastore_matches_what_a_datastore_of_its_responses_would():
+    """Responses added one by one (a finished request each) are searched as a Datastore built from
+    them; the newest max_tokens are kept, whole responses, the oldest dropped first."""
+    rng = random.Random(1)
+    store = ResponseDatastore(60)
+    assert store.match([1, 2], 3) is None and len(store) == 0
+    kept: list[list[int]] = []
+    for step in range(40):
+        doc = [rng.randrange(6) for _ in range(rng.randrange(0, 25))]
+        store.add(doc)
+        if len(doc) >= 2:  # shorter ones hold no continuation
+            kept.append(doc)
+        while sum(map(len, kept)) > 60:
+            kept.pop(0)
+        assert len(store) == sum(map(len, kept))
+        for _ in range(5):
+            text = [rng.randrange(6) for _ in range(rng.randrange(1, 6))]
+            got, want = store.match(text, 4), Datastore.from_documents(kept).match(text, 4)
+            if store._pending:  # a rebuild is not due yet: the index lags by less than 1/8 of it
+                assert store._pending * ResponseDatastore.REBUILD_FRACTION < len(store)
+            else:
+                assert got == want, (kept, text)
+    store.add(list(range(100)))  # longer than what is kept: its newest tokens
+    assert len(store) == 60 and store.match([97, 98], 3).tokens == [99]
+
+
+def test_response_datastore_refuses_bad_input():
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(DatastoreError, match="at least 1 token"):
+            ResponseDatastore(bad)
+    with pytest.raises(DatastoreError, match="non-negative"):
+        ResponseDatastore(10).add([1, -1, 2])
+
+
+def test_datastores_take_the_longest_match():
+    shipped = Datastore.from_documents([[1, 2, 3, 4], [7, 2, 5]])
+    responses = ResponseDatastore(100)
+    both = Datastores(shipped, responses)
+    assert both.match([9, 2], 2).tokens == [3, 4]  # the shipped one alone (1-token match "2": 3 and 5 tie)
+    responses.add([8, 9, 2, 6, 6])
+    assert both.match([9, 2], 2).tokens == [6, 6]  # "9 2" (2 tokens) beats "2" (1 token)
+    assert both.match([7, 2], 2).tokens == [5]  # "7 2" is the shipped one's
+    assert Datastores().match([1, 2], 3) is None
 
 
 def test_bad_token_arrays_are_refused():

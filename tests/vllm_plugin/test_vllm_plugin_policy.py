@@ -803,6 +803,18 @@ def test_validate_datastore_option(tmp_path):
         validate_options({"datastore": str(good), "lookup": False})
 
 
+def test_validate_response_tokens_option():
+    assert DEFAULT_OPTIONS["response_tokens"] == 0  # off unless asked for (results 25)
+    assert validate_options({"response_tokens": 65536})["response_tokens"] == 65536
+    for bad in (-1, 2.5, True, "64k", None):
+        with pytest.raises(ValueError, match="response_tokens must be a whole number"):
+            validate_options({"response_tokens": bad})
+    with pytest.raises(ValueError, match="response_tokens needs lookup"):
+        validate_options({"response_tokens": 100, "lookup": False})
+    with pytest.raises(ValueError, match="response_tokens needs lookup"):
+        validate_options({"response_tokens": 100, "policy": "fixed"})
+
+
 def test_datastore_chains_have_their_own_calibration():
     """A datastore chain's outcome is recorded in the datastore calibration, a text match's in the
     lookup calibration: once datastore chains at q .55 are seen rejected, a datastore candidate at .55

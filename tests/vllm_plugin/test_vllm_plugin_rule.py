@@ -163,7 +163,7 @@ def _adaptive_proposer(n=3, lookup=True):
 
     p = SDSATProposer.__new__(SDSATProposer)
     p.n, p.sat_ids, p.tail, p.tree, p.adaptive, p.lookup = n, SATS[:n], SATS[:n], False, True, lookup
-    p.datastore = None
+    p.datastore = p.responses = None
     p.model, p.dynamic_schedule, p._last_step_start, p._logits_at = object(), True, None, None
     p._last_hidden = p._last_argmax = p._last_q = p._last_lse = p._last_logits = p._last_rows = None
     p.step_has_drafts, p._step_sat_rows, p._step_num_rows, p._sat_ids_on = True, None, None, {}
@@ -475,15 +475,36 @@ def test_lookup_chains_from_a_datastore_too():
     assert (store_chain, ngram, source) == ([8, 2], 2, "datastore")
     assert q == pytest.approx(score_datastore(2, [1.0, 0.5], []))
     # a fresh SAT row at gathered row 0 (argmax 3) scores the first token; after the draft ("4 5 3",
-    # "5 3") nothing matches, in the text or the datastore
+    # "5 3") nothing matches in the text, and the datastore has "3" alone (a 1-token match: then 7 7)
     chains = lookup_chains(text, [3], [0.5], probs.log(), 0, 3, {S}, store)
-    assert chains == [([8, 2], pytest.approx(score_datastore(2, [1.0, 0.5], [0.3])), 2, "datastore")]
+    assert chains == [([8, 2], pytest.approx(score_datastore(2, [1.0, 0.5], [0.3])), 2, "datastore"),
+                      ([3, 7, 7], pytest.approx([0.5] + score_datastore(1, [1.0, 1.0], [])), 1, "datastore")]
     # "0 3" then 7 7 (the document ends); after the draft 7, "0 3 7" then 7: a 3-token match
     text = np.array([1, 0, 3])
     chains = lookup_chains(text, [7], [0.4], probs.log(), 1, 3, {S}, store)
     assert chains == [([7, 7], pytest.approx(score_datastore(2, [1.0, 1.0], [0.4])), 2, "datastore"),
                       ([7, 7], pytest.approx([0.4, score_datastore(3, [1.0], [])[0]]), 3, "datastore")]
     assert lookup_chains(text, [], [], None, 0, 3, {7}, store) == []  # 7 is a SAT id here: nothing left
+
+
+def test_finished_requests_responses_go_to_the_response_datastore():
+    """Each request's committed tokens are gathered step by step (the prefill's first token, then each
+    step's accepted drafts and bonus token); when it leaves the batch its response is searchable."""
+    from sdsat_vllm.datastore import ResponseDatastore
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    proposer = SimpleNamespace(_live_responses={}, responses=ResponseDatastore(100))
+    track = SDSATProposer._track_responses
+    track(proposer, ["a", "b"], [[5], []])  # b still prefilling (a chunk): nothing sampled
+    track(proposer, ["a", "b"], [[6, 7], [1]])
+    track(proposer, ["a", "b"], [[8], [2, 3]])
+    assert proposer._live_responses == {"a": [5, 6, 7, 8], "b": [1, 2, 3]} and len(proposer.responses) == 0
+    track(proposer, ["b", "c"], [[4], [9]])  # a finished
+    assert proposer._live_responses == {"b": [1, 2, 3, 4], "c": [9]}
+    assert proposer.responses.match([0, 6], 3).tokens == [7, 8]
+    track(proposer, [], [])  # b and c left too
+    assert not proposer._live_responses and len(proposer.responses) == 4 + 4  # c's single token holds nothing
+    assert proposer.responses.match([2], 2).tokens == [3, 4]
 
 
 def test_decode_only_steps_feed_the_cost_model():
