@@ -572,8 +572,9 @@ class SDSATProposer:
         for req_id, acc in zip(req_ids, sampled_token_ids):
             if acc:
                 live.setdefault(req_id, []).extend(acc)
-        gone = live.keys() - set(req_ids)
-        for req_id in gone:
+        present = set(req_ids)
+        # in the order they came (a set's order differs between processes: TP ranks must agree)
+        for req_id in [r for r in live if r not in present]:
             self.responses.add(live.pop(req_id))
 
     def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,

@@ -499,11 +499,12 @@ def test_finished_requests_responses_go_to_the_response_datastore():
     track(proposer, ["a", "b"], [[6, 7], [1]])
     track(proposer, ["a", "b"], [[8], [2, 3]])
     assert proposer._live_responses == {"a": [5, 6, 7, 8], "b": [1, 2, 3]} and len(proposer.responses) == 0
-    track(proposer, ["b", "c"], [[4], [9]])  # a finished
-    assert proposer._live_responses == {"b": [1, 2, 3, 4], "c": [9]}
+    track(proposer, ["b", "c", "d"], [[4], [9, 10], [11]])  # a finished
+    assert proposer._live_responses == {"b": [1, 2, 3, 4], "c": [9, 10], "d": [11]}
     assert proposer.responses.match([0, 6], 3).tokens == [7, 8]
-    track(proposer, [], [])  # b and c left too
-    assert not proposer._live_responses and len(proposer.responses) == 4 + 4  # c's single token holds nothing
+    track(proposer, [], [])  # b, c and d left too: handed over in the order they came (TP ranks agree)
+    assert not proposer._live_responses and len(proposer.responses) == 4 + 4 + 2  # d's single token holds nothing
+    assert [d.tolist() for d in proposer.responses._docs] == [[5, 6, 7, 8], [1, 2, 3, 4], [9, 10]]
     assert proposer.responses.match([2], 2).tokens == [3, 4]
 
 
