@@ -46,8 +46,8 @@ QUESTION_TOPICS = (
     "microwave ovens", "airplanes", "bridges", "skyscrapers", "plumbing", "electric grids", "maps",
 )
 
-#: a second set (`builtin:questions-2`, session 25): 128 more topics with the same templates, for a
-#: datastore of the served model's own answers that covers more of what it says (sdsat_vllm/datastore.py)
+#: a second set (`builtin:questions-2`, session 25): 128 more topics with the same templates, for more of
+#: the served model's own prose (SAT training rows, larger datastores; data/README.md)
 QUESTION_TOPICS_2 = (
     # nature and science
     "quantum computers", "the Big Bang", "neutron stars", "the Milky Way", "asteroids", "Jupiter",
