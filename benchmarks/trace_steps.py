@@ -37,6 +37,9 @@ def summarize(steps: list[dict]) -> dict:
     decode = [s for s in steps if s["step_ms"] is not None and s["decode_only"]]
     spec = [s for s in decode if s["scheduled"] > s["requests"]]
     plain = [s for s in decode if s["scheduled"] <= s["requests"]]
+    by_tokens: dict[int, list[float]] = {}
+    for s in decode:
+        by_tokens.setdefault(s["scheduled"], []).append(s["step_ms"])
     return {
         "steps": len(steps),
         "proposer_s": sum(s["proposer_ms"] for s in steps) / 1e3,
@@ -44,6 +47,9 @@ def summarize(steps: list[dict]) -> dict:
         "speculative_tokens": sum(s["scheduled"] - s["requests"] for s in spec),
         "median_plain_step_ms": statistics.median(s["step_ms"] for s in plain) if plain else None,
         "speculative_steps_ms": [round(s["step_ms"], 1) for s in spec],
+        # what a decode step costs by its size (at batch 1 the policy's StepTimes measures the same)
+        "median_step_ms_by_tokens": {n: round(statistics.median(v), 2) for n, v in sorted(by_tokens.items())},
+        "steps_by_tokens": {n: len(v) for n, v in sorted(by_tokens.items())},
     }
 
 
@@ -139,6 +145,8 @@ def main(argv=None) -> int:
                   f"{run['proposer_s']:.3f} s, {run['steps_with_speculative_tokens']} steps with speculative tokens "
                   f"({run['speculative_tokens']} tokens; {run['speculative_steps_ms']} ms against a median plain "
                   f"step of {run['median_plain_step_ms'] or 0:.1f} ms); cost model {run['cost_model']}", flush=True)
+            print("  median step ms by scheduled tokens (steps):", {n: (run["steps_by_tokens"][n], ms) for n, ms in
+                                                                   run["median_step_ms_by_tokens"].items()})
             if not args.quiet:
                 for i, s in enumerate(steps):
                     print(f"  step {i:4d} requests {s['requests']:3d} scheduled {s['scheduled']:5d} next: "

@@ -23,3 +23,11 @@ def test_summary_splits_decode_steps_by_speculative_tokens():
     assert s["speculative_steps_ms"] == [1370.0]
     assert s["median_plain_step_ms"] == 157.5  # 150, 155, 160, 380
     assert trace_steps.summarize([])["median_plain_step_ms"] is None
+
+
+def test_summary_tabulates_decode_steps_by_size():
+    trace_steps = load_benchmark("trace_steps")
+    steps = [_step(1, 40, None, decode_only=False), _step(1, 2, 31.0), _step(1, 2, 33.0), _step(1, 2, 30.0),
+             _step(1, 6, 25.5), _step(1, 45, 70.0, decode_only=False)]  # the prefills count in neither size
+    s = trace_steps.summarize(steps)
+    assert s["median_step_ms_by_tokens"] == {2: 31.0, 6: 25.5} and s["steps_by_tokens"] == {2: 3, 6: 1}

@@ -39,7 +39,10 @@ docs/design.md, section 4.5 has the derivation; in short:
   this forward costs, in tokens (the steady-state rate times T'(N)), ``kappa_0`` the rate times c
   when the drafts alone would put the step on the speculative path (no tail), and W is what the
   next step's fresh drafts are worth (lost if any draft of this step is rejected; 0 when the tail
-  is 0).
+  is 0), less what a step without them commits with the lookup chains it sends (:class:`StaleSteps`).
+* **Step sizes at batch 1** (:class:`StepTimes`): where the measured time of a step of N tokens is
+  known, drafts are priced by what the step's time grows by, and the tail grows while the step costs
+  no more (on a CPU a step of 3-6 tokens can cost less than one of 2).
 * **Lookup-backed drafts** (option ``lookup``): a continuation of the request's own suffix found
   earlier in its text (:func:`suffix_match`), each token scored with the fresh SAT row's
   probability of it combined with a prior by the length of the match (:func:`score_lookup`) and
@@ -1128,7 +1131,7 @@ class AdaptiveDrafter:
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0
         st.sent_source = lookup_source if st.sent_lookup else "text"
-        if not fresh_q:
+        if not fresh_q and (d.drafts or d.tail):  # a plain step (back-off) is not one of the D/S chain's
             st.stale_sent = (d.drafts, d.tail)
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
 

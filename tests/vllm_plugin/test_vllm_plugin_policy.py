@@ -10,7 +10,7 @@ from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel, OnlineCost,
                                            Decision, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
                                            device_default, expected_accepted, fit_local_linear, lookup_prior_q,
-                                           decision_batch, probe_due, probe_interval, sampling_overhead, score_lookup, steady_state, suffix_candidate, suffix_match,
+                                           decision_batch, probe_due, probe_interval, sampling_overhead, StaleSteps, StepTimes, score_lookup, steady_state, suffix_candidate, suffix_match,
                                            validate_options)
 
 CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
@@ -214,6 +214,96 @@ def test_a_draft_that_risks_a_valuable_tail_is_held_back():
     poor = choose_draft_length([0.95, 0.95, 0.5], 4, CPU, alpha=[0.3] * 4, steps_since_probe=0)
     assert good.drafts == 2 and good.tail == 4
     assert poor.drafts == 3 and poor.tail < good.tail
+
+
+def test_a_stale_step_that_lookups_fill_is_worth_less_to_avoid():
+    # A weak lookup chain in hand (first token right 30%) and SAT drafts worth keeping fresh: when a step
+    # without fresh drafts is a SAT-only step (the default, stale=None), the chain is held back so the
+    # tail stays fresh; when such steps commit tokens of their own (lookup chains: 0.8 accepted of 3
+    # sent, rarely ending fresh), losing the tail costs less and the chain goes out.
+    p, alpha = [0.3, 0.5, 0.5], [0.6, 0.4, 0.3, 0.2]
+    held = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0)
+    filled = StaleSteps(drafts=3.0, gain=0.8, to_fresh=0.2)
+    sent = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=filled)
+    assert held.drafts == 0 and sent.drafts >= 2 and sent.tail == held.tail > 0
+    # the prior is the SAT-only step: the same decision as without the figures
+    assert choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=StaleSteps()) == held
+
+
+def test_stale_steps_are_counted_from_what_the_drafter_verified():
+    d = AdaptiveDrafter(4, 4, CHEAP, online=False)
+    assert d.stale == StaleSteps()
+    first = d.decide("r", [], lookup_q=[0.9, 0.9], lookup_source="text")  # a new request: no fresh rows
+    assert first.lookup and first.drafts == 2
+    d.decide("r", [0.9] * 4, verified_real=2, accepted=1)  # one of the two accepted: the next step is stale
+    assert d.stale.drafts == pytest.approx(StaleSteps.STEP * 2)
+    assert d.stale.gain == pytest.approx(StaleSteps.STEP * 1)
+    assert d.stale.to_fresh == pytest.approx(1 - StaleSteps.STEP)
+    before = d.stale.drafts
+    d.decide("r", [0.9] * 4, verified_real=0, accepted=0)  # that step had fresh rows: not a stale step
+    assert d.stale.drafts == before
+    # a request in back-off decodes plainly: its steps are not stale steps of a speculating request
+    d = AdaptiveDrafter(4, 4, CPU, online=False)
+    d.alpha_global = [0.01] * 4
+    assert d.decide("w", []) == Decision(0, 0)
+    d.decide("w", [], verified_real=0, accepted=0)
+    assert d.stale == StaleSteps()
+
+
+def test_step_times_keep_a_median_per_size():
+    t = StepTimes()
+    for x in (0.030, 0.031, 0.029, 0.5, 0.030):  # an idle gap among them: the median ignores it
+        t.add(2, x)
+    assert t.time(2) == pytest.approx(0.030)
+    for x in (0.03,) * (StepTimes.MIN_SAMPLES - 1):
+        t.add(3, x)
+    assert t.time(3) is None and t.time(4) is None  # too few, none
+    t.add(StepTimes.MAX_TOKENS + 1, 0.03)
+    t.add(2.5, 0.03)
+    t.add(5, float("nan"))
+    assert set(t._times) == {2, 3}
+
+
+# a CPU's batch-1 steps as measured on the 2-core VM (results 26.1): 2 tokens cost more than 3 to 6
+BUMPY = {2: 0.031, 3: 0.0256, 4: 0.0255, 5: 0.0258, 6: 0.0260, 7: 0.030, 8: 0.0315, 9: 0.032}
+
+
+def test_measured_step_times_grow_the_tail_where_tokens_are_free():
+    alpha = [0.6, 0.4, 0.3, 0.2]
+    linear = choose_draft_length([], 4, CPU, alpha=alpha, steps_since_probe=0)
+    bumpy = choose_draft_length([], 4, CPU, alpha=alpha, steps_since_probe=0, step_times=BUMPY.get)
+    assert linear.tail < 4 and bumpy == Decision(0, 4)  # a SAT-only step of 5 tokens costs less than one of 2
+    # where the next size costs more, the tail stays: a table that rises from 2 tokens on
+    rising = {n: 0.02 + 0.003 * n for n in range(1, 10)}
+    assert choose_draft_length([], 4, CPU, alpha=alpha, steps_since_probe=0, step_times=rising.get) == linear
+    # sizes not measured yet are not counted on
+    assert choose_draft_length([], 4, CPU, alpha=alpha, steps_since_probe=0,
+                               step_times={2: 0.031}.get) == linear
+    # only at batch 1 (the table is of a whole step's tokens, one request's at batch 1)
+    assert choose_draft_length([], 4, CPU, alpha=alpha, batch_size=4, steps_since_probe=0,
+                               step_times=BUMPY.get) == choose_draft_length([], 4, CPU, alpha=alpha, batch_size=4,
+                                                                            steps_since_probe=0)
+
+
+def test_measured_step_times_price_drafts():
+    # a weak third draft that the linear model's kappa turns down goes out where its token is free
+    alpha, p = [0.6, 0.4, 0.3, 0.2], [0.9, 0.9, 0.3]
+    assert choose_draft_length(p, 4, CostModel.linear(0.3), alpha=alpha, steps_since_probe=0) == Decision(2, 1)
+    free = {n: 0.026 for n in range(1, 10)}
+    assert choose_draft_length(p, 4, CostModel.linear(0.3), alpha=alpha, steps_since_probe=0,
+                               step_times=free.get) == Decision(3, 4)
+    # a plain step (a request in back-off: nothing to send) stays plain, however cheap the table
+    worst = choose_draft_length([], 4, CPU, alpha=[0.01] * 4, steps_since_probe=0, step_times=free.get)
+    assert worst == Decision(0, 0)
+
+
+def test_the_drafter_times_speculative_steps_only_when_the_cost_is_measured():
+    d = AdaptiveDrafter(4, 4, CPU, online=True)
+    for _ in range(StepTimes.MIN_SAMPLES):
+        d.observe_step(3, 0.025, speculative=True)
+        d.observe_step(1, 0.020, speculative=False)
+    assert d.step_times.time(3) == pytest.approx(0.025) and d.step_times.time(1) is None
+    assert AdaptiveDrafter(4, 4, CPU, online=False).step_times is None  # a cost the user fixed is kept
 
 
 def test_the_speculative_paths_own_cost_is_paid_only_where_drafts_alone_would_put_a_step_on_it():
