@@ -294,18 +294,19 @@ class StepTimes:
 
     def __init__(self):
         self._times: dict[int, deque] = {}
+        # the medians, taken once per step in add: a decision reads them a dozen times (choose_draft_length)
+        self._median: dict[int, float] = {}
 
     def add(self, n_tokens: float, seconds: float) -> None:
         n = int(n_tokens)
         if n == n_tokens and 1 <= n <= self.MAX_TOKENS and seconds > 0 and math.isfinite(seconds):
-            self._times.setdefault(n, deque(maxlen=self.SAMPLES)).append(float(seconds))
+            times = self._times.setdefault(n, deque(maxlen=self.SAMPLES))
+            times.append(float(seconds))
+            if len(times) >= self.MIN_SAMPLES:
+                self._median[n] = sorted(times)[len(times) // 2]
 
     def time(self, n_tokens: int) -> float | None:
-        times = self._times.get(int(n_tokens))
-        if times is None or len(times) < self.MIN_SAMPLES:
-            return None
-        ordered = sorted(times)
-        return ordered[len(ordered) // 2]
+        return self._median.get(int(n_tokens))
 
 
 #: the least range of N within one kind of step, relative to the window's mean N, that a slope is
@@ -668,12 +669,11 @@ def choose_draft_length(
     # the rate that turns the measured step times into tokens: this step's steady-state tokens per its time
     t_ss = times(round(ss.tokens_in_forward)) if times is not None and ss.m > 0 else None
 
+    t_tail = times(1 + tail) if t_ss is not None else None
+
     def extra(m: int) -> float:  # what m drafts on top of the tail cost, in tokens
-        if t_ss is not None:
-            t0, t1 = times(1 + tail), times(1 + m + tail)
-            if t0 is not None and t1 is not None:
-                return ss.tokens_per_step * (t1 - t0) / t_ss
-        return kappa * m
+        t_m = times(1 + m + tail) if t_tail is not None else None
+        return ss.tokens_per_step * (t_m - t_tail) / t_ss if t_m is not None else kappa * m
 
     g = chain_gains(p)
     best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
