@@ -78,6 +78,29 @@ def test_match_equals_brute_force():
             assert (None if got is None else (got.tokens, got.ngram, pytest.approx(got.share))) == want, (docs, text)
 
 
+def test_continuations_are_counted_once_and_kept(monkeypatch):
+    """A continuation once counted is kept (the index never changes): asked again, with another
+    max_len or stop set apart, it is the same answer, handed out as fresh lists; the oldest is dropped
+    past MEMO_ENTRIES."""
+    monkeypatch.setattr(D, "MEMO_ENTRIES", 3)
+    store = Datastore.from_documents([[1, 2, 3, 4, 5], [9, 2, 3, 4, 7], [1, 2, 3, 4, 5]])
+    counted = []
+    real = Datastore._continue
+    monkeypatch.setattr(Datastore, "_continue", lambda self, *a: counted.append(a[1:]) or real(self, *a))
+    first = store.match([8, 2, 3], 5)
+    first.tokens.append(99)
+    first.share.append(0.5)  # what a caller does with its lists does not reach the next caller
+    again = store.match([7, 7, 2, 3], 5)  # another text, the same longest match ("2 3")
+    assert (again.tokens, again.ngram, again.share, again.occurrences) == ([4, 5], 2, [1.0, pytest.approx(2 / 3)], 3)
+    assert counted == [(2, 5, frozenset())]
+    assert store.match([8, 2, 3], 1).tokens == [4] and store.match([8, 2, 3], 5, stop={5}).tokens == [4]
+    assert len(counted) == 3  # another max_len, another stop set: counted apart
+    assert store.match([7, 6], 3) is None and store.match([7, 6], 3) is None  # no match: no count at all
+    store.match([9, 2, 3], 5)  # a fourth continuation: the first one kept is dropped
+    store.match([8, 2, 3], 5)
+    assert len(counted) == 5 and len(store._memo) == 3
+
+
 def test_common_matches_count_a_spread_of_their_occurrences(monkeypatch):
     monkeypatch.setattr(D, "MAX_OCCURRENCES", 4)
     store = Datastore.from_documents([[1, 2, 3]] * 3 + [[1, 2, 6]] * 7)

