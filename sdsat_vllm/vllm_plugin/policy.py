@@ -230,9 +230,10 @@ def device_default(device_type: str) -> CostModel:
 
 class OnlineCost:
     """The engine's own step times, fitted to a local linear T(N) = a + b N (+ c on the speculative
-    path) near the recent N.
+    path) near the recent N: from the steps of the newest step's batch size where the window has
+    enough of them (:meth:`batch_samples`).
 
-    ``add(N, seconds, speculative, sampling)``: one engine step, N = its total scheduled tokens,
+    ``add(N, seconds, speculative, sampling, requests)``: one engine step, N = its total scheduled tokens,
     seconds = the time from the previous step's proposal to this one's (the forward, sampling,
     scheduling), speculative = whether it went through vLLM's speculative path, sampling = the part
     of it from the verify pass's logits to the proposal (sampling, rejection, bookkeeping; None:
@@ -260,18 +261,37 @@ class OnlineCost:
         self._model = prior
         self._known_c = prior  # the prior with the last measured c: what a fit without both kinds keeps
 
-    def add(self, n_tokens: float, seconds: float, speculative: bool = True, sampling: float | None = None) -> None:
+    def add(self, n_tokens: float, seconds: float, speculative: bool = True, sampling: float | None = None,
+            requests: int | None = None) -> None:
+        """requests: the step's requests (its batch size; None: not known)."""
         if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
             if sampling is not None and not (0 <= sampling <= seconds):
                 sampling = None  # not this step's (e.g. a compute_logits call from elsewhere came between)
-            self.samples.append((float(n_tokens), float(seconds), bool(speculative), sampling))
+            self.samples.append((float(n_tokens), float(seconds), bool(speculative), sampling,
+                                 None if requests is None else int(requests)))
             self._since_fit += 1
             if self._since_fit >= self.refit_every:
                 self._since_fit = 0
-                self._model = fit_local_linear(self.samples, self._known_c, self.min_samples)
-                kinds = [sum(1 for x in self.samples if x[2] == kind) for kind in (False, True)]
+                used = self.batch_samples()
+                self._model = fit_local_linear(used, self._known_c, self.min_samples)
+                kinds = [sum(1 for x in used if x[2] == kind) for kind in (False, True)]
                 if min(kinds) >= self.min_samples:  # both kinds in the window: this fit measured c
                     self._known_c = replace(self.prior, step_overhead=self._model.step_overhead)
+
+    def batch_samples(self) -> list[tuple]:
+        """The window's steps of the newest step's batch size (its decision_batch rung), when there are
+        min_samples of them; else the whole window. Why: what a token costs depends on the batch it
+        joins. On a CPU T(N) bends upwards: a forward streams the weights once for the first few
+        tokens and computes for every token after that (results 26.1: 1-6 tokens cost alike at batch
+        1); a line through the steps of a draining batch (N from 16 down to 1) and of the full one put
+        the slope at batch 16 at 1.3-1.5 ms a token where its own steps said ~2.1 (results 27), and
+        lookup chains that cost more than they saved were sent on up to a third of the steps."""
+        newest = self.samples[-1][4] if self.samples else None
+        if newest is None:
+            return list(self.samples)
+        rung = decision_batch(newest)
+        same = [s for s in self.samples if s[4] is not None and decision_batch(s[4]) == rung]
+        return same if len(same) >= self.min_samples else list(self.samples)
 
     def model(self) -> CostModel:
         return self._model
@@ -890,9 +910,9 @@ class AdaptiveDrafter:
         return self.online.model() if self.online is not None else self.fixed_cost
 
     def observe_step(self, n_tokens: float, seconds: float, speculative: bool = True,
-                     sampling: float | None = None) -> None:
+                     sampling: float | None = None, requests: int | None = None) -> None:
         if self.online is not None:
-            self.online.add(n_tokens, seconds, speculative, sampling)
+            self.online.add(n_tokens, seconds, speculative, sampling, requests)
             if speculative:
                 self.step_times.add(n_tokens, seconds)
 

@@ -527,7 +527,8 @@ class SDSATProposer:
                         else None
                     self.drafter.observe_step(scheduler_output.total_num_scheduled_tokens,
                                               step_start - self._last_step_start,
-                                              speculative=spec_decode_metadata is not None, sampling=sampling)
+                                              speculative=spec_decode_metadata is not None, sampling=sampling,
+                                              requests=len(scheduler_output.num_scheduled_tokens))
                 self._last_step_start = step_start
             return out
         if cap < self.n:

@@ -154,6 +154,36 @@ def test_online_fit_takes_the_speculative_paths_cost_from_the_sampling_half():
     assert online.samples[-1][3] is None
 
 
+def test_online_cost_fits_the_slope_of_the_batch_the_step_joins():
+    """On a CPU T(N) bends upwards (the weights are streamed once for the first few tokens, every
+    token is computed after that). As measured in an engine at batch 16 (results 27): plain steps of a
+    draining batch (1-15 requests) cost ~38 ms + 0.9 ms a token, the full batch's ~52 ms at N = 16 and
+    2.1 ms a token more above. A window holding both is fitted at the newest step's batch from that
+    batch's steps: the slope they show, where a line through all of them reads ~40% less. Control: the
+    same steps without their batch sizes. A batch with too few steps of its own in the window is
+    fitted from all of them."""
+    rng = random.Random(5)
+
+    def t(n):  # seconds
+        return (0.038 + 0.0009 * n if n <= 16 else 0.0524 + 0.0021 * (n - 16)) + rng.gauss(0, 0.0005)
+
+    draining = [(r, t(r), False, None, r) for r in range(15, 0, -1) for _ in range(4)]
+    full = [(16, t(16), False, None, 16) for _ in range(60)] + \
+           [(n, t(n), True, None, 16) for n in [17, 21, 26, 31] * 10]
+
+    def slope(samples, with_requests=True):
+        online = OnlineCost(CPU, window=256, refit_every=1)
+        for n, y, s, samp, r in samples:
+            online.add(n, y, s, samp, r if with_requests else None)
+        return online.model().marginal(16)
+
+    assert slope(draining + full) == pytest.approx(0.0021, rel=0.1)
+    assert slope(draining + full, with_requests=False) < 0.7 * 0.0021
+    # the newest step is of a batch of 3, of which the window holds 4 steps: every step is fitted
+    dip = draining + full + [(3, t(3), False, None, 3)]
+    assert slope(dip) == pytest.approx(slope(dip, with_requests=False))
+
+
 # ---------------------------------------------------------------- the policy
 
 

@@ -353,7 +353,7 @@ def test_proposer_times_each_decode_steps_sampling_half(monkeypatch):
     step(0.050, 0.004)
     assert seen == []  # the first step: no step before it to time from
     step(0.050, 0.004)
-    assert seen == [(2, 0.054, {"speculative": False, "sampling": pytest.approx(0.004)})]
+    assert seen == [(2, 0.054, {"speculative": False, "sampling": pytest.approx(0.004), "requests": 2})]
     step(0.050, 0.003, logits=False)  # the last compute_logits call was the previous step's
     assert seen[-1][2]["sampling"] is None
 
