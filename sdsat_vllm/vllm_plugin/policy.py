@@ -961,9 +961,9 @@ class AdaptiveDrafter:
         when the batch moves to another rung), not on the refit's step, which spares every
         request of a batch in back-off a steady-state evaluation per refit. Under load most requests
         are here on most steps: the per-request work of a step then is this check."""
-        st = self.states.get(req_id)
-        if st is None or st.sent_q or st.steady_m != 0 or st.since_probe >= NEVER_PROBED or st.steady_memo is None:
+        if not self.may_idle(req_id):
             return False
+        st = self.states[req_id]
         limit = self.n if cap is None else max(0, min(self.n, cap))
         b = decision_batch(batch_size)
         if limit == 0 or st.steady_memo[0][1:] != (limit, b):
@@ -974,6 +974,13 @@ class AdaptiveDrafter:
             return False
         st.since_probe += 1
         return True
+
+    def may_idle(self, req_id: str) -> bool:
+        """Whether :meth:`idle` could say True for the request on some step: it is in back-off, with no
+        drafts in flight (a pure read: idle counts the step when it says True)."""
+        st = self.states.get(req_id)
+        return not (st is None or st.sent_q or st.steady_m != 0 or st.since_probe >= NEVER_PROBED
+                    or st.steady_memo is None)
 
     def lookup_may_pay(self, batch_size: int = 1, cap: int | None = None) -> bool:
         """Whether a lookup chain could be sent to a request in back-off at this batch size, by the

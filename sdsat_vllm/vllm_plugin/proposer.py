@@ -618,11 +618,11 @@ class SDSATProposer:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
                 text = input_batch.token_ids_cpu[row, :n_tok]
-                if self.FIRST_TOKEN_LOOKUPS and not cnt and not idle_checked:
-                    # no fresh SAT row: whether a chain may be sent at all rests on its first token alone
-                    # (lookup_worth), and one token of each chain costs a fraction of whole chains (a
-                    # datastore match counts its occurrences' continuations position by position). Under
-                    # load most requests end here, in back-off, every few steps (results 27).
+                if self.FIRST_TOKEN_LOOKUPS and not cnt and not idle_checked and self.drafter.may_idle(req_ids[row]):
+                    # in back-off, no fresh SAT row: whether a chain may be sent at all rests on its first
+                    # token alone (lookup_worth), and one token of each chain costs a fraction of whole
+                    # chains (a datastore match counts its occurrences' continuations position by position).
+                    # Under load most requests end here every few steps (results 27).
                     firsts = lookup_chains(text, [], [], None, 0, 1, sat_set, self.datastore)
                     if not any(self.drafter.lookup_worth(o.q, batch, cap, req_ids[row], o.source) for o in firsts):
                         if self.drafter.idle(req_ids[row], batch, cap):

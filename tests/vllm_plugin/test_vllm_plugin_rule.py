@@ -362,7 +362,7 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
     """Batch 64, every request in back-off, a lookup calibration that lets lookups be tried
     (lookup_may_pay): a request whose text has no match now cannot have one that pays (6 tokens at
     this batch size on this CPU) before 6 more tokens, so it is looked up on one step in 6, not on every
-    step, and then only for its chains' first tokens (a request that decides looks up whole chains).
+    step, and then only for its chains' first tokens (a request not in back-off looks up whole chains).
     Control: with the skip turned off, 64 first-token lookups every step."""
     from sdsat_vllm.vllm_plugin import proposer as P
 
@@ -385,9 +385,9 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
             per_step.append((calls.count(1), calls.count(3)))  # (first tokens, whole chains) looked up
         return per_step
 
-    # the first step decides (whole chains), then back-off
-    assert run(skip=True) == [(64, 64), (64, 0)] + [(0, 0)] * 5 + [(64, 0)] + [(0, 0)] * 5
-    assert run(skip=False) == [(64, 64)] + [(64, 0)] * 12
+    # the first step decides (whole chains: no request is in back-off yet), then back-off
+    assert run(skip=True) == [(0, 64), (64, 0)] + [(0, 0)] * 5 + [(64, 0)] + [(0, 0)] * 5
+    assert run(skip=False) == [(0, 64)] + [(64, 0)] * 12
 
 
 def test_first_token_lookups_decide_as_whole_chains_would(monkeypatch):
