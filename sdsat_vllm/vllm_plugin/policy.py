@@ -40,6 +40,8 @@ docs/design.md, section 4.5 has the derivation; in short:
   when the drafts alone would put the step on the speculative path (no tail), and W is what the
   next step's fresh drafts are worth (lost if any draft of this step is rejected; 0 when the tail
   is 0), less what a step without them commits with the lookup chains it sends (:class:`StaleSteps`).
+  A step that is plain unless drafts are sent (a request in back-off, no probe: a lookup chain) must
+  gain ``min_gain`` with them, as drafting must: the score less ``min_gain * (B + cost)``.
 * **Step sizes at batch 1** (:class:`StepTimes`): where the measured time of a step of N tokens is
   known, drafts are priced by what the step's time grows by, and the tail grows while the step costs
   no more (on a CPU a step of 3-6 tokens can cost less than one of 2).
@@ -75,7 +77,7 @@ DEFAULT_OPTIONS = {
     "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail, always
     "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
     "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
-    "min_gain": 0.02,         # speculate only if the steady state beats plain decoding by this much
+    "min_gain": 0.02,         # speculate only if the steady state (or, in back-off, the step) beats plain by this much
     # lookup-backed drafts, a suffix match in the request's text (adaptive policy only); None: on
     # with the adaptive policy, off otherwise (benchmarks/results 12.2: level or ahead of SAT-only
     # drafting in every set at batch 16 and 64, ahead on HumanEval and norepeat at batch 1)
@@ -695,11 +697,16 @@ def choose_draft_length(
         t_m = times(1 + m + tail) if t_tail is not None else None
         return ss.tokens_per_step * (t_m - t_tail) / t_ss if t_m is not None else kappa * m
 
+    # a step that is plain unless drafts are sent (back-off, no probe: a lookup chain) must gain min_gain
+    # with them, as drafting must (best_steady_state): b + g_1 + .. + g_m committed in (1 + cost / b) of a
+    # plain step's time, cost = kappa m + kappa_0, against (1 + min_gain) b in a plain step's time
+    margin = min_gain if ss.m == 0 and tail == 0 else 0.0
     g = chain_gains(p)
     best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
-        score = acc - extra(m) - kappa_0 + g[m - 1] * w
+        cost_m = extra(m) + kappa_0
+        score = acc - cost_m - margin * (b + cost_m) + g[m - 1] * w
         if score > best_score + 1e-12:
             best_m, best_score = m, score
     if times is not None and (tail or best_m):  # a plain step (nothing sent) stays plain
@@ -830,6 +837,13 @@ def expected_accepted(p: Sequence[float]) -> float:
 
 
 NEVER_PROBED = 1 << 20
+
+
+def backoff_chain_cost(m: int, batch_size: int, cost: CostModel) -> float:
+    """What m drafts sent on a step that is plain otherwise (a request in back-off, no probe) cost, in
+    tokens of the batch: kappa m + kappa_0 = B (m T'(B) + c) / T(B), choose_draft_length's terms there."""
+    b = max(int(batch_size), 1)
+    return b * (max(int(m), 0) * cost.marginal(b) + cost.step_overhead) / cost.time(b)
 
 
 @dataclass
@@ -1035,16 +1049,16 @@ class AdaptiveDrafter:
     def _lookup_bar(self, batch_size: int, limit: int) -> float:
         """The first-token acceptance a lookup chain needs before :meth:`decide` could send it to a
         request in back-off on a step without a probe. There choose_draft_length scores m drafts
-        g_1 + .. + g_m - kappa m - kappa_0 against 0, with kappa = B T'(B) / T(B) (one more token in a
-        forward of plain decoding, in tokens) and kappa_0 = B c / T(B) (the speculative path). Every
-        g_i is at most p_1, so the score is at most m (p_1 - kappa) - kappa_0 <= limit (p_1 - kappa)
-        - kappa_0: no chain can pay unless p_1 > kappa + kappa_0 / limit. Without kappa_0 the bar
-        let through chains that decide then turned down, every step (at batch 64 on this CPU, a
-        suffix match and a decision for most requests of the batch, ~4 ms a step; results 22)."""
-        cost = self.cost()
-        b = decision_batch(batch_size)
-        t = cost.time(b)
-        return (b * cost.marginal(b) + b * cost.step_overhead / max(int(limit), 1)) / t + 1e-12
+        g_1 + .. + g_m - cost(m) - min_gain (B + cost(m)) against 0: cost(m) = kappa m + kappa_0
+        (:func:`backoff_chain_cost`; kappa = B T'(B) / T(B), one more token in a forward of plain decoding,
+        in tokens, kappa_0 = B c / T(B), the speculative path), and the step must gain min_gain with the
+        chain, as drafting must (best_steady_state). Every g_i is at most p_1, so the score is at most
+        m p_1 - (1 + min_gain) cost(m) - min_gain B, largest per token at m = limit: no chain can pay
+        unless p_1 > ((1 + min_gain) cost(limit) + min_gain B) / limit. Without kappa_0 the bar let
+        through chains that decide then turned down, every step (at batch 64 on this CPU, a suffix match
+        and a decision for most requests of the batch, ~4 ms a step; results 22)."""
+        b, limit = decision_batch(batch_size), max(int(limit), 1)
+        return ((1 + self.min_gain) * backoff_chain_cost(limit, b, self.cost()) + self.min_gain * b) / limit + 1e-12
 
     def lookup_due(self, req_id: str) -> bool:
         """Whether a request in back-off may find a lookup chain worth sending this step (False: the
@@ -1164,7 +1178,8 @@ class AdaptiveDrafter:
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "decision_batch", "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
+           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "decision_batch",
+           "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",

@@ -626,23 +626,52 @@ def test_lookup_candidates_that_cannot_pay_take_the_shortcut(cost):
             if a.drafts and not a.lookup:
                 sent[r] = (a.tail, 0)  # SAT drafts: nothing checks them here (the SAT rows were poor)
     assert shortcuts > 1000 and lookups_sent > 10
-    # the bar is kappa of plain decoding: a first token the calibration rates above it is worth a decision
+    # the bar: kappa of plain decoding and the step's min_gain spread over the chain (c = 0 here); a first
+    # token the calibration rates above it is worth a decision
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
-    kappa = 64 * CPU.marginal(64) / CPU.time(64)
-    assert dr.lookup_worth([min(1.0, kappa + 0.05)], 64) and not dr.lookup_worth([kappa - 0.05, 1.0, 1.0], 64)
-    assert not dr.lookup_worth([], 64) and not dr.lookup_worth([0.99], 64, cap=0)
+    kappa = 16 * CPU.marginal(16) / CPU.time(16)
+    bar = (1 + dr.min_gain) * kappa + dr.min_gain * 16 / 4
+    assert dr._lookup_bar(16, 4) == pytest.approx(bar)
+    assert dr.lookup_worth([bar + 0.02], 16) and not dr.lookup_worth([bar - 0.02, 1.0, 1.0], 16)
+    assert not dr.lookup_worth([], 16) and not dr.lookup_worth([0.99], 16, cap=0)
+
+
+def test_a_chain_in_back_off_must_lift_the_step_by_min_gain():
+    """A request in back-off sends a lookup chain only if the step gains min_gain with it, as drafting must
+    (best_steady_state): b + g_1 + .. + g_m tokens in (1 + cost / b) of a plain step's time against
+    (1 + min_gain) b. At batch 16 on this CPU (kappa ~.55) a one-token chain right 70% of the time beats
+    its own cost by .15 of a token, less than 2% of the step's 16 (results 28: chains that break even
+    there cost the engine its lookups and its speculative path); at batch 1 a small surplus is 2% of the
+    step. Probes (a tail) and drafting requests are priced as before."""
+    backoff = dict(alpha=[0.0] * 4, steps_since_probe=0, probe_budget=0.0)
+    kappa16 = 16 * CPU.marginal(16) / CPU.time(16)
+    assert 0.7 - kappa16 > 0.1
+    assert choose_draft_length([0.7], 4, CPU, batch_size=16, min_gain=0.0, **backoff) == Decision(1, 0)
+    assert choose_draft_length([0.7], 4, CPU, batch_size=16, **backoff) == Decision(0, 0)
+    # enough surplus for 2% of the step: a longer sure chain
+    assert choose_draft_length([0.95] * 4, 4, CPU, batch_size=16, **backoff) == Decision(4, 0)
+    kappa1 = CPU.marginal(1) / CPU.time(1)
+    p1 = kappa1 + 0.03  # 0.03 of a token over its cost: more than 2% of a step of one token
+    assert choose_draft_length([p1], 4, CPU, batch_size=1, **backoff) == Decision(1, 0)
+    assert choose_draft_length([kappa1 + 0.01], 4, CPU, batch_size=1, **backoff) == Decision(0, 0)
+    # a drafting request (m* > 0) is not held to it
+    drafting = dict(alpha=[0.9] * 4, steps_since_probe=0)
+    assert choose_draft_length([0.9, 0.9], 4, CPU, batch_size=4, **drafting) == \
+        choose_draft_length([0.9, 0.9], 4, CPU, batch_size=4, min_gain=0.0, **drafting)
 
 
 def test_the_lookup_bar_counts_the_speculative_paths_cost():
     """With a speculative path that costs c, a chain sent to a request in back-off on a step without a
     probe pays c alone: its first token needs more than kappa + kappa_0 / limit (kappa_0 = B c / T(B)),
-    and the bar is tight (a chain whose later tokens are sure and whose first clears it is sent).
-    Before, the bar was kappa: chains between the two were matched and decided every step, never sent."""
+    with the step's min_gain on top (((1 + g)(kappa limit + kappa_0) + g B) / limit), and the bar is tight
+    (a chain whose later tokens are sure and whose first clears it is sent). Before, the bar was kappa:
+    chains between the two were matched and decided every step, never sent."""
     b, limit = 16, 4
     kappa = b * CPU_SPEC.marginal(b) / CPU_SPEC.time(b)
     kappa_0 = b * CPU_SPEC.step_overhead / CPU_SPEC.time(b)
-    bar = kappa + kappa_0 / limit
-    assert 0.5 < kappa < bar < 0.8
+    g = AdaptiveDrafter(limit, limit, CPU_SPEC, online=False).min_gain
+    bar = ((1 + g) * (kappa * limit + kappa_0) + g * b) / limit
+    assert 0.5 < kappa < kappa + kappa_0 / limit < bar < 0.85
 
     def fresh(p1):
         dr = AdaptiveDrafter(limit, limit, CPU_SPEC, online=False)
@@ -694,28 +723,30 @@ def test_decisions_are_sized_for_a_ladder_of_batch_sizes():
 
 def test_lookup_may_pay_only_where_a_first_draft_beats_its_cost():
     """The batch-level test behind skipping the suffix match for requests in back-off: at batch 1 on
-    this CPU a lookup draft pays if it is right more than ~7% of the time; at batch 64 only above
-    ~83% (kappa = 64 T'(64) / T(64)). With the lookup calibration's best bucket accepted 70% of the
-    time, batch 64 skips, batch 1 looks; where extra tokens are nearly free both look."""
+    this CPU a lookup draft pays if it is right more than ~8% of the time; at batch 32 only above ~88%
+    (kappa = 32 T'(32) / T(32) ~.71, and the step's min_gain: 2% of 32 tokens over a 4-token chain);
+    at batch 64 never (kappa ~.83 and the margin: more than 1). With the lookup calibration's best bucket
+    accepted 70% of the time, batch 32 skips, batch 1 looks; where extra tokens are nearly free both look."""
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
-    assert dr.lookup_may_pay(1) and dr.lookup_may_pay(64)  # nothing observed: q itself, up to 1
+    assert dr.lookup_may_pay(1) and dr.lookup_may_pay(32)  # nothing observed: q itself, up to 1
+    assert not dr.lookup_may_pay(64)  # not even a sure chain lifts a step of 64 by 2% on this CPU
     for i in range(200):
         for b in range(9):
             dr.lookup_calibration.record(0, (b + 0.5) / 10, False)   # buckets below 0.9: always rejected
         dr.lookup_calibration.record(0, 0.95, i % 10 < 7)           # the top one: accepted 70% of the time
     best = dr.lookup_calibration.estimate(0, 0.999)
     assert 0.65 < best < 0.75
-    kappa64 = 64 * CPU.marginal(64) / CPU.time(64)
-    assert best < kappa64 and not dr.lookup_may_pay(64) and dr.lookup_may_pay(1)
+    kappa32 = 32 * CPU.marginal(32) / CPU.time(32)
+    assert best < kappa32 and not dr.lookup_may_pay(32) and dr.lookup_may_pay(1)
     assert not dr.lookup_may_pay(1, cap=0)
-    # the bound holds: no lookup chain is sent to a request in back-off at batch 64 when it says no
+    # the bound holds: no lookup chain is sent to a request in back-off at batch 32 when it says no
     dr.tick()
-    dr.decide("r", [], batch_size=64)
+    dr.decide("r", [], batch_size=32)
     assert dr.states["r"].steady_m == 0
-    assert dr.decide("r", [], batch_size=64, lookup_q=[0.999] * 4).drafts == 0
+    assert dr.decide("r", [], batch_size=32, lookup_q=[0.999] * 4).drafts == 0
     cheap = AdaptiveDrafter(4, 4, CHEAP, online=False)
     cheap.lookup_calibration = dr.lookup_calibration
-    assert cheap.lookup_may_pay(64)
+    assert cheap.lookup_may_pay(32) and cheap.lookup_may_pay(64)
 
 
 def test_lookup_backed_drafts_win_where_the_text_repeats():
@@ -1030,17 +1061,18 @@ def test_the_longest_earlier_suffix_grows_by_at_most_one_token_a_token():
 
 
 def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
-    """At batch 16 on the CPU cost model (kappa ~.55) and an empty lookup calibration (estimate = q), a
-    prior-only chain pays from a 3-token match (q .65) on: a request whose match was 1 token long (or
-    none) cannot have one before 2 (3) more tokens, so it skips that many steps' suffix matches; 2 tokens
-    long: it looks again at the next step; at batch 64 (kappa ~.83) only 6-token matches pay; where none
-    can, it waits LOOKUP_RECHECK steps."""
+    """At batch 16 on the CPU cost model (a bar of ~.64: kappa ~.55, the step's min_gain) and an empty
+    lookup calibration (estimate = q), a prior-only chain pays from a 3-token match (q .65) on: a request
+    whose match was 1 token long (or none) cannot have one before 2 (3) more tokens, so it skips that many
+    steps' suffix matches; 2 tokens long: it looks again at the next step; at batch 32 (a bar of ~.88)
+    only 6-token matches pay; where none can (batch 64), it waits LOOKUP_RECHECK steps."""
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
-    kappa16 = 16 * CPU.marginal(16) / CPU.time(16)
-    assert lookup_prior_q(2) < kappa16 < lookup_prior_q(3)
-    for longest, batch, waits in ((1, 16, 2), (0, 16, 3), (2, 16, 1), (3, 16, 1), (2, 64, 4), (0, 64, 6),
-                                  (9, 64, 1), (0, 1024, AdaptiveDrafter.LOOKUP_RECHECK)):
+    assert lookup_prior_q(2) < dr._lookup_bar(16, 4) < lookup_prior_q(3)
+    assert lookup_prior_q(5) < dr._lookup_bar(32, 4) < lookup_prior_q(6)
+    for longest, batch, waits in ((1, 16, 2), (0, 16, 3), (2, 16, 1), (3, 16, 1), (2, 32, 4), (0, 32, 6),
+                                  (9, 32, 1), (0, 64, AdaptiveDrafter.LOOKUP_RECHECK),
+                                  (0, 1024, AdaptiveDrafter.LOOKUP_RECHECK)):
         start = dr.clock
         dr.note_lookup_miss("r", longest, batch)
         due = []
@@ -1055,8 +1087,8 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
 @pytest.mark.parametrize("cost", [CPU, CPU_SPEC], ids=["c0", "c"])
 def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
     """A request in back-off over a long text, fresh tokens with now and then a passage copied from
-    earlier: at batch 16 and 64 every step on which a suffix match would pass lookup_worth is still
-    looked up on (the skip only drops steps that cannot pass), with fewer suffix matches (at 64, where
+    earlier: at batch 16 and 32 every step on which a suffix match would pass lookup_worth is still
+    looked up on (the skip only drops steps that cannot pass), with fewer suffix matches (at 32, where
     only 6-token matches pay, under half); with a speculative path that costs c, at batch 8 and 16.
     Calibration, record and kappa held fixed, as the skip assumes."""
     rng = random.Random(1)
@@ -1067,7 +1099,7 @@ def test_skipping_suffix_matches_in_back_off_loses_no_chain_worth_sending(cost):
             text.extend(text[start:start + 10])
         else:
             text.append(rng.randrange(50))
-    for batch, most in ((16, 0.8), (64, 0.5)) if cost is CPU else ((8, 0.8), (16, 0.8)):
+    for batch, most in ((16, 0.8), (32, 0.5)) if cost is CPU else ((8, 0.8), (16, 0.8)):
         dr = AdaptiveDrafter(4, 4, cost, online=False)
         dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
 
