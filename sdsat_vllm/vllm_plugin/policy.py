@@ -1053,8 +1053,8 @@ class AdaptiveDrafter:
         (:func:`backoff_chain_cost`; kappa = B T'(B) / T(B), one more token in a forward of plain decoding,
         in tokens, kappa_0 = B c / T(B), the speculative path), and the step must gain min_gain with the
         chain, as drafting must (best_steady_state). Every g_i is at most p_1, so the score is at most
-        m p_1 - (1 + min_gain) cost(m) - min_gain B, largest per token at m = limit: no chain can pay
-        unless p_1 > ((1 + min_gain) cost(limit) + min_gain B) / limit. Without kappa_0 the bar let
+        m p_1 - (1 + min_gain) cost(m) - min_gain B, positive only if p_1 > ((1 + min_gain) cost(m) +
+        min_gain B) / m, least at m = limit: no chain can pay unless p_1 clears that. Without kappa_0 the bar let
         through chains that decide then turned down, every step (at batch 64 on this CPU, a suffix match
         and a decision for most requests of the batch, ~4 ms a step; results 22)."""
         b, limit = decision_batch(batch_size), max(int(limit), 1)
