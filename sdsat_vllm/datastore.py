@@ -18,8 +18,8 @@ its tokens where it has them) and sends whichever chain is expected to be accept
 rejection sampler verifies it like any draft, so the output is unchanged whatever the datastore holds.
 
 Index: for every n in MIN_NGRAM..MAX_NGRAM, a 64-bit polynomial hash of each n-gram that has a next
-token in its document, sorted, with the n-gram's end position: a lookup is one binary search per n
-(a hash collision can only cost a rejected draft). Pure numpy; no torch.
+token in its document, sorted, with the n-gram's end position: a lookup bisects over n, one binary
+search per n it tries (a hash collision can only cost a rejected draft). Pure numpy; no torch.
 """
 
 from __future__ import annotations
@@ -137,23 +137,31 @@ class Datastore:
             key = (key + (tail[-n] + 1) * power) & _MASK
             power = (power * int(_MULT)) & _MASK
             keys[n] = key
-        for n in range(len(tail), MIN_NGRAM - 1, -1):
+        # the longest n whose suffix occurs, by bisection: an n-gram's occurrence (with a next token, in
+        # one document) is one of its own suffix too, so the lengths that occur are MIN_NGRAM..longest
+        found, lo_n, hi_n = None, MIN_NGRAM, len(tail)
+        while lo_n <= hi_n:
+            n = (lo_n + hi_n) // 2
             hashes = self._hashes[n]
             h = np.uint64(keys[n])
             lo = int(hashes.searchsorted(h, side="left"))
             if lo < len(hashes) and hashes[lo] == h:
-                key = (n, lo, max_len, stop if isinstance(stop, frozenset) else frozenset(stop))
-                if key not in self._memo:
-                    hi = int(hashes.searchsorted(h, side="right"))
-                    found = self._continue(self._ends[n][lo:hi], n, max_len, stop)
-                    if len(self._memo) >= MEMO_ENTRIES:
-                        del self._memo[next(iter(self._memo))]
-                    self._memo[key] = None if found is None else (tuple(found.tokens), tuple(found.share),
-                                                                  found.occurrences)
-                kept = self._memo[key]
-                # fresh lists: a caller may change what it is given
-                return None if kept is None else DatastoreMatch(list(kept[0]), n, list(kept[1]), kept[2])
-        return None
+                found, lo_n = (n, lo, h), n + 1
+            else:
+                hi_n = n - 1
+        if found is None:
+            return None
+        n, lo, h = found
+        key = (n, lo, max_len, stop if isinstance(stop, frozenset) else frozenset(stop))
+        if key not in self._memo:
+            hi = int(self._hashes[n].searchsorted(h, side="right"))
+            match = self._continue(self._ends[n][lo:hi], n, max_len, stop)
+            if len(self._memo) >= MEMO_ENTRIES:
+                del self._memo[next(iter(self._memo))]
+            self._memo[key] = None if match is None else (tuple(match.tokens), tuple(match.share), match.occurrences)
+        kept = self._memo[key]
+        # fresh lists: a caller may change what it is given
+        return None if kept is None else DatastoreMatch(list(kept[0]), n, list(kept[1]), kept[2])
 
     def _continue(self, ends: np.ndarray, ngram: int, max_len: int, stop) -> DatastoreMatch | None:
         occurrences = len(ends)

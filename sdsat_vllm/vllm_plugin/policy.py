@@ -65,10 +65,11 @@ count, not this one's, and its count is per batch size, not per request or per s
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 #: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
 #: ``additional_config={"sdsat": {...}}``), with their defaults.
@@ -423,6 +424,9 @@ def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: in
 # acceptance estimates
 
 
+_CALIBRATION_STAMPS = itertools.count()
+
+
 class AcceptanceCalibration:
     """P(draft at position i accepted | drafts before it accepted, its SAT row's max probability q).
 
@@ -435,6 +439,8 @@ class AcceptanceCalibration:
         self.prior_weight = prior_weight
         self.offered = [[0] * buckets for _ in range(num_positions)]
         self.accepted = [[0] * buckets for _ in range(num_positions)]
+        # a stamp no other state of any calibration has: figures derived from the estimates are cached by it
+        self.version = next(_CALIBRATION_STAMPS)
 
     def _bucket(self, q: float) -> int:
         return min(self.buckets - 1, max(0, int(q * self.buckets)))
@@ -445,6 +451,7 @@ class AcceptanceCalibration:
             b = self._bucket(q)
             self.offered[position][b] += 1
             self.accepted[position][b] += int(accepted)
+            self.version = next(_CALIBRATION_STAMPS)
 
     def record_step(self, qs: Sequence[float], num_accepted: int) -> None:
         """A verified chain with SAT probabilities qs, of which the first num_accepted were accepted:
@@ -757,29 +764,32 @@ def suffix_match(tokens, max_len: int, min_ngram: int = 1, max_ngram: int = 8, w
 
     if max_len <= 0:
         return None
-    arr = np.asarray(tokens, dtype=np.int64)[-window:]
+    arr = np.asarray(tokens)[-window:]  # the window first: a long text is not copied whole
+    if arr.dtype.kind not in "iu":
+        arr = arr.astype(np.int64)
     n_tok = len(arr)
     if n_tok < min_ngram + 1:
         return None
-    # earlier positions i (followed by at least one token) that hold the last token, then how far
-    # back each keeps matching the suffix (capped at max_ngram): the longest wins, the latest on ties
+    # earlier positions i (followed by at least one token) that hold the last token; of those, the ones
+    # that hold the last two (most occurrences of a token end there, so the 2-D pass below stays small)
     ends = np.flatnonzero(arr[:-1] == arr[-1])
     if not len(ends):
         return None
-    length = np.ones(len(ends), dtype=np.int64)
-    alive = np.ones(len(ends), dtype=bool)
-    for j in range(1, max_ngram):
-        idx = ends - j
-        ok = alive & (idx >= 0)
-        ok[ok] = arr[idx[ok]] == arr[n_tok - 1 - j]
-        alive = ok
-        if not alive.any():
-            break
-        length += alive
-    best = int(length.max())
+    two = ends[ends >= 1]
+    two = two[arr[two - 1] == arr[-2]] if max_ngram > 1 else two[:0]
+    if not len(two):
+        best, start = 1, int(ends[-1]) + 1
+    else:
+        # how far back each keeps matching the suffix (capped at max_ngram): the longest wins, the
+        # latest on ties. back[j] = j tokens before the end; rows past the text's start never match
+        back = np.arange(min(max_ngram, n_tok - 1))
+        idx = two[:, None] - back[None, :]
+        same = (arr[np.maximum(idx, 0)] == arr[n_tok - 1 - back][None, :]) & (idx >= 0)
+        length = np.logical_and.accumulate(same, axis=1).sum(axis=1)
+        best = int(length.max())
+        start = int(two[np.flatnonzero(length == best)[-1]]) + 1
     if best < min_ngram:
         return None
-    start = int(ends[np.flatnonzero(length == best)[-1]]) + 1
     out = []
     for t in arr[start: start + max_len].tolist():
         if t in stop:
@@ -893,6 +903,8 @@ class AdaptiveDrafter:
     #: steps a request in back-off waits before looking up again when no match length could make a
     #: chain worth sending (note_lookup_miss): the longest prior's match length
     LOOKUP_RECHECK = len(LOOKUP_PRIOR_BY_NGRAM) - 1
+    #: entries _cost_cache holds before it starts afresh (a fixed cost model is never refit)
+    COST_CACHE_ENTRIES = 4096
 
     def __init__(self, n: int, num_sat: int, cost: CostModel, online: bool = True,
                  probe_budget: float = DEFAULT_OPTIONS["probe_budget"], min_gain: float = DEFAULT_OPTIONS["min_gain"]):
@@ -913,8 +925,8 @@ class AdaptiveDrafter:
         self.step_times = StepTimes() if online else None  # a cost the user fixed is kept as given
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
-        self._level_cost: CostModel | None = None  # _batch_level's cache and the cost model it holds for
-        self._level_cache: dict[tuple[int, int], tuple[float, int]] = {}
+        self._level_cost: CostModel | None = None  # _cost_cache and the cost model it holds for
+        self._level_cache: dict[tuple, Any] = {}
 
     def tick(self) -> None:
         """One engine step begins (the proposer calls it once per step, before any decide)."""
@@ -952,14 +964,20 @@ class AdaptiveDrafter:
         results 22). Lookup chains need no probe. In back-off m* = 0: the steady state is plain
         decoding, the same for every request of the batch."""
         key = (limit, batch_size)
-        if self._level_cost is not cost:
-            self._level_cost, self._level_cache = cost, {}
-        level = self._level_cache.get(key)
+        level = self._cost_cache(cost).get(key)
         if level is None:
             can_pay = best_steady_state([1.0] * limit, limit, cost, batch_size, self.min_gain).m > 0
             budget = self.probe_budget if can_pay else 0.0
             level = self._level_cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
         return level
+
+    def _cost_cache(self, cost: CostModel) -> dict:
+        """Figures that follow from the cost model and the drafter's fixed options (and, where their key
+        says so, the calibrations' versions), kept until the model is refit (every few steps online):
+        a step of a large batch reads them once per request."""
+        if self._level_cost is not cost or len(self._level_cache) > self.COST_CACHE_ENTRIES:
+            self._level_cost, self._level_cache = cost, {}
+        return self._level_cache
 
     def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
         """probe_interval of a request in back-off (:meth:`_batch_level`)."""
@@ -1006,14 +1024,23 @@ class AdaptiveDrafter:
         limit = self.n if cap is None else max(0, min(self.n, cap))
         if limit == 0:
             return False
+        b = decision_batch(batch_size)
+        key = ("may_pay", b, limit, self.has_datastore, self.lookup_calibration.version,
+               self.datastore_calibration.version)
+        cache = self._cost_cache(self.cost())
+        if key not in cache:
+            cache[key] = self._best_backoff_estimate() > self._lookup_bar(b, limit)
+        return cache[key]
+
+    def _best_backoff_estimate(self) -> float:
+        """lookup_may_pay's best first-token acceptance of a chain in back-off, over every q it can have."""
         # in back-off no SAT row scores a chain: its q is a prior, at most 1 for a text match and
         # max(DATASTORE_PRIOR_BY_NGRAM) for a datastore one (consulted only where there is a datastore)
         sources = [(self.lookup_calibration, 1.0)]
         if self.has_datastore:
             sources.append((self.datastore_calibration, max(DATASTORE_PRIOR_BY_NGRAM)))
-        best = max(cal.estimate(0, min(top, (i + 1) / cal.buckets - 1e-9))
+        return max(cal.estimate(0, min(top, (i + 1) / cal.buckets - 1e-9))
                    for cal, top in sources for i in range(cal.buckets) if i / cal.buckets <= top)
-        return best > self._lookup_bar(batch_size, limit)
 
     def lookup_worth(self, lookup_q: Sequence[float], batch_size: int = 1, cap: int | None = None,
                      req_id: str | None = None, source: str = "text") -> bool:
@@ -1058,7 +1085,12 @@ class AdaptiveDrafter:
         through chains that decide then turned down, every step (at batch 64 on this CPU, a suffix match
         and a decision for most requests of the batch, ~4 ms a step; results 22)."""
         b, limit = decision_batch(batch_size), max(int(limit), 1)
-        return ((1 + self.min_gain) * backoff_chain_cost(limit, b, self.cost()) + self.min_gain * b) / limit + 1e-12
+        cost = self.cost()
+        cache = self._cost_cache(cost)
+        key = ("bar", b, limit)
+        if key not in cache:
+            cache[key] = ((1 + self.min_gain) * backoff_chain_cost(limit, b, cost) + self.min_gain * b) / limit + 1e-12
+        return cache[key]
 
     def lookup_due(self, req_id: str) -> bool:
         """Whether a request in back-off may find a lookup chain worth sending this step (False: the
@@ -1088,13 +1120,20 @@ class AdaptiveDrafter:
         levels = LOOKUP_PRIOR_BY_NGRAM
         now = max(0, min(int(longest_match), len(levels) - 1))
         limit = self.n  # the proposer's cap only lowers the limit, which raises the bar: the skip stays safe
-        bar = self._lookup_bar(batch_size, limit)
+        b = decision_batch(batch_size)
+        # what decides `shortest`: the bar, the calibrations, the request's own record of lookup chains
+        key = ("shortest", b, limit, self.has_datastore, self.lookup_calibration.version,
+               self.datastore_calibration.version, st.lookup_offered, st.lookup_accepted, self.LOOKUP_REQUEST_WEIGHT)
+        cache = self._cost_cache(self.cost())
+        if key not in cache:
+            bar = self._lookup_bar(b, limit)
 
-        def passes(g: int) -> bool:  # a match g tokens long, in the text or (where there is one) the datastore
-            return self._lookup_estimates([levels[g]], st)[0] > bar or (
-                self.has_datastore and self._lookup_estimates([DATASTORE_PRIOR_BY_NGRAM[g]], st, "datastore")[0] > bar)
+            def passes(g: int) -> bool:  # a match g tokens long, in the text or (where there is one) the datastore
+                return self._lookup_estimates([levels[g]], st)[0] > bar or (
+                    self.has_datastore and self._lookup_estimates([DATASTORE_PRIOR_BY_NGRAM[g]], st, "datastore")[0] > bar)
 
-        shortest = next((g for g in range(1, len(levels)) if passes(g)), None)
+            cache[key] = next((g for g in range(1, len(levels)) if passes(g)), None)
+        shortest = cache[key]
         st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]], sources: Sequence[str] | None = None) -> int | None:

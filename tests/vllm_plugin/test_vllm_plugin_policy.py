@@ -3,6 +3,7 @@ its state machine on simulated requests, the option plumbing (no vLLM engine, no
 
 import random
 
+import numpy as np
 import pytest
 
 from sdsat_vllm.vllm_plugin import policy
@@ -841,6 +842,36 @@ def test_suffix_match_reports_the_matched_length():
     assert suffix_match([5, 6, 7], 3) is None and suffix_match([5, 6, 5], 0) is None
 
 
+def _suffix_match_by_hand(toks, max_len, min_ngram, max_ngram, stop):
+    # every earlier end position, its match length counted token by token; longest, then latest
+    best, start = 0, None
+    for i in range(len(toks) - 1):
+        n = 0
+        while n < max_ngram and i - n >= 0 and toks[i - n] == toks[len(toks) - 1 - n]:
+            n += 1
+        if n and n >= best:
+            best, start = n, i + 1
+    if start is None or best < min_ngram:
+        return None
+    out = []
+    for t in toks[start: start + max_len]:
+        if t in stop:
+            break
+        out.append(t)
+    return LookupMatch(out, best) if out else None
+
+
+def test_suffix_match_equals_a_search_by_hand():
+    rng = random.Random(3)
+    for trial in range(400):
+        vocab = rng.choice([2, 3, 5, 40])
+        toks = [rng.randrange(vocab) for _ in range(rng.randrange(0, 70))]
+        args = (rng.randrange(0, 6), rng.choice([1, 2]), rng.choice([1, 2, 3, 8]), {1} if trial % 4 == 0 else set())
+        want = _suffix_match_by_hand(toks, *args)
+        assert suffix_match(toks, *args[:3], stop=args[3]) == want, (toks, args)
+        assert suffix_match(np.array(toks, dtype=np.int32), *args[:3], stop=args[3]) == want, (toks, args)
+
+
 def test_lookup_scores_combine_the_sat_rows_with_the_match_length():
     assert lookup_prior_q(0) == 0.0 and lookup_prior_q(1) < lookup_prior_q(2) <= lookup_prior_q(6)
     assert lookup_prior_q(50) == lookup_prior_q(6)
@@ -1082,6 +1113,31 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
         assert due.index(True) + 1 == waits, (longest, batch, due)
         assert dr.clock - start == 8
     assert dr.lookup_due("new request")
+
+
+def test_the_skip_follows_the_calibration_and_the_request_record():
+    """note_lookup_miss keeps what it works out per batch rung until the lookup calibration, the request's
+    own record of chains or the cost model move: each of them changes the skip at once."""
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
+
+    def waits(longest=1, batch=16):
+        dr.note_lookup_miss("r", longest, batch)
+        return dr.states["r"].lookup_after - dr.clock
+
+    assert waits() == 2  # a 3-token match pays at 16 (the test above)
+    for _ in range(200):  # text matches turn out always wrong: no match length can pay
+        for b in range(10):
+            dr.lookup_calibration.record(0, (b + 0.5) / 10, False)
+    assert waits() == AdaptiveDrafter.LOOKUP_RECHECK
+    st = dr.states["r"]
+    st.lookup_offered, st.lookup_accepted = 40, 40  # ... but this request's own chains always were right
+    assert waits() == 1
+    cheap = AdaptiveDrafter(4, 4, CHEAP, online=False)  # another drafter, its own calibration: not the cache
+    cheap.states["r"] = policy.RequestState(alpha=[0.1] * 4)
+    cheap.lookup_calibration = dr.lookup_calibration
+    cheap.note_lookup_miss("r", 1, 16)
+    assert cheap.states["r"].lookup_after - cheap.clock == AdaptiveDrafter.LOOKUP_RECHECK
 
 
 @pytest.mark.parametrize("cost", [CPU, CPU_SPEC], ids=["c0", "c"])
