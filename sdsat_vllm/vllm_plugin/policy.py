@@ -603,6 +603,8 @@ class Decision:
     tail: int          # t: SAT tail after them
     probe: bool = False
     lookup: bool = False  # the drafts are the lookup candidate's, not the SAT argmaxes
+    #: the drafts' expected accepted tokens less what they cost, in tokens of the batch (choose_draft_length)
+    gain: float = field(default=0.0, compare=False)
 
 
 @dataclass
@@ -709,19 +711,19 @@ def choose_draft_length(
     # plain step's time, cost = kappa m + kappa_0, against (1 + min_gain) b in a plain step's time
     margin = min_gain if ss.m == 0 and tail == 0 else 0.0
     g = chain_gains(p)
-    best_m, best_score, acc = 0, w, 0.0  # m = 0: the tail's rows are fresh for sure
+    best_m, best_score, best_gain, acc = 0, w, 0.0, 0.0  # m = 0: the tail's rows are fresh for sure
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
         cost_m = extra(m) + kappa_0
         score = acc - cost_m - margin * (b + cost_m) + g[m - 1] * w
         if score > best_score + 1e-12:
-            best_m, best_score = m, score
+            best_m, best_score, best_gain = m, score, acc - cost_m
     if times is not None and (tail or best_m):  # a plain step (nothing sent) stays plain
         base = times(1 + best_m + tail)
         if base is not None:
             tail = max([tail] + [t for t in range(tail + 1, limit + 1)
                                  if (times(1 + best_m + t) or math.inf) <= base * (1 + FREE_TOKENS_SLACK)])
-    return Decision(best_m, tail, probe)
+    return Decision(best_m, tail, probe, gain=best_gain)
 
 
 #: choose_draft_length's tail grows into a step size measured to cost at most this much more
@@ -856,6 +858,48 @@ def backoff_chain_cost(m: int, batch_size: int, cost: CostModel) -> float:
     return b * (max(int(m), 0) * cost.marginal(b) + cost.step_overhead) / cost.time(b)
 
 
+class LookupLedger:
+    """Whether looking up the requests in back-off pays for itself at one batch size (a rung of
+    decision_batch): the seconds the proposer spends on their lookups against what the chains those
+    lookups find are expected to net (their accepted tokens less their price, Decision.gain), both
+    in tokens of the batch. Every WINDOW lookups a verdict: lookups that netted less than they cost
+    become STRIDE_OFF times rarer (a request that found nothing to send waits that many times longer,
+    AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every step a chain could pay
+    on. The ratio does not depend on the stride (fewer lookups find fewer chains), so the rarer
+    lookups keep measuring it.
+
+    Why: under load most requests are in back-off and each is looked up every step or two for a chain
+    that might lift the step by min_gain. At batch 16 on this CPU ~14 lookups a step found a chain
+    on about one step in ten (results 28, 29): the lookups cost ~2% of a step, the chains won a
+    fraction of that. Where chains pay (text that repeats itself, a GPU where a token is nearly free)
+    the verdict keeps every lookup. Expected figures, not realized ones: a window holds a handful of
+    chains, and whether each was accepted would make the verdict a coin toss (results 28.6: -45 to
+    +168 ms per 64 steps against ~50 ms spent)."""
+
+    WINDOW = 512
+    STRIDE_OFF = 8
+    __slots__ = ("lookups", "seconds", "worth", "stride")
+
+    def __init__(self):
+        self.lookups = 0     # lookups of requests in back-off, this window ...
+        self.seconds = 0.0   # ... the proposer's time on them
+        self.worth = 0.0     # ... and what the chains they found are expected to net, in tokens
+        self.stride = 1
+
+    def add_lookups(self, count: int, seconds: float, token_seconds: float | None) -> None:
+        """A step's lookups of requests in back-off: how many, their seconds, and what a token of the
+        batch takes (a plain step's seconds per request; None: not measured yet, no verdict)."""
+        self.lookups += max(int(count), 0)
+        self.seconds += max(float(seconds), 0.0)
+        if self.lookups >= self.WINDOW and token_seconds:
+            self.stride = 1 if self.worth > self.seconds / token_seconds else self.STRIDE_OFF
+            self.lookups, self.seconds, self.worth = 0, 0.0, 0.0
+
+    def add_chain(self, gain: float) -> None:
+        """A chain sent to a request in back-off: its expected net gain in tokens (Decision.gain)."""
+        self.worth += float(gain)
+
+
 @dataclass
 class RequestState:
     alpha: list[float]                  # running per-position acceptance estimate
@@ -903,6 +947,8 @@ class AdaptiveDrafter:
     #: steps a request in back-off waits before looking up again when no match length could make a
     #: chain worth sending (note_lookup_miss): the longest prior's match length
     LOOKUP_RECHECK = len(LOOKUP_PRIOR_BY_NGRAM) - 1
+    #: weight of one plain step in the running seconds per token of its batch rung (LookupLedger's unit)
+    TOKEN_SECONDS_STEP = 0.1
     #: entries _cost_cache holds before it starts afresh (a fixed cost model is never refit)
     COST_CACHE_ENTRIES = 4096
 
@@ -923,6 +969,10 @@ class AdaptiveDrafter:
         self.alpha_global = [0.5] * n
         self.stale = StaleSteps()
         self.step_times = StepTimes() if online else None  # a cost the user fixed is kept as given
+        # per batch rung (decision_batch), with the online cost only: the LookupLedger of requests in
+        # back-off, and a plain step's seconds per request (a token of the batch, in seconds)
+        self.ledgers: dict[int, LookupLedger] | None = {} if online else None
+        self.token_seconds: dict[int, float] = {}
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
         self._level_cost: CostModel | None = None  # _cost_cache and the cost model it holds for
@@ -941,6 +991,24 @@ class AdaptiveDrafter:
             self.online.add(n_tokens, seconds, speculative, sampling, requests)
             if speculative:
                 self.step_times.add(n_tokens, seconds)
+            elif requests and seconds > 0 and math.isfinite(seconds):
+                rung, per_token = decision_batch(requests), seconds / requests
+                old = self.token_seconds.get(rung)
+                self.token_seconds[rung] = per_token if old is None else \
+                    old + self.TOKEN_SECONDS_STEP * (per_token - old)
+
+    def ledger(self, batch_size: int) -> LookupLedger | None:
+        """The LookupLedger of the batch size's rung (None with a cost the user fixed)."""
+        if self.ledgers is None:
+            return None
+        return self.ledgers.setdefault(decision_batch(batch_size), LookupLedger())
+
+    def note_lookups(self, count: int, seconds: float, batch_size: int) -> None:
+        """The proposer, once a step: it looked up `count` requests in back-off, in `seconds` (their
+        lookups and the decisions on what they found)."""
+        ledger = self.ledger(batch_size)
+        if ledger is not None and count:
+            ledger.add_lookups(count, seconds, self.token_seconds.get(decision_batch(batch_size)))
 
     def keep_only(self, live: Iterable[str]) -> None:
         live = set(live)
@@ -1113,7 +1181,9 @@ class AdaptiveDrafter:
         it is (a response datastore that grows can lengthen a match sooner: the skip may then miss a
         chain, never change an output). Under load the suffix
         match was most of the proposer's time for requests in back-off (~20 us each, 1.3 ms a step at
-        batch 64 on this CPU, results 20)."""
+        batch 64 on this CPU, results 20). Where the batch size's LookupLedger finds that lookups do
+        not pay for themselves, the skip is LookupLedger.STRIDE_OFF times longer: on purpose, chains
+        that would pass are then missed."""
         st = self.states.get(req_id)
         if st is None:
             return
@@ -1134,7 +1204,10 @@ class AdaptiveDrafter:
 
             cache[key] = next((g for g in range(1, len(levels)) if passes(g)), None)
         shortest = cache[key]
-        st.lookup_after = self.clock + (self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now))
+        skip = self.LOOKUP_RECHECK if shortest is None else max(1, shortest - now)
+        # where this batch size's lookups have not paid for themselves, fewer of them (LookupLedger)
+        ledger = self.ledger(batch_size)
+        st.lookup_after = self.clock + skip * (ledger.stride if ledger is not None else 1)
 
     def pick_lookup(self, candidates: Sequence[Sequence[float]], sources: Sequence[str] | None = None) -> int | None:
         """Of several lookup candidates (each given by its tokens' q, :func:`score_lookup` or
@@ -1213,11 +1286,13 @@ class AdaptiveDrafter:
         st.sent_source = lookup_source if st.sent_lookup else "text"
         if not fresh_q and (d.drafts or d.tail):  # a plain step (back-off) is not one of the D/S chain's
             st.stale_sent = (d.drafts, d.tail)
-        return Decision(d.drafts, d.tail, d.probe, st.sent_lookup)
+        if st.sent_lookup and steady_m == 0 and d.tail == 0 and self.ledgers is not None:
+            self.ledger(batch_size).add_chain(d.gain)  # what the lookups of requests in back-off found
+        return Decision(d.drafts, d.tail, d.probe, st.sent_lookup, gain=d.gain)
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "decision_batch",
+           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "LookupLedger", "decision_batch",
            "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",

@@ -599,7 +599,13 @@ class SDSATProposer:
         may_lookup = self.lookup and cap > 0 and self.drafter.lookup_may_pay(batch, cap)
         counts: list[tuple[int, int] | None] = []
         chains: dict[int, list[int]] = {}
+        # requests in back-off looked up for a chain, and the time from each one's lookup to the next
+        # row: what the drafter's LookupLedger weighs against what the chains found are worth
+        looked_up, lookup_seconds, started = 0, 0.0, None
         for row, acc in enumerate(sampled_token_ids):
+            if started is not None:
+                lookup_seconds += time.perf_counter() - started
+                started = None
             if not acc:
                 counts.append(None)
                 continue
@@ -618,7 +624,10 @@ class SDSATProposer:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
                 text = input_batch.token_ids_cpu[row, :n_tok]
-                if self.FIRST_TOKEN_LOOKUPS and not cnt and not idle_checked and self.drafter.may_idle(req_ids[row]):
+                in_backoff = not cnt and not idle_checked and self.drafter.may_idle(req_ids[row])
+                if in_backoff:
+                    looked_up, started = looked_up + 1, time.perf_counter()
+                if self.FIRST_TOKEN_LOOKUPS and in_backoff:
                     # in back-off, no fresh SAT row: whether a chain may be sent at all rests on its first
                     # token alone (lookup_worth), and one token of each chain costs a fraction of whole
                     # chains (a datastore match counts its occurrences' continuations position by position).
@@ -650,6 +659,9 @@ class SDSATProposer:
             counts.append((d.drafts, d.tail))
             if d.lookup:
                 chains[row] = cand
+        if started is not None:
+            lookup_seconds += time.perf_counter() - started
+        self.drafter.note_lookups(looked_up, lookup_seconds, batch)
         return plan.fill(top, self.tail, counts, chains)
 
 

@@ -9,7 +9,7 @@ import pytest
 from sdsat_vllm.vllm_plugin import policy
 from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel, OnlineCost,
-                                           Decision, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
+                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
                                            device_default, expected_accepted, fit_local_linear, lookup_prior_q,
                                            decision_batch, probe_due, probe_interval, sampling_overhead, StaleSteps, StepTimes, score_lookup, steady_state, suffix_candidate, suffix_match,
                                            validate_options)
@@ -1113,6 +1113,59 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
         assert due.index(True) + 1 == waits, (longest, batch, due)
         assert dr.clock - start == 8
     assert dr.lookup_due("new request")
+
+
+def test_lookup_ledger_verdicts():
+    """Lookups that netted less than they cost make later ones STRIDE_OFF times rarer; more, back to 1;
+    no verdict before a window of lookups, nor without a token's time."""
+    led = LookupLedger()
+    w = LookupLedger.WINDOW
+    led.add_chain(1.0)
+    led.add_lookups(w - 1, 0.1, 0.01)        # spent 10 tokens, worth 1: but the window is not full
+    assert led.stride == 1
+    led.add_lookups(1, 0.0, None)            # full, but no token time measured yet
+    assert led.stride == 1 and led.lookups == w
+    led.add_lookups(1, 0.0, 0.01)
+    assert led.stride == LookupLedger.STRIDE_OFF and (led.lookups, led.seconds, led.worth) == (0, 0.0, 0.0)
+    led.add_chain(2.5)
+    led.add_chain(-0.4)
+    led.add_lookups(w, 0.02, 0.01)           # spent 2 tokens, worth 2.1
+    assert led.stride == 1
+    led.add_chain(1.9)
+    led.add_lookups(w, 0.02, 0.01)           # worth 1.9 < 2
+    assert led.stride == LookupLedger.STRIDE_OFF
+
+
+def test_decision_gain_is_the_chains_expected_net():
+    """Decision.gain: the drafts' expected accepted tokens less their cost in tokens (the ledger's worth);
+    back-off at batch 1 on the linear CPU cost: kappa = T'(1) / T(1) per draft."""
+    kappa = CPU.marginal(1) / CPU.time(1)
+    d = choose_draft_length([0.9, 0.8], 4, CPU, alpha=[0.0] * 4, batch_size=1)
+    assert d.drafts == 2 and d.tail == 0
+    assert d.gain == pytest.approx(0.9 + 0.9 * 0.8 - 2 * kappa)
+    assert choose_draft_length([], 4, CPU, alpha=[0.0] * 4).gain == 0.0
+    assert d == Decision(2, 0)  # not part of a decision's identity
+
+
+def test_chains_in_back_off_feed_the_ledger_and_its_verdict_stretches_the_skip():
+    dr = AdaptiveDrafter(4, 4, CPU, online=True)
+    dr.alpha_global = [0.0] * 4                     # SATs never right: a new request starts in back-off
+    dr.tick()
+    d = dr.decide("r", [], batch_size=1, lookup_q=[0.99] * 4)
+    assert dr.states["r"].steady_m == 0
+    assert d.lookup and d.drafts > 0 and d.tail == 0
+    assert dr.ledger(1).worth == pytest.approx(d.gain) and d.gain > 0
+    dr.states["r"].sent_q = []                      # verified, nothing in flight
+    dr.note_lookup_miss("r", 0, 1)
+    base = dr.states["r"].lookup_after - dr.clock
+    dr.ledger(1).stride = LookupLedger.STRIDE_OFF
+    dr.note_lookup_miss("r", 0, 1)
+    assert dr.states["r"].lookup_after - dr.clock == base * LookupLedger.STRIDE_OFF
+    # a plain step's seconds per request are the ledger's token time, per batch rung
+    dr.observe_step(16, 0.08, speculative=False, requests=16)
+    dr.observe_step(16, 0.12, speculative=False, requests=16)
+    assert dr.token_seconds[16] == pytest.approx(0.005 + AdaptiveDrafter.TOKEN_SECONDS_STEP * 0.0025)
+    assert AdaptiveDrafter(4, 4, CPU, online=False).ledger(1) is None  # a cost the user fixed: no ledger
 
 
 def test_the_skip_follows_the_calibration_and_the_request_record():

@@ -390,6 +390,33 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
     assert run(skip=False) == [(0, 64)] + [(64, 0)] * 12
 
 
+def test_proposer_reports_lookups_in_back_off_and_the_ledger_spaces_them_out(monkeypatch):
+    """The proposer tells the drafter, once a step, how many requests in back-off it looked up and how
+    long that took (the LookupLedger's input): the 64 first-token lookups of the test above, 0 on the
+    steps they are skipped. With the ledger's verdict that lookups at this batch size do not pay
+    (stride STRIDE_OFF), a request that found nothing waits STRIDE_OFF times longer."""
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
+
+    def run(stride: int) -> list[int]:
+        p = _adaptive_proposer()
+        p.drafter = AdaptiveDrafter(3, 3, CostModel.linear(0.075), online=True)  # the ledger needs the online cost
+        p._recent_batch = RecentBatch()
+        p.drafter.ledger(64).stride = stride
+        monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
+        noted, real = [], p.drafter.note_lookups
+        monkeypatch.setattr(p.drafter, "note_lookups", lambda n, sec, b: noted.append((n, sec > 0, b)) or real(n, sec, b))
+        texts = [[1, 2, 3, 4, 5, 6, 100 + i] for i in range(64)]
+        for _ in range(56):
+            p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 64, None, None,
+                                         SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
+                                                         scheduled_spec_decode_tokens={}, total_num_scheduled_tokens=64))
+        assert all(b == 64 and (n > 0) == took for n, took, b in noted)
+        return [n for n, _, _ in noted]
+
+    assert run(1) == [0, 64] + ([0] * 5 + [64]) * 9  # as the test above: every 6 steps
+    assert run(LookupLedger.STRIDE_OFF) == [0, 64] + [0] * 47 + [64] + [0] * 6
+
+
 def test_first_token_lookups_decide_as_whole_chains_would(monkeypatch):
     """A request without fresh SAT rows is looked up for its chains' first tokens, and for whole chains
     only when one of those could be sent or it is not idle. Sixty steps of a batch of 16 whose texts
