@@ -873,8 +873,8 @@ class LookupLedger:
     on about one step in ten (results 28, 29): the lookups cost ~2% of a step, the chains won a
     fraction of that. Where chains pay (text that repeats itself, a GPU where a token is nearly free)
     the verdict keeps every lookup. Expected figures, not realized ones: a window holds a handful of
-    chains, and whether each was accepted would make the verdict a coin toss (results 28.6: -45 to
-    +168 ms per 64 steps against ~50 ms spent)."""
+    chains, and whether each was accepted would make the verdict a coin toss (session 28's windows of
+    realized worth: -45 to +168 ms per 64 steps against ~50 ms spent; results 29)."""
 
     WINDOW = 512
     STRIDE_OFF = 8
@@ -886,18 +886,16 @@ class LookupLedger:
         self.worth = 0.0     # ... and what the chains they found are expected to net, in tokens
         self.stride = 1
 
-    def add_lookups(self, count: int, seconds: float, token_seconds: float | None) -> None:
-        """A step's lookups of requests in back-off: how many, their seconds, and what a token of the
-        batch takes (a plain step's seconds per request; None: not measured yet, no verdict)."""
+    def add_lookups(self, count: int, seconds: float, worth: float, token_seconds: float | None) -> None:
+        """A step's lookups of requests in back-off: how many, their seconds, what the chains they found
+        and sent are expected to net (the sum of their Decision.gain, in tokens), and what a token of
+        the batch takes (a plain step's seconds per request; None: not measured yet, no verdict)."""
         self.lookups += max(int(count), 0)
         self.seconds += max(float(seconds), 0.0)
+        self.worth += float(worth)
         if self.lookups >= self.WINDOW and token_seconds:
             self.stride = 1 if self.worth > self.seconds / token_seconds else self.STRIDE_OFF
             self.lookups, self.seconds, self.worth = 0, 0.0, 0.0
-
-    def add_chain(self, gain: float) -> None:
-        """A chain sent to a request in back-off: its expected net gain in tokens (Decision.gain)."""
-        self.worth += float(gain)
 
 
 @dataclass
@@ -1003,12 +1001,13 @@ class AdaptiveDrafter:
             return None
         return self.ledgers.setdefault(decision_batch(batch_size), LookupLedger())
 
-    def note_lookups(self, count: int, seconds: float, batch_size: int) -> None:
+    def note_lookups(self, count: int, seconds: float, worth: float, batch_size: int) -> None:
         """The proposer, once a step: it looked up `count` requests in back-off, in `seconds` (their
-        lookups and the decisions on what they found)."""
+        lookups and the decisions on what they found), and sent them chains expected to net `worth`
+        tokens (the sum of those decisions' Decision.gain)."""
         ledger = self.ledger(batch_size)
         if ledger is not None and count:
-            ledger.add_lookups(count, seconds, self.token_seconds.get(decision_batch(batch_size)))
+            ledger.add_lookups(count, seconds, worth, self.token_seconds.get(decision_batch(batch_size)))
 
     def keep_only(self, live: Iterable[str]) -> None:
         live = set(live)
@@ -1032,11 +1031,12 @@ class AdaptiveDrafter:
         results 22). Lookup chains need no probe. In back-off m* = 0: the steady state is plain
         decoding, the same for every request of the batch."""
         key = (limit, batch_size)
-        level = self._cost_cache(cost).get(key)
+        cache = self._cost_cache(cost)
+        level = cache.get(key)
         if level is None:
             can_pay = best_steady_state([1.0] * limit, limit, cost, batch_size, self.min_gain).m > 0
             budget = self.probe_budget if can_pay else 0.0
-            level = self._level_cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
+            level = cache[key] = (budget, probe_interval(limit, cost, batch_size, budget, plain=True))
         return level
 
     def _cost_cache(self, cost: CostModel) -> dict:
@@ -1286,8 +1286,6 @@ class AdaptiveDrafter:
         st.sent_source = lookup_source if st.sent_lookup else "text"
         if not fresh_q and (d.drafts or d.tail):  # a plain step (back-off) is not one of the D/S chain's
             st.stale_sent = (d.drafts, d.tail)
-        if st.sent_lookup and steady_m == 0 and d.tail == 0 and self.ledgers is not None:
-            self.ledger(batch_size).add_chain(d.gain)  # what the lookups of requests in back-off found
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup, gain=d.gain)
 
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",

@@ -599,9 +599,9 @@ class SDSATProposer:
         may_lookup = self.lookup and cap > 0 and self.drafter.lookup_may_pay(batch, cap)
         counts: list[tuple[int, int] | None] = []
         chains: dict[int, list[int]] = {}
-        # requests in back-off looked up for a chain, and the time from each one's lookup to the next
-        # row: what the drafter's LookupLedger weighs against what the chains found are worth
-        looked_up, lookup_seconds, started = 0, 0.0, None
+        # requests in back-off looked up for a chain, the time from each one's lookup to the next row,
+        # and what the chains sent to them are expected to net: the drafter's LookupLedger
+        looked_up, lookup_seconds, lookup_gain, started = 0, 0.0, 0.0, None
         for row, acc in enumerate(sampled_token_ids):
             if started is not None:
                 lookup_seconds += time.perf_counter() - started
@@ -617,6 +617,7 @@ class SDSATProposer:
                 idle_checked = True  # not idle now; a lookup chain below cannot change that
             else:
                 idle_checked = False
+            in_backoff = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
             cand, lookup_q, source, options = [], None, "text", []
@@ -659,9 +660,11 @@ class SDSATProposer:
             counts.append((d.drafts, d.tail))
             if d.lookup:
                 chains[row] = cand
+                if in_backoff:
+                    lookup_gain += d.gain
         if started is not None:
             lookup_seconds += time.perf_counter() - started
-        self.drafter.note_lookups(looked_up, lookup_seconds, batch)
+        self.drafter.note_lookups(looked_up, lookup_seconds, lookup_gain, batch)
         return plan.fill(top, self.tail, counts, chains)
 
 

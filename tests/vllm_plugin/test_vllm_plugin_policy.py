@@ -1120,19 +1120,16 @@ def test_lookup_ledger_verdicts():
     no verdict before a window of lookups, nor without a token's time."""
     led = LookupLedger()
     w = LookupLedger.WINDOW
-    led.add_chain(1.0)
-    led.add_lookups(w - 1, 0.1, 0.01)        # spent 10 tokens, worth 1: but the window is not full
+    led.add_lookups(w - 1, 0.1, 1.0, 0.01)   # spent 10 tokens, worth 1: but the window is not full
     assert led.stride == 1
-    led.add_lookups(1, 0.0, None)            # full, but no token time measured yet
+    led.add_lookups(1, 0.0, 0.0, None)       # full, but no token time measured yet
     assert led.stride == 1 and led.lookups == w
-    led.add_lookups(1, 0.0, 0.01)
+    led.add_lookups(1, 0.0, 0.0, 0.01)
     assert led.stride == LookupLedger.STRIDE_OFF and (led.lookups, led.seconds, led.worth) == (0, 0.0, 0.0)
-    led.add_chain(2.5)
-    led.add_chain(-0.4)
-    led.add_lookups(w, 0.02, 0.01)           # spent 2 tokens, worth 2.1
+    led.add_lookups(w // 2, 0.01, 2.5, 0.01)
+    led.add_lookups(w // 2, 0.01, -0.4, 0.01)  # spent 2 tokens, worth 2.1
     assert led.stride == 1
-    led.add_chain(1.9)
-    led.add_lookups(w, 0.02, 0.01)           # worth 1.9 < 2
+    led.add_lookups(w, 0.02, 1.9, 0.01)      # worth 1.9 < 2
     assert led.stride == LookupLedger.STRIDE_OFF
 
 
@@ -1147,24 +1144,27 @@ def test_decision_gain_is_the_chains_expected_net():
     assert d == Decision(2, 0)  # not part of a decision's identity
 
 
-def test_chains_in_back_off_feed_the_ledger_and_its_verdict_stretches_the_skip():
+def test_the_ledger_verdict_stretches_the_skip():
     dr = AdaptiveDrafter(4, 4, CPU, online=True)
     dr.alpha_global = [0.0] * 4                     # SATs never right: a new request starts in back-off
     dr.tick()
-    d = dr.decide("r", [], batch_size=1, lookup_q=[0.99] * 4)
-    assert dr.states["r"].steady_m == 0
-    assert d.lookup and d.drafts > 0 and d.tail == 0
-    assert dr.ledger(1).worth == pytest.approx(d.gain) and d.gain > 0
-    dr.states["r"].sent_q = []                      # verified, nothing in flight
+    dr.decide("r", [], batch_size=1)
+    assert dr.may_idle("r")
     dr.note_lookup_miss("r", 0, 1)
     base = dr.states["r"].lookup_after - dr.clock
     dr.ledger(1).stride = LookupLedger.STRIDE_OFF
     dr.note_lookup_miss("r", 0, 1)
     assert dr.states["r"].lookup_after - dr.clock == base * LookupLedger.STRIDE_OFF
+    dr.note_lookups(LookupLedger.WINDOW, 0.05, 20.0, 1)  # no plain step timed yet: no verdict
+    assert dr.ledger(1).stride == LookupLedger.STRIDE_OFF
     # a plain step's seconds per request are the ledger's token time, per batch rung
     dr.observe_step(16, 0.08, speculative=False, requests=16)
     dr.observe_step(16, 0.12, speculative=False, requests=16)
     assert dr.token_seconds[16] == pytest.approx(0.005 + AdaptiveDrafter.TOKEN_SECONDS_STEP * 0.0025)
+    dr.note_lookups(LookupLedger.WINDOW, 0.05, 20.0, 16)  # 10 tokens spent at 16, 20 worth: every step
+    assert dr.ledger(16).stride == 1
+    dr.note_lookups(LookupLedger.WINDOW, 0.05, 5.0, 16)   # 5 < 10
+    assert dr.ledger(16).stride == LookupLedger.STRIDE_OFF
     assert AdaptiveDrafter(4, 4, CPU, online=False).ledger(1) is None  # a cost the user fixed: no ledger
 
 

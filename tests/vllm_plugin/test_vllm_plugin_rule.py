@@ -404,17 +404,54 @@ def test_proposer_reports_lookups_in_back_off_and_the_ledger_spaces_them_out(mon
         p.drafter.ledger(64).stride = stride
         monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
         noted, real = [], p.drafter.note_lookups
-        monkeypatch.setattr(p.drafter, "note_lookups", lambda n, sec, b: noted.append((n, sec > 0, b)) or real(n, sec, b))
+        monkeypatch.setattr(p.drafter, "note_lookups",
+                            lambda n, sec, worth, b: noted.append((n, sec > 0, b, worth)) or real(n, sec, worth, b))
         texts = [[1, 2, 3, 4, 5, 6, 100 + i] for i in range(64)]
         for _ in range(56):
             p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 64, None, None,
                                          SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
                                                          scheduled_spec_decode_tokens={}, total_num_scheduled_tokens=64))
-        assert all(b == 64 and (n > 0) == took for n, took, b in noted)
-        return [n for n, _, _ in noted]
+        assert all(b == 64 and (n > 0) == took and worth == 0 for n, took, b, worth in noted)  # nothing to send
+        return [n for n, _, _, _ in noted]
 
     assert run(1) == [0, 64] + ([0] * 5 + [64]) * 9  # as the test above: every 6 steps
     assert run(LookupLedger.STRIDE_OFF) == [0, 64] + [0] * 47 + [64] + [0] * 6
+
+
+def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_worth(monkeypatch):
+    """A request in back-off at batch 1 whose text repeats itself: the chain its lookup finds is sent,
+    and the step's report to the ledger carries that decision's expected net gain (Decision.gain), the
+    SAT tail that measured step sizes add to it at batch 1 notwithstanding (every size costs the same
+    here: StepTimes fills the step)."""
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
+
+    p = _adaptive_proposer()
+    p.drafter = AdaptiveDrafter(3, 3, CostModel.linear(0.075), online=True)
+    p.drafter.alpha_global = [0.0] * 3  # SATs never right: the request starts in back-off
+    p._recent_batch = RecentBatch()
+    for size in range(1, 9):
+        for _ in range(p.drafter.step_times.MIN_SAMPLES):
+            p.drafter.step_times.add(size, 0.03)
+    noted, gains = [], []
+    real_note, real_decide = p.drafter.note_lookups, p.drafter.decide
+    monkeypatch.setattr(p.drafter, "note_lookups",
+                        lambda n, sec, worth, b: noted.append((n, worth)) or real_note(n, sec, worth, b))
+
+    def decide(*a, **k):
+        d = real_decide(*a, **k)
+        gains.append(d.gain if d.lookup else 0.0)
+        return d
+
+    monkeypatch.setattr(p.drafter, "decide", decide)
+    text = [5, 6, 7, 8, 9, 10, 11] * 6 + [5, 6, 7]  # "8 9 10" follows, a 3-token-and-longer match
+    sched = SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={}, scheduled_spec_decode_tokens={},
+                            total_num_scheduled_tokens=1)
+    # first decision: no match (a new token), the request enters back-off with nothing in flight
+    assert p.sdsat_propose_with_context(_input_batch([text[:-1] + [99]]), [[9]], None, None, sched) == [[]]
+    assert noted == [(0, 0.0)] and p.drafter.may_idle("r0")
+    out = p.sdsat_propose_with_context(_input_batch([text]), [[9]], None, None, sched)
+    assert out[0][:3] == [8, 9, 10] and out[0][3:] == SATS[:3]  # the chain, then a full tail
+    assert noted[-1][0] == 1 and gains[-1] > 0 and noted[-1][1] == pytest.approx(gains[-1])
 
 
 def test_first_token_lookups_decide_as_whole_chains_would(monkeypatch):
