@@ -866,7 +866,10 @@ class LookupLedger:
     become STRIDE_OFF times rarer (a request that found nothing to send waits that many times longer,
     AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every step a chain could pay
     on. The ratio does not depend on the stride (fewer lookups find fewer chains), so the rarer
-    lookups keep measuring it.
+    lookups keep measuring it. Near break-even the verdict holds where it is (lookups become rarer only
+    where their chains were worth less than OFF_BELOW of their cost, and common again where worth more
+    than it): either choice costs little there, and a window's worth is itself an estimate (a few chains,
+    a calibration still learning) that an engine's threads timing the lookups can tip either way.
 
     Why: under load most requests are in back-off and each is looked up every step or two for a chain
     that might lift the step by min_gain. At batch 16 on this CPU ~14 lookups a step found a chain
@@ -878,6 +881,7 @@ class LookupLedger:
 
     WINDOW = 512
     STRIDE_OFF = 8
+    OFF_BELOW = 0.5
     __slots__ = ("lookups", "seconds", "worth", "stride")
 
     def __init__(self):
@@ -894,7 +898,11 @@ class LookupLedger:
         self.seconds += max(float(seconds), 0.0)
         self.worth += float(worth)
         if self.lookups >= self.WINDOW and token_seconds:
-            self.stride = 1 if self.worth > self.seconds / token_seconds else self.STRIDE_OFF
+            spent = self.seconds / token_seconds
+            if self.worth > spent:
+                self.stride = 1
+            elif self.worth < self.OFF_BELOW * spent:
+                self.stride = self.STRIDE_OFF
             self.lookups, self.seconds, self.worth = 0, 0.0, 0.0
 
 

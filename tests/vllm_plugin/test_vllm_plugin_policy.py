@@ -1116,8 +1116,9 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
 
 
 def test_lookup_ledger_verdicts():
-    """Lookups that netted less than they cost make later ones STRIDE_OFF times rarer; more, back to 1;
-    no verdict before a window of lookups, nor without a token's time."""
+    """Lookups whose chains were worth less than OFF_BELOW of their cost make later ones STRIDE_OFF times
+    rarer; worth more than their cost, back to 1; in between the verdict holds; no verdict before a
+    window of lookups, nor without a token's time."""
     led = LookupLedger()
     w = LookupLedger.WINDOW
     led.add_lookups(w - 1, 0.1, 1.0, 0.01)   # spent 10 tokens, worth 1: but the window is not full
@@ -1126,10 +1127,14 @@ def test_lookup_ledger_verdicts():
     assert led.stride == 1 and led.lookups == w
     led.add_lookups(1, 0.0, 0.0, 0.01)
     assert led.stride == LookupLedger.STRIDE_OFF and (led.lookups, led.seconds, led.worth) == (0, 0.0, 0.0)
+    led.add_lookups(w, 0.02, 1.9, 0.01)      # spent 2 tokens, worth 1.9: between, the verdict holds
+    assert led.stride == LookupLedger.STRIDE_OFF
     led.add_lookups(w // 2, 0.01, 2.5, 0.01)
-    led.add_lookups(w // 2, 0.01, -0.4, 0.01)  # spent 2 tokens, worth 2.1
+    led.add_lookups(w // 2, 0.01, -0.4, 0.01)  # worth 2.1 > 2
     assert led.stride == 1
-    led.add_lookups(w, 0.02, 1.9, 0.01)      # worth 1.9 < 2
+    led.add_lookups(w, 0.02, 1.1, 0.01)      # worth 1.1, over half of 2: holds
+    assert led.stride == 1
+    led.add_lookups(w, 0.02, 0.9, 0.01)      # under half
     assert led.stride == LookupLedger.STRIDE_OFF
 
 
@@ -1163,7 +1168,7 @@ def test_the_ledger_verdict_stretches_the_skip():
     assert dr.token_seconds[16] == pytest.approx(0.005 + AdaptiveDrafter.TOKEN_SECONDS_STEP * 0.0025)
     dr.note_lookups(LookupLedger.WINDOW, 0.05, 20.0, 16)  # 10 tokens spent at 16, 20 worth: every step
     assert dr.ledger(16).stride == 1
-    dr.note_lookups(LookupLedger.WINDOW, 0.05, 5.0, 16)   # 5 < 10
+    dr.note_lookups(LookupLedger.WINDOW, 0.05, 3.0, 16)   # 3, under half of 10
     assert dr.ledger(16).stride == LookupLedger.STRIDE_OFF
     assert AdaptiveDrafter(4, 4, CPU, online=False).ledger(1) is None  # a cost the user fixed: no ledger
 
