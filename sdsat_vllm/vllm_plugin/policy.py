@@ -981,8 +981,8 @@ class AdaptiveDrafter:
         self.token_seconds: dict[int, float] = {}
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
-        self._level_cost: CostModel | None = None  # _cost_cache and the cost model it holds for
-        self._level_cache: dict[tuple, Any] = {}
+        self._cached_for: CostModel | None = None  # _cost_cache's figures and the cost model they hold for
+        self._cached: dict[tuple, Any] = {}
 
     def tick(self) -> None:
         """One engine step begins (the proposer calls it once per step, before any decide)."""
@@ -1007,7 +1007,11 @@ class AdaptiveDrafter:
         """The LookupLedger of the batch size's rung (None with a cost the user fixed)."""
         if self.ledgers is None:
             return None
-        return self.ledgers.setdefault(decision_batch(batch_size), LookupLedger())
+        rung = decision_batch(batch_size)
+        ledger = self.ledgers.get(rung)
+        if ledger is None:  # not setdefault: that would build a ledger on every call (once per miss)
+            ledger = self.ledgers[rung] = LookupLedger()
+        return ledger
 
     def note_lookups(self, count: int, seconds: float, worth: float, batch_size: int) -> None:
         """The proposer, once a step: it looked up `count` requests in back-off, in `seconds` (their
@@ -1051,9 +1055,9 @@ class AdaptiveDrafter:
         """Figures that follow from the cost model and the drafter's fixed options (and, where their key
         says so, the calibrations' versions), kept until the model is refit (every few steps online):
         a step of a large batch reads them once per request."""
-        if self._level_cost is not cost or len(self._level_cache) > self.COST_CACHE_ENTRIES:
-            self._level_cost, self._level_cache = cost, {}
-        return self._level_cache
+        if self._cached_for is not cost or len(self._cached) > self.COST_CACHE_ENTRIES:
+            self._cached_for, self._cached = cost, {}
+        return self._cached
 
     def _probe_k(self, limit: int, batch_size: int, cost: CostModel) -> int:
         """probe_interval of a request in back-off (:meth:`_batch_level`)."""
