@@ -36,6 +36,8 @@ METHODS = {
     "sdsat": {"sdsat_policy": "fixed"},
     "sdsat-adaptive": {"sdsat_policy": "adaptive", "sdsat_lookup": False},
     "sdsat-adaptive-lookup": {"sdsat_policy": "adaptive", "sdsat_lookup": True},
+    # lookups in the request's own text only: what the shipped datastore adds (or costs) under load
+    "sdsat-adaptive-textlookup": {"sdsat_policy": "adaptive", "sdsat_lookup": True, "sdsat_datastore": "none"},
 }
 
 

@@ -662,6 +662,11 @@ class SDSATProposer:
                 chains[row] = cand
                 if in_backoff:
                     lookup_gain += d.gain
+            elif in_backoff and not d.drafts and not d.tail:
+                # its chain's first token cleared the bar, the whole chain did not pay: a miss like any
+                # other (without this, a request whose match keeps clearing the bar, e.g. one looping
+                # on its own text, was looked up and decided every step, whatever the ledger said)
+                self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in options), default=0), batch)
         if started is not None:
             lookup_seconds += time.perf_counter() - started
         self.drafter.note_lookups(looked_up, lookup_seconds, lookup_gain, batch)

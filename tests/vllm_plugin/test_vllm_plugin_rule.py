@@ -418,6 +418,46 @@ def test_proposer_reports_lookups_in_back_off_and_the_ledger_spaces_them_out(mon
     assert run(LookupLedger.STRIDE_OFF) == [0, 64] + [0] * 47 + [64] + [0] * 6
 
 
+def test_a_request_in_back_off_whose_chain_is_turned_down_waits_as_after_a_miss(monkeypatch):
+    """Batch 64, every request in back-off and looping on its own text: its match is long (q 0.9), so
+    its first token clears the lookup bar (0.82 with a token at 0.01 of a forward), but the whole chain
+    falls short of what a step of 64 must gain, so decide turns it down. That is a miss like finding
+    nothing: the request waits as note_lookup_miss says, the ledger's stride included. With the stride
+    at 1 it is looked up on every step, as before; with STRIDE_OFF on one step in STRIDE_OFF (before,
+    every step whatever the ledger said: ~1.4 lookups and decisions a step at batch 16 on norepeat,
+    results 30.3)."""
+    from sdsat_vllm.vllm_plugin import proposer as P
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
+
+    def run(stride: int) -> list[tuple[int, int, int]]:
+        p = _adaptive_proposer()
+        p.drafter = AdaptiveDrafter(3, 3, CostModel.linear(0.01), online=True)
+        p.drafter.alpha_global = [0.0] * 3  # SATs never right: no probes, every request in back-off
+        p._recent_batch = RecentBatch()
+        p.drafter.ledger(64).stride = stride
+        assert 0.8 < p.drafter._lookup_bar(64, 3) < 0.9  # a 0.9 first token clears it
+        calls, decided, real_lc, real_decide = [], [], P.lookup_chains, p.drafter.decide
+        monkeypatch.setattr(P, "lookup_chains", lambda *a, **k: calls.append(a[5]) or real_lc(*a, **k))
+        monkeypatch.setattr(p.drafter, "decide", lambda *a, **k: decided.append(1) or real_decide(*a, **k))
+        texts = [[5, 6, 7, 8, 9, 10, 11] * 6 + [5, 6, 7]] * 64  # "8 9 10" follows a long match
+        per_step = []
+        for _ in range(2 + 2 * LookupLedger.STRIDE_OFF):
+            calls.clear(), decided.clear()
+            out = p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 64, None, None,
+                                               SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
+                                                               scheduled_spec_decode_tokens={},
+                                                               total_num_scheduled_tokens=64))
+            assert out == [[]] * 64  # nothing pays at batch 64
+            per_step.append((calls.count(1), calls.count(3), len(decided)))  # first tokens, whole chains, decisions
+        return per_step
+
+    # the first step decides every new request (whole chains); then the requests in back-off are looked
+    # up for first tokens, then whole chains, then decided and turned down
+    s = LookupLedger.STRIDE_OFF
+    assert run(1) == [(0, 64, 64)] + [(64, 64, 64)] * (1 + 2 * s)
+    assert run(s) == [(0, 64, 64)] + ([(64, 64, 64)] + [(0, 0, 0)] * (s - 1)) * 2 + [(64, 64, 64)]
+
+
 def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_worth(monkeypatch):
     """A request in back-off at batch 1 whose text repeats itself: the chain its lookup finds is sent,
     and the step's report to the ledger carries that decision's expected net gain (Decision.gain), the
