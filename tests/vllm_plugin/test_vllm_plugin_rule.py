@@ -424,7 +424,7 @@ def test_a_request_in_back_off_whose_chain_is_turned_down_waits_as_after_a_miss(
     falls short of what a step of 64 must gain, so decide turns it down. That is a miss like finding
     nothing: the request waits as note_lookup_miss says, the ledger's stride included. With the stride
     at 1 it is looked up on every step, as before; with STRIDE_OFF on one step in STRIDE_OFF (before,
-    every step whatever the ledger said: ~1.4 lookups and decisions a step at batch 16 on norepeat,
+    every step whatever the ledger said: up to ~1.4 lookups and decisions a step at batch 16 on norepeat,
     results 30.3)."""
     from sdsat_vllm.vllm_plugin import proposer as P
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
