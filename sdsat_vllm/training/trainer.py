@@ -15,7 +15,9 @@ Modes
 Loss: standard-token loss + sat_loss_weight * CE(SAT tokens). The standard-token loss (`lora`,
 `full`) is CE on the data's tokens (std_target "data") or the KL divergence from the base model's own
 distribution at every standard position (std_target "base", `lora` only: the same network with the
-LoRA switched off is the base). A merged `lora` model is what users get from plain decoding, so
+LoRA switched off is the base), or from the warm-start model's (std_target "init", `lora` with
+init_adapter: a frozen copy of the network as it was loaded, so a continuation of a shipped adapter
+keeps answering as that adapter's model does while its SATs learn more). A merged `lora` model is what users get from plain decoding, so
 "data" lets the answers drift towards the training text: trained on the served model's own greedy
 answers it drifts towards its own loops, and each round of self-distillation compounds that
 (benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
@@ -74,7 +76,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     sat_loss_weight: float = 1.0
     target: str = "hard"  # SAT label: hard = the data's token; soft = the model's own distribution there
-    std_target: str = "data"  # standard-token loss: data = CE on the data; base = KL from the base model (lora)
+    # standard-token loss: data = CE on the data; base = KL from the base model (lora); init = KL from the
+    # warm-start model (lora + init_adapter: a continuation keeps the served model's answers)
+    std_target: str = "data"
     offset_weights: tuple[float, ...] = ()  # loss weight of SAT offset 1..K (empty: all equal)
     init_adapter: str | None = None  # warm start: LoRA + SAT rows of an adapter dir (e.g. the shipped one)
     # r 8: rank 16 drafted no better per training token (benchmarks/results 8.1) and doubles the adapter
@@ -105,11 +109,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("hard", "soft"):
             raise ValueError(f"target must be hard or soft, got {self.target!r}")
-        if self.std_target not in ("data", "base"):
-            raise ValueError(f"std_target must be data or base, got {self.std_target!r}")
-        if self.std_target == "base" and self.mode != "lora":
-            raise ValueError(f"std_target base needs mode lora (the base is the network with its LoRA off); "
-                             f"mode {self.mode!r} {'has no standard-token loss' if self.mode in ('frozen', 'gated') else 'keeps no base copy'}")
+        if self.std_target not in ("data", "base", "init"):
+            raise ValueError(f"std_target must be data, base or init, got {self.std_target!r}")
+        if self.std_target in ("base", "init") and self.mode != "lora":
+            raise ValueError(f"std_target {self.std_target} needs mode lora (the reference is the network with its "
+                             f"LoRA off or as warm-started); mode {self.mode!r} "
+                             f"{'has no standard-token loss' if self.mode in ('frozen', 'gated') else 'keeps no reference copy'}")
+        if self.std_target == "init" and not self.init_adapter:
+            raise ValueError("std_target init needs init_adapter (the model it keeps is the warm-started one)")
         object.__setattr__(self, "offset_weights", tuple(float(w) for w in self.offset_weights))
         if self.offset_weights and (len(self.offset_weights) != self.num_sat or min(self.offset_weights) < 0
                                     or sum(self.offset_weights) <= 0):
@@ -219,7 +226,9 @@ class StepStats:
     sat_loss: float
     sat_acc: list[float]  # per offset j = 1..K: SAT argmax == true token
     sat_agree: list[float] | None = None  # per offset: SAT argmax == the model's own argmax (draft acceptance proxy)
-    std_agree_base: float | None = None  # standard positions where the model's argmax is the base model's (lora)
+    # standard positions where the model's argmax is the reference's (lora: the base model's, or with
+    # std_target init the warm-start model's)
+    std_agree_base: float | None = None
 
 
 def _mask_dtype(cfg: TrainConfig) -> torch.dtype:
@@ -240,8 +249,9 @@ def _per_offset_mean(hits: torch.Tensor, offsets: torch.Tensor, K: int) -> list[
     return (sums[1:] / counts[1:].clamp(min=1)).tolist()
 
 
-def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool = False):
-    """(loss tensor, StepStats) for one laid-out batch."""
+def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool = False, reference=None):
+    """(loss tensor, StepStats) for one laid-out batch. reference: the frozen warm-start model that
+    std_target "init" keeps the standard positions at (None otherwise: the base is the LoRA switched off)."""
     batch = batch.to(next(model.parameters()).device)  # batches are built on the CPU (seeded generators)
     L, K = batch.num_standard, batch.num_sat
     B = batch.input_ids.shape[0]
@@ -285,10 +295,10 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
     base_logits = None
-    if cfg.mode == "lora" and (cfg.std_target == "base" or with_agree):
-        base_logits = standard_logits_of_base(model, batch, cfg)
+    if cfg.mode == "lora" and (cfg.std_target in ("base", "init") or with_agree):
+        base_logits = standard_logits_of_base(model, batch, cfg, reference)
     if cfg.mode not in ("frozen", "gated"):  # their standard logits are the base model's: nothing to learn
-        if cfg.std_target == "base":
+        if cfg.std_target in ("base", "init"):
             std_loss = kl_from_base(std_logits, base_logits, batch)
         else:
             std_loss = F.cross_entropy(std_logits.float().flatten(0, 1), batch.labels[:, :L].flatten(),
@@ -310,12 +320,14 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
 
 
 @torch.no_grad()
-def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig) -> torch.Tensor:
-    """[B, L, V] logits of the base model (the peft model with its LoRA off) at the standard tokens,
-    under the same attention as in the training forward (kl_from_base leaves the SAT ids out)."""
+def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig, reference=None) -> torch.Tensor:
+    """[B, L, V] logits of the base model (the peft model with its LoRA off), or of `reference` where
+    given (std_target init: the frozen warm-start model), at the standard tokens, under the same
+    attention as in the training forward (kl_from_base leaves the SAT ids out)."""
     L = batch.num_standard
-    with model.disable_adapter(), _autocast(cfg.dtype, batch.input_ids.device.type):
-        return model(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
+    off = model.disable_adapter() if reference is None else contextlib.nullcontext()
+    with off, _autocast(cfg.dtype, batch.input_ids.device.type):
+        return (model if reference is None else reference)(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
                      attention_mask=batch.additive_mask(_mask_dtype(cfg), slice(None, L), slice(None, L)),
                      use_cache=False).logits
 
@@ -339,7 +351,7 @@ def kl_from_base(std_logits: torch.Tensor, base_logits: torch.Tensor, batch: SAT
 
 @torch.no_grad()
 def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_batches: int | None = None,
-             seed: int = 1234) -> dict:
+             seed: int = 1234, reference=None) -> dict:
     """SAT accuracy and agreement per offset on held-out rows (fixed insertion points per seed)."""
     was_training = model.training
     model.eval()
@@ -352,7 +364,7 @@ def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_b
         chunk = rows[start:start + cfg.batch_size]
         pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g)
         batch = build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
-        _, st = sat_forward_loss(model, batch, cfg, with_agree=True)
+        _, st = sat_forward_loss(model, batch, cfg, with_agree=True, reference=reference)
         acc_sum = [a + b for a, b in zip(acc_sum, st.sat_acc)]
         agree_sum = [a + b for a, b in zip(agree_sum, st.sat_agree)]
         loss_sum += st.sat_loss
@@ -438,6 +450,16 @@ def _load_gated_adapter_weights(model, tensors: dict[str, torch.Tensor]) -> None
     if rows.shape != delta.shape:
         raise ValueError(f"the adapter's SAT rows have shape {tuple(rows.shape)}, this model {tuple(delta.shape)}")
     delta.copy_(rows)
+
+
+def frozen_copy(model):
+    """A copy of the model that never trains (std_target init's reference): eval mode, no grad."""
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -532,11 +554,16 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     base_lrs = [g["lr"] for g in optimizer.param_groups]
 
     train_rows, heldout_rows = load_datasets(cfg.data, tokenizer, cache_dir=out)
-    start = load_checkpoint(out, model, optimizer) if (out / "checkpoint").exists() else 0
+    reference = None
+    resuming = (out / "checkpoint").exists()
+    if cfg.init_adapter and (not resuming or cfg.std_target == "init"):
+        load_adapter_weights(model, sdsat, cfg, Path(cfg.init_adapter))
+        if cfg.std_target == "init":  # frozen before the first step; a resume rebuilds it the same way
+            reference = frozen_copy(model)
+    start = load_checkpoint(out, model, optimizer) if resuming else 0
     if start:
         log(f"resuming {out} at step {start}/{cfg.steps}")
     elif cfg.init_adapter:
-        load_adapter_weights(model, sdsat, cfg, Path(cfg.init_adapter))
         log(f"warm start from {cfg.init_adapter}")
 
     t0, tokens, last_save = time.time(), 0, start
@@ -547,7 +574,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
                 g["lr"] = lr * lr_factor(step, cfg)
             for micro in range(cfg.grad_accum):
                 batch = batch_for(step, micro, train_rows, sdsat, cfg)
-                loss, stats = sat_forward_loss(model, batch, cfg)
+                loss, stats = sat_forward_loss(model, batch, cfg, reference=reference)
                 (loss / cfg.grad_accum).backward()
                 tokens += batch.input_ids.numel()
             params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -564,7 +591,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60
             if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:  # a budgeted run ends evaluated
                 record = record or {"step": done}
-                record["eval"] = evaluate(model, heldout_rows, sdsat, cfg, cfg.eval_batches)
+                record["eval"] = evaluate(model, heldout_rows, sdsat, cfg, cfg.eval_batches, reference=reference)
             if record:
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()

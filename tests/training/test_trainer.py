@@ -205,6 +205,54 @@ def test_std_target_base_keeps_the_answers_of_the_base_model(tmp_path, corpus):
     assert agree["base"] > agree["data"] + 0.2, agree  # .62 against .25
 
 
+def test_std_target_init_keeps_the_answers_of_the_warm_start_model(tmp_path, corpus):
+    """std_target "init" (KL from a frozen copy of the warm-started model): a continuation of an adapter
+    keeps that adapter's model's next-token distribution (not the base model's); "data", the negative
+    control, moves it. A resumed run rebuilds the same reference (its loss goes on where it stopped)."""
+    import torch.nn.functional as F
+
+    model, tok = make_tiny_model(initializer_range=0.2)
+    first = train(tiny_cfg(tmp_path / "first", corpus, steps=20, lr=5e-3, lora_r=8), model=model, tokenizer=tok)
+    ids = torch.tensor([tok(open(corpus[1]).read()).input_ids[:64]])  # held-out text
+    want = logits_of(first / "model", ids)[..., :380].log_softmax(-1)
+    drift, agree = {}, {}
+    for target in ("data", "init"):
+        model, tok = make_tiny_model(initializer_range=0.2)
+        run = tmp_path / target
+        train(tiny_cfg(run, corpus, steps=20, lr=5e-3, lora_r=8, eval_every=1, std_target=target,
+                       init_adapter=str(first / "adapter")), model=model, tokenizer=tok)
+        got = logits_of(run / "model", ids)[..., :380].log_softmax(-1)
+        drift[target] = F.kl_div(got.flatten(0, 1), want.flatten(0, 1), log_target=True, reduction="batchmean").item()
+        log = read_log(run)
+        agree[target] = log[-1]["eval"]["std_agree_base"]
+        if target == "init":
+            assert log[0]["std_loss"] < 1e-3, log[0]  # step 1 starts at the reference: KL 0 before any update
+        evals = [r["eval"]["sat_loss"] for r in log]
+        assert evals[-1] < evals[0] - 0.1, (target, evals)  # the SATs learn either way
+    assert drift["init"] < drift["data"] / 5, drift
+    assert agree["init"] > agree["data"], agree
+    with pytest.raises(ValueError, match="std_target init needs init_adapter"):
+        tiny_cfg(tmp_path / "x", corpus, std_target="init")
+    with pytest.raises(ValueError, match="std_target init needs mode lora"):
+        tiny_cfg(tmp_path / "x", corpus, std_target="init", mode="full", init_adapter=str(first / "adapter"))
+
+
+def test_std_target_init_resumes_with_the_same_reference(tmp_path, corpus):
+    model, tok = make_tiny_model(initializer_range=0.2)
+    first = train(tiny_cfg(tmp_path / "first", corpus, steps=8, lr=5e-3, lora_r=8), model=model, tokenizer=tok)
+    kw = dict(steps=8, lr=5e-3, lora_r=8, std_target="init", init_adapter=str(first / "adapter"), save_every=4)
+    model, tok = make_tiny_model(initializer_range=0.2)
+    train(tiny_cfg(tmp_path / "whole", corpus, **kw), model=model, tokenizer=tok)
+    model, tok = make_tiny_model(initializer_range=0.2)  # stopped after its first step, then resumed
+    train(tiny_cfg(tmp_path / "split", corpus, **{**kw, "max_minutes": 0.0}), model=model, tokenizer=tok)
+    assert len(read_log(tmp_path / "split")) == 1
+    model, tok = make_tiny_model(initializer_range=0.2)
+    train(tiny_cfg(tmp_path / "split", corpus, **kw), model=model, tokenizer=tok)
+    whole, split = read_log(tmp_path / "whole"), read_log(tmp_path / "split")
+    assert [r["std_loss"] for r in split] == pytest.approx([r["std_loss"] for r in whole], rel=1e-4)
+    assert whole[-1]["std_loss"] > 0  # the LoRA moved: the reference is not the trained model
+
+
 def test_device_option(tmp_path, corpus):
     for bad in ("gpu", "cuda:x", "tpu"):
         with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
