@@ -54,6 +54,9 @@ SHIPPED = {a.name: a for a in [
     # questions (builtin:questions; benchmarks/results/README.md, section 15); its prose answers repeat
     # themselves more than the base model's (section 16.1)
     ShippedAdapter("smollm2-135m-sdsat", "smollm2-135m", "smollm2-135m-lora-k5-sd4"),
+    # -sd4 continued 89 steps (91k standard tokens) on its own answers to both built-in question sets +
+    # the code rows, with --std-target init (the standard positions keep -sd4's distribution; results 31)
+    ShippedAdapter("smollm2-135m-sdsat-sd7", "smollm2-135m", "smollm2-135m-lora-k5-sd7"),
     # -sd4 continued 180 steps with --std-target base (the standard positions learn the base model's
     # distribution): prose loops and the merge's perplexity cost mostly undone, but it answers
     # HumanEval-style prompts with "# Example usage" lists (sections 16.2-16.3)
