@@ -140,7 +140,7 @@ def test_bad_configs_are_clear_errors(tmp_path):
         TrainConfig(model="x", output_dir=str(tmp_path), num_sat=8, data=DataConfig(seq_len=8))
     with pytest.raises(ValueError, match="eval_every must be >= 1"):  # was a ZeroDivisionError mid-run
         TrainConfig(model="x", output_dir=str(tmp_path), eval_every=0)
-    with pytest.raises(ValueError, match="std_target must be data or base"):
+    with pytest.raises(ValueError, match="std_target must be data, base or init"):
         TrainConfig(model="x", output_dir=str(tmp_path), std_target="teacher")
     for mode in ("full", "frozen", "gated"):
         with pytest.raises(ValueError, match=f"std_target base needs mode lora.*{mode}"):
