@@ -17,7 +17,8 @@ Loss: standard-token loss + sat_loss_weight * CE(SAT tokens). The standard-token
 distribution at every standard position (std_target "base", `lora` only: the same network with the
 LoRA switched off is the base), or from the warm-start model's (std_target "init", `lora` with
 init_adapter: a frozen copy of the network as it was loaded, so a continuation of a shipped adapter
-keeps answering as that adapter's model does while its SATs learn more). A merged `lora` model is what users get from plain decoding, so
+keeps answering as that adapter's model does while its SATs learn more). A merged `lora` model is
+what users get from plain decoding, so
 "data" lets the answers drift towards the training text: trained on the served model's own greedy
 answers it drifts towards its own loops, and each round of self-distillation compounds that
 (benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
@@ -325,9 +326,9 @@ def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig, reference=
     given (std_target init: the frozen warm-start model), at the standard tokens, under the same
     attention as in the training forward (kl_from_base leaves the SAT ids out)."""
     L = batch.num_standard
-    off = model.disable_adapter() if reference is None else contextlib.nullcontext()
+    net, off = (model, model.disable_adapter()) if reference is None else (reference, contextlib.nullcontext())
     with off, _autocast(cfg.dtype, batch.input_ids.device.type):
-        return (model if reference is None else reference)(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
+        return net(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
                      attention_mask=batch.additive_mask(_mask_dtype(cfg), slice(None, L), slice(None, L)),
                      use_cache=False).logits
 
