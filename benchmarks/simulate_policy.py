@@ -31,14 +31,19 @@ import sys
 import time
 from pathlib import Path
 
-#: variants: (label, lookup rule (None: off), probe back-off factor limit; None: the policy's default)
+#: variants: (label, lookup rule (None: off), probe back-off factor limit (None: the policy's default),
+#: block after x: a step with drafts also carries a SAT block after its first token x, read when the
+#: first draft is rejected, so that no SAT-only step follows (the tree's B_0 alone; its cost is charged,
+#: the policy is not told of it))
 VARIANTS = (
-    ("adaptive", None, None),
-    ("adaptive, no probe back-off", None, 1),
-    ("adaptive + lookup", "chains", None),
-    ("adaptive + lookup, no probe back-off", "chains", 1),
-    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1),
-    ("adaptive + lookup + datastore", "datastore", None),  # with --datastore only
+    ("adaptive", None, None, False),
+    ("adaptive, no probe back-off", None, 1, False),
+    ("adaptive + lookup", "chains", None, False),
+    ("adaptive + lookup, no probe back-off", "chains", 1, False),
+    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, False),
+    ("adaptive + lookup + datastore", "datastore", None, False),  # with --datastore only
+    ("adaptive + lookup, a block after x", "chains", None, True),
+    ("adaptive + lookup + datastore, a block after x", "datastore", None, True),  # with --datastore only
 )
 V1_PRIOR_Q = 0.55  # the v1 rule's q for a lookup token no fresh SAT row scores
 TOP = 8  # SAT row probabilities kept per row (a lookup token outside them scores 0)
@@ -69,15 +74,35 @@ def collect(model_dir: Path, prompt_set: str, skip: int, num: int, max_tokens: i
                     gen = gen[:n]
                     break
             prompt, rows = ids[0].tolist(), []
-            for i in range(len(gen)):
-                logits = model(torch.tensor([prompt + gen[:i] + sat])).logits[0, -len(sat):].float()
-                lp = torch.log_softmax(logits, -1)
-                lp[:, sorted(set(sat))] = float("-inf")
-                top = torch.topk(lp, TOP, -1)
+            lp = sat_logprobs_at_every_position(model, prompt, gen, sat)
+            lp[..., sorted(set(sat))] = float("-inf")
+            for top in (torch.topk(row, TOP, -1) for row in lp):
                 rows.append({"argmax": top.indices[:, 0].tolist(), "q": top.values[:, 0].exp().tolist(),
                              "top": top.indices.tolist(), "top_p": top.values.exp().tolist()})
             out.append({"prompt": prompt, "output": gen, "rows": rows})
     return out
+
+
+def sat_logprobs_at_every_position(model, prompt: list[int], output: list[int], sat: list[int]):
+    """[len(output), K, vocab] log-probabilities of the SAT block after ``prompt + output[:i]``, for
+    every i, in one forward: the completion as a chain of nodes with a SAT block anchored at the
+    prompt's last token and at each node (decoding/tree.py's layout and mask), instead of one
+    forward per position (a ~15x smaller bill: every block reads the same context once)."""
+    import torch
+
+    from sdsat_vllm.decoding.tree import ROOT, build_tree_attention_mask, make_layout, tree_step_tensors
+
+    nodes = output[:-1]  # the block after the whole output is never read
+    layout = make_layout(prompt, nodes, [ROOT] + list(range(len(nodes) - 1)) if nodes else [],
+                         [ROOT] + list(range(len(nodes))), sat)
+    steps = tree_step_tensors(layout)
+    # [1, 1, q_len, q_len]
+    mask = build_tree_attention_mask(steps, 0, model.dtype)
+    logits = model(input_ids=torch.tensor([layout.input_ids]), position_ids=steps.position_ids(0)[None],
+                   attention_mask=mask).logits[0].float()
+    first = len(prompt) + len(nodes)  # the first block's first SAT
+    # [len(output), K, vocab]
+    return torch.log_softmax(logits[first:].reshape(len(output), len(sat), -1), -1)
 
 
 def _logprobs(row: dict, count: int, vocab: int):
@@ -107,10 +132,12 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
-           vocab: int, overhead: float = 0.0, datastore=None) -> dict:
+           vocab: int, overhead: float = 0.0, datastore=None, block0: bool = False) -> dict:
     """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
     completions (its calibration learns across requests, as in the engine). lookup "datastore": the
-    lookup chains with `datastore`'s too (sdsat_vllm/datastore.py)."""
+    lookup chains with `datastore`'s too (sdsat_vllm/datastore.py). block0: a step with drafts also
+    carries a block of `tail` SATs after x; when its first draft is rejected, that block's rows
+    (rows[i] below: the SATs after the context through x) are fresh for the recovered token."""
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
     from sdsat_vllm.vllm_plugin.proposer import lookup_chains
 
@@ -142,12 +169,13 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             while a < len(chain) and i + a < len(out) and out[i + a] == chain[a]:
                 a += 1
             tokens += min(a + 1, len(out) - i)
-            time_units += 1 + r * (1 + d.drafts + d.tail) + (overhead if d.drafts + d.tail else 0.0)
+            block0_tokens = d.tail if block0 and d.drafts else 0
+            time_units += 1 + r * (1 + d.drafts + d.tail + block0_tokens) + (overhead if d.drafts + d.tail else 0.0)
             steps += 1
             lookup_steps += d.lookup
             drafts_sent += d.drafts
             i += a + 1
-            fresh = d.tail if a == d.drafts and d.tail else 0
+            fresh = d.tail if (a == d.drafts or (a == 0 and block0_tokens)) and d.tail else 0
             verified, accepted = d.drafts, a
         drafter.keep_only([])
     return {"speedup": tokens * (1 + r) / time_units, "tau": tokens / steps, "forwards": steps,
@@ -240,12 +268,12 @@ def main(argv=None) -> int:
         base = replay_suffix(data, r, n, args.step_overhead)
         if base is not None:
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": "suffix (vLLM, replayed)", **base})
-        for label, lookup, backoff in VARIANTS:
+        for label, lookup, backoff, block0 in VARIANTS:
             if lookup == "datastore" and store is None:
                 continue
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": label,
                             **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead,
-                                     store)})
+                                     store, block0)})
     tokens = sum(len(item["output"]) for item in data)
     print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")

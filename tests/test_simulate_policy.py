@@ -4,6 +4,8 @@ drafts pay on text that repeats itself where the SATs are useless, and do not wh
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from benchmark_scripts import load_benchmark
@@ -52,3 +54,36 @@ def test_lookup_pays_on_text_that_repeats_itself():
     suffix = sim.replay_suffix(data, 0.03, 5)
     if suffix is not None:  # arctic-inference installed: vLLM's suffix decoding finds the motif too
         assert suffix["tau"] > 2.0
+
+
+def test_a_block_after_x_makes_fresh_rows_after_a_first_draft_rejected():
+    sim = load_benchmark("simulate_policy")
+    out = list(range(1, 41))
+    right = completion([50, 51], out, right_sats=True)
+    # the first SAT offset is wrong at 40% of positions, the rest right: first drafts are rejected now
+    # and then, and after each rejection only the block after x holds fresh rows
+    wrong = random.Random(0)
+    flaky = {**right, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < 0.4 else row
+                               for row in right["rows"]]}
+    plain = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    block0 = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block0=True)
+    assert block0["forwards"] < plain["forwards"] and block0["tau"] > plain["tau"]
+    # nothing rejected: the block is never read, but still paid for
+    clean = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    clean0 = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB, block0=True)
+    assert clean0["forwards"] == clean["forwards"] and clean0["speedup"] < clean["speedup"]
+
+
+def test_sat_rows_of_every_position_in_one_forward_equal_one_forward_per_position():
+    import torch
+    from tiny_models import make_tiny_model
+
+    sim = load_benchmark("simulate_policy")
+    model, tok = make_tiny_model()
+    sat = [tok.pad_token_id] * 3  # any token id serves: this compares two ways of computing the same rows
+    prompt, output = [5, 17, 99, 42, 7], [11, 3, 250, 8, 64, 19]
+    with torch.no_grad():
+        fast = sim.sat_logprobs_at_every_position(model, prompt, output, sat)
+        for i in range(len(output)):
+            logits = model(torch.tensor([prompt + output[:i] + sat])).logits[0, -len(sat):]
+            torch.testing.assert_close(fast[i], torch.log_softmax(logits, -1), atol=1e-4, rtol=1e-4)
