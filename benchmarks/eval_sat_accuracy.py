@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--blocks-per-seq", type=int, default=24)
     ap.add_argument("--heldout-sources", nargs="*", default=None,
                     help="held-out files or directories to evaluate on (default: the stdlib's held-out split)")
+    ap.add_argument("--sat-blocks", choices=["all", "drafted"], default="all",
+                    help="where SAT blocks stand: anywhere in the packed rows, or only where the next token is "
+                         "drafted in serving (not in a make-data row's prompt; `sdsat train --sat-blocks`)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the result JSON here")
     args = ap.parse_args()
@@ -59,11 +62,11 @@ def main() -> None:
         _, heldout = load_datasets(data, tok)
     heldout = heldout[: args.rows]
     cfg = TrainConfig(model=str(model_dir), output_dir="-", mode="full", num_sat=sdsat.num_sat, batch_size=4,
-                      blocks_per_seq=args.blocks_per_seq, dtype="fp32", data=data)
+                      blocks_per_seq=args.blocks_per_seq, dtype="fp32", data=data, sat_blocks=args.sat_blocks)
 
     results = {"model": str(args.model), "sdsat": sdsat.to_dict(), "rows": int(heldout.shape[0]),
                "heldout": args.heldout_sources or "stdlib held-out split",
-               "seq_len": args.seq_len, "blocks_per_seq": args.blocks_per_seq,
+               "seq_len": args.seq_len, "blocks_per_seq": args.blocks_per_seq, "sat_blocks": args.sat_blocks,
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                "torch": torch.__version__}
     t0 = time.time()

@@ -109,6 +109,7 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
 class Text:
     text: str
     ended: bool = True  # False: cut by a token budget, so the EOS after it is no target
+    prompt: str = ""  # the text's prefix that serving prefills (a make-data row's prompt): never drafted
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,6 +118,9 @@ class TokenRows:
 
     ids: torch.Tensor  # [N, L] token ids
     label_ok: torch.Tensor  # [N, L] bool: False for a cut document's separator and a document's first token
+    # [N, L] bool: False for the tokens of a document's prompt (and the separator after a document), the
+    # text serving prefills and never drafts; None: every token is drafted text
+    drafted: torch.Tensor | None = None
 
     @classmethod
     def unbroken(cls, ids: torch.Tensor) -> "TokenRows":
@@ -131,7 +135,8 @@ class TokenRows:
         return self.ids.shape[0]
 
     def __getitem__(self, index) -> "TokenRows":
-        return TokenRows(self.ids[index], self.label_ok[index])
+        return TokenRows(self.ids[index], self.label_ok[index],
+                         None if self.drafted is None else self.drafted[index])
 
 
 def read_texts(path: Path) -> list[Text]:
@@ -144,7 +149,9 @@ def read_texts(path: Path) -> list[Text]:
                     text = row.get("text", row.get("content")) if isinstance(row, dict) else None
                     if not isinstance(text, str):
                         raise ValueError(f"{path}:{i + 1}: a JSONL row needs a 'text' (or 'content') string field")
-                    texts.append(Text(text, row.get("finish_reason") != "length"))
+                    prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else ""
+                    texts.append(Text(text, row.get("finish_reason") != "length",
+                                      prompt if text.startswith(prompt) else ""))
         return texts
     with open_text(path) as f:
         return [Text(f.read())]
@@ -155,24 +162,32 @@ def pack_tokens(tokenizer, files: list[Path], seq_len: int, max_tokens: int | No
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     ok: list[bool] = []
+    drafted: list[bool] = []
     for path in tqdm(files, desc=desc, unit="file", leave=False):
         for doc in read_texts(path):
             toks = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
             ids.extend(toks)
             ok.extend([False] + [True] * (len(toks) - 1))  # a document's first token has no context
+            # the prompt's tokens as the tokenizer splits the prompt alone (a chat template ends in a
+            # newline, where the split of prompt + completion agrees with it)
+            n_prompt = len(tokenizer(doc.prompt, add_special_tokens=False)["input_ids"]) if doc.prompt else 0
+            n_prompt = min(n_prompt, len(toks))
+            drafted.extend([False] * n_prompt + [True] * (len(toks) - n_prompt))
             if eos is not None:
                 ids.append(eos)
                 ok.append(doc.ended)
+                drafted.append(doc.ended)  # the end of an answer is drafted like its words
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     n = len(ids) // seq_len
     if n == 0:
         raise ValueError(f"{desc}: only {len(ids)} tokens, fewer than one sequence of {seq_len}")
     return TokenRows(torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len),
-                     torch.tensor(ok[: n * seq_len], dtype=torch.bool).view(n, seq_len))
+                     torch.tensor(ok[: n * seq_len], dtype=torch.bool).view(n, seq_len),
+                     torch.tensor(drafted[: n * seq_len], dtype=torch.bool).view(n, seq_len))
 
 
-PACKING_VERSION = 2  # part of the cache key: a cache written by older packing code is never read
+PACKING_VERSION = 3  # part of the cache key: a cache written by older packing code is never read
 
 
 def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> tuple[TokenRows, TokenRows]:
@@ -202,6 +217,7 @@ def load_datasets(cfg: DataConfig, tokenizer, cache_dir: Path | None = None) -> 
     heldout = pack_tokens(tokenizer, heldout_files, cfg.seq_len, cfg.max_heldout_tokens, "tokenize held-out")
     if cache is not None:
         tmp = cache.with_suffix(".tmp")
-        torch.save({"train": (train.ids, train.label_ok), "heldout": (heldout.ids, heldout.label_ok)}, tmp)
+        torch.save({"train": (train.ids, train.label_ok, train.drafted),
+                    "heldout": (heldout.ids, heldout.label_ok, heldout.drafted)}, tmp)
         tmp.replace(cache)
     return train, heldout

@@ -53,8 +53,13 @@ class SATBatch:
 
 
 def sample_insertion_points(batch_size: int, seq_len: int, num_blocks: int, num_sat: int,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, M] distinct insertion points per row, sorted, each leaving room for K+1 labels after it."""
+                            generator: torch.Generator | None = None,
+                            preferred: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, M] distinct insertion points per row, sorted, each leaving room for K+1 labels after it.
+
+    preferred: [B, L] bool, where a block may stand (e.g. after a token whose next token is drafted in
+    serving); points are drawn among them first, and elsewhere only for a row that has fewer than M.
+    None: anywhere (the same draws as without it)."""
     last = seq_len - num_sat - 2  # SAT K of block p is labelled x_{p+K+1}, which must exist
     if last < 0:
         raise ValueError(f"sequence length {seq_len} is too short for K={num_sat} SATs (need >= {num_sat + 2})")
@@ -62,6 +67,8 @@ def sample_insertion_points(batch_size: int, seq_len: int, num_blocks: int, num_
     if num_blocks > num_choices:
         raise ValueError(f"{num_blocks} SAT blocks do not fit in a sequence of {seq_len} tokens with K={num_sat}")
     scores = torch.rand(batch_size, num_choices, generator=generator)
+    if preferred is not None:
+        scores = scores + preferred[:, :num_choices].to(scores.dtype)  # a preferred point outranks every other
     return scores.topk(num_blocks, dim=1).indices.sort(dim=1).values
 
 

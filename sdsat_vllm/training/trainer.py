@@ -81,6 +81,10 @@ class TrainConfig:
     # warm-start model (lora + init_adapter: a continuation keeps the served model's answers)
     std_target: str = "data"
     offset_weights: tuple[float, ...] = ()  # loss weight of SAT offset 1..K (empty: all equal)
+    # where SAT blocks stand: all = anywhere in the packed rows; drafted = only where the next token is
+    # drafted in serving (not in a make-data row's prompt, which serving prefills; results 32.2), in
+    # training and in the held-out evaluation alike
+    sat_blocks: str = "all"
     init_adapter: str | None = None  # warm start: LoRA + SAT rows of an adapter dir (e.g. the shipped one)
     # r 8: rank 16 drafted no better per training token (benchmarks/results 8.1) and doubles the adapter
     lora_r: int = 8
@@ -110,6 +114,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("hard", "soft"):
             raise ValueError(f"target must be hard or soft, got {self.target!r}")
+        if self.sat_blocks not in ("all", "drafted"):
+            raise ValueError(f"sat_blocks must be all or drafted, got {self.sat_blocks!r}")
         if self.std_target not in ("data", "base", "init"):
             raise ValueError(f"std_target must be data, base or init, got {self.std_target!r}")
         if self.std_target in ("base", "init") and self.mode != "lora":
@@ -363,7 +369,8 @@ def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_b
     base_agree = []
     for start in range(0, n, cfg.batch_size):
         chunk = rows[start:start + cfg.batch_size]
-        pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g)
+        pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g,
+                                      block_points(chunk, cfg))
         batch = build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
         _, st = sat_forward_loss(model, batch, cfg, with_agree=True, reference=reference)
         acc_sum = [a + b for a, b in zip(acc_sum, st.sat_acc)]
@@ -402,8 +409,17 @@ def batch_for(step: int, micro: int, rows: TokenRows, sdsat: SDSATConfig, cfg: T
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     idx = perm[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
     chunk = rows[idx]
-    pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g)
+    pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g,
+                                  block_points(chunk, cfg))
     return build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
+
+
+def block_points(rows: TokenRows, cfg: TrainConfig) -> torch.Tensor | None:
+    """[B, L] bool: where sat_blocks "drafted" lets a SAT block stand (insertion point p: the standard
+    position p predicts x_{p+1}, a drafted token; the SATs stand for the tokens after it); None: anywhere."""
+    if cfg.sat_blocks == "all" or rows.drafted is None:
+        return None
+    return torch.nn.functional.pad(rows.drafted[:, 1:], (0, 1), value=False)
 
 
 def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_dir: Path) -> None:

@@ -95,3 +95,26 @@ def test_a_row_cut_by_its_token_budget_teaches_no_end_of_answer(tmp_path):
     starts = [0, ends[0] + 1, ends[1] + 1]
     assert [ok[s] for s in starts] == [False] * 3
     assert sum(ok) == len(ok) - 4
+
+
+def test_a_rows_prompt_is_marked_as_never_drafted(tmp_path):
+    """A make-data row's prompt is prefilled in serving, never drafted: its tokens are marked so that
+    `sat_blocks drafted` puts no SAT block there; its completion and the EOS after it are drafted; a row
+    whose text does not start with its prompt, and a plain file, are drafted throughout."""
+    import json
+
+    tok = make_tiny_tokenizer()
+    prompt = "Question: what is x?\nAnswer:\n"
+    rows = [{"text": prompt + "x is a name.", "prompt": prompt, "completion": "x is a name."},
+            {"text": "y = 1\n", "prompt": "something else"}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = _write(tmp_path / "held.txt", "class HeldOut:\n    pass\n" * 30)
+    n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
+    lengths = [len(tok(r["text"], add_special_tokens=False).input_ids) + 1 for r in rows]  # + EOS each
+    train, held_rows = load_datasets(DataConfig(sources=[str(tmp_path / "a.jsonl")], heldout_sources=[held],
+                                                seq_len=sum(lengths)), tok)
+    drafted = train.drafted[0].tolist()
+    assert drafted[:n_prompt] == [False] * n_prompt
+    assert drafted[n_prompt:] == [True] * (sum(lengths) - n_prompt)
+    assert held_rows.drafted.all()
+    assert train[[0]].drafted.shape == (1, sum(lengths))

@@ -102,3 +102,17 @@ def test_sat_batch_to_moves_every_tensor():
     assert all(getattr(moved, n).device.type == "meta" for n in ("input_ids", "position_ids", "allowed", "labels",
                                                                   "sat_offsets", "insertion_points"))
     assert moved.num_standard == batch.num_standard
+
+
+def test_insertion_points_stand_where_preferred_and_elsewhere_only_when_too_few():
+    preferred = torch.zeros(3, 30, dtype=torch.bool)
+    preferred[0, 10:] = True  # plenty
+    preferred[1, 5:8] = True  # three of four blocks
+    pts = sample_insertion_points(3, 30, 4, 3, torch.Generator().manual_seed(0), preferred)
+    assert all(p >= 10 for p in pts[0].tolist())
+    assert {5, 6, 7} <= set(pts[1].tolist())
+    assert len(set(pts[2].tolist())) == 4  # none preferred: anywhere
+    # without preferred points: the same draws as before the option existed
+    same = sample_insertion_points(3, 30, 4, 3, torch.Generator().manual_seed(0))
+    again = sample_insertion_points(3, 30, 4, 3, torch.Generator().manual_seed(0), None)
+    assert torch.equal(same, again)

@@ -142,6 +142,8 @@ def test_bad_configs_are_clear_errors(tmp_path):
         TrainConfig(model="x", output_dir=str(tmp_path), eval_every=0)
     with pytest.raises(ValueError, match="std_target must be data, base or init"):
         TrainConfig(model="x", output_dir=str(tmp_path), std_target="teacher")
+    with pytest.raises(ValueError, match="sat_blocks must be all or drafted"):
+        TrainConfig(model="x", output_dir=str(tmp_path), sat_blocks="completion")
     for mode in ("full", "frozen", "gated"):
         with pytest.raises(ValueError, match=f"std_target base needs mode lora.*{mode}"):
             TrainConfig(model="x", output_dir=str(tmp_path), mode=mode, std_target="base")
@@ -368,3 +370,24 @@ def test_warm_start_from_an_adapter(tmp_path, corpus):
     with pytest.raises(ValueError, match="LoRA rank 4 vs 8"):
         train(tiny_cfg(tmp_path / "d", corpus, lora_r=8, init_adapter=str(first / "adapter")), model=model,
               tokenizer=tok)
+
+
+def test_sat_blocks_drafted_puts_no_block_where_the_next_token_is_a_prompts():
+    """batch_for with sat_blocks "drafted": every SAT block stands after a token whose next token is
+    drafted (not in a prompt); with "all" (the negative control) some stand in the prompt."""
+    from sdsat_vllm.training.data import TokenRows
+    from sdsat_vllm.training.trainer import batch_for, block_points
+
+    sdsat = SDSATConfig(sat_token_ids=(99,) * 3)
+    drafted = torch.ones(8, 64, dtype=torch.bool)
+    drafted[:, :24] = False  # a 24-token prompt in every row
+    rows = TokenRows(torch.arange(64).repeat(8, 1), torch.ones(8, 64, dtype=torch.bool), drafted)
+    cfg = TrainConfig(model="x", output_dir="-", num_sat=3, blocks_per_seq=12, sat_blocks="drafted",
+                      data=DataConfig(seq_len=64))
+    assert block_points(rows, cfg)[0, 22:25].tolist() == [False, True, True]  # x_{p+1} drafted from p = 23
+    for step in range(5):
+        b = batch_for(step, 0, rows, sdsat, cfg)
+        assert (b.insertion_points >= 23).all()
+    anywhere = TrainConfig(model="x", output_dir="-", num_sat=3, blocks_per_seq=12, data=DataConfig(seq_len=64))
+    assert block_points(rows, anywhere) is None
+    assert any((batch_for(step, 0, rows, sdsat, anywhere).insertion_points < 23).any() for step in range(5))
