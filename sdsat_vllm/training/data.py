@@ -118,8 +118,8 @@ class TokenRows:
 
     ids: torch.Tensor  # [N, L] token ids
     label_ok: torch.Tensor  # [N, L] bool: False for a cut document's separator and a document's first token
-    # [N, L] bool: False for the tokens of a document's prompt (and the separator after a document), the
-    # text serving prefills and never drafts; None: every token is drafted text
+    # [N, L] bool: False for the tokens of a document's prompt, the text serving prefills and never drafts
+    # (and for the separator after a document cut by its token budget); None: every token is drafted text
     drafted: torch.Tensor | None = None
 
     @classmethod
