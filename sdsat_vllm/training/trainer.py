@@ -18,9 +18,8 @@ distribution at every standard position (std_target "base", `lora` only: the sam
 LoRA switched off is the base), or from the warm-start model's (std_target "init", `lora` with
 init_adapter: a frozen copy of the network as it was loaded, so a continuation of a shipped adapter
 keeps answering as that adapter's model does while its SATs learn more). A merged `lora` model is
-what users get from plain decoding, so
-"data" lets the answers drift towards the training text: trained on the served model's own greedy
-answers it drifts towards its own loops, and each round of self-distillation compounds that
+what users get from plain decoding, so "data" lets the answers drift towards the training text:
+trained on the served model's own greedy answers it drifts towards its own loops, and each round of self-distillation compounds that
 (benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
 LoRA to the SATs (how close a run gets is measured, not given: `std_agree_base`, measure_merge.py).
 The numbers to watch are the SAT accuracy per offset j (logged per step and on held-out files),
@@ -335,8 +334,8 @@ def standard_logits_of_base(model, batch: SATBatch, cfg: TrainConfig, reference=
     net, off = (model, model.disable_adapter()) if reference is None else (reference, contextlib.nullcontext())
     with off, _autocast(cfg.dtype, batch.input_ids.device.type):
         return net(input_ids=batch.input_ids[:, :L], position_ids=batch.position_ids[:, :L],
-                     attention_mask=batch.additive_mask(_mask_dtype(cfg), slice(None, L), slice(None, L)),
-                     use_cache=False).logits
+                   attention_mask=batch.additive_mask(_mask_dtype(cfg), slice(None, L), slice(None, L)),
+                   use_cache=False).logits
 
 
 def _mask_sat_columns(logits: torch.Tensor, batch: SATBatch) -> torch.Tensor:
@@ -368,10 +367,7 @@ def evaluate(model, rows: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, num_b
     acc_sum, agree_sum, loss_sum, batches = [0.0] * K, [0.0] * K, 0.0, 0
     base_agree = []
     for start in range(0, n, cfg.batch_size):
-        chunk = rows[start:start + cfg.batch_size]
-        pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, K, g,
-                                      block_points(chunk, cfg))
-        batch = build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
+        batch = sat_batch(rows[start:start + cfg.batch_size], sdsat, cfg, g)
         _, st = sat_forward_loss(model, batch, cfg, with_agree=True, reference=reference)
         acc_sum = [a + b for a, b in zip(acc_sum, st.sat_acc)]
         agree_sum = [a + b for a, b in zip(agree_sum, st.sat_agree)]
@@ -408,7 +404,12 @@ def batch_for(step: int, micro: int, rows: TokenRows, sdsat: SDSATConfig, cfg: T
     epoch, slot = divmod(k, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
     idx = perm[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
-    chunk = rows[idx]
+    return sat_batch(rows[idx], sdsat, cfg, g)
+
+
+def sat_batch(chunk: TokenRows, sdsat: SDSATConfig, cfg: TrainConfig, g: torch.Generator) -> SATBatch:
+    """Rows laid out with cfg.blocks_per_seq SAT blocks each, at points drawn from `g` (where
+    cfg.sat_blocks lets them stand): the one layout of training and held-out evaluation."""
     pts = sample_insertion_points(chunk.shape[0], chunk.shape[1], cfg.blocks_per_seq, sdsat.num_sat, g,
                                   block_points(chunk, cfg))
     return build_sat_batch(chunk.ids, pts, sdsat.sat_token_ids, chunk.label_ok)
