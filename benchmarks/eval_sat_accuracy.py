@@ -36,9 +36,14 @@ def main() -> None:
     ap.add_argument("--sat-blocks", choices=["all", "drafted"], default="all",
                     help="where SAT blocks stand: anywhere in the packed rows, or only where the next token is "
                          "drafted in serving (not in a make-data row's prompt; `sdsat train --sat-blocks`)")
+    ap.add_argument("--max-answer-tokens", type=int, default=None,
+                    help="crop make-data rows to their prompt + the first N answer tokens "
+                         "(`sdsat train --max-answer-tokens`; with --heldout-sources)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the result JSON here")
     args = ap.parse_args()
+    if args.max_answer_tokens is not None and not args.heldout_sources:
+        ap.error("--max-answer-tokens crops make-data rows: it needs --heldout-sources (the stdlib has no prompts)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -57,7 +62,7 @@ def main() -> None:
     data = DataConfig(seq_len=args.seq_len, max_train_tokens=args.seq_len)  # only the held-out split is used
     if args.heldout_sources:
         heldout = pack_tokens(tok, corpus_files(tuple(args.heldout_sources)), args.seq_len,
-                              args.rows * args.seq_len, "tokenize held-out")
+                              args.rows * args.seq_len, "tokenize held-out", args.max_answer_tokens)
     else:
         _, heldout = load_datasets(data, tok)
     heldout = heldout[: args.rows]
@@ -67,6 +72,7 @@ def main() -> None:
     results = {"model": str(args.model), "sdsat": sdsat.to_dict(), "rows": int(heldout.shape[0]),
                "heldout": args.heldout_sources or "stdlib held-out split",
                "seq_len": args.seq_len, "blocks_per_seq": args.blocks_per_seq, "sat_blocks": args.sat_blocks,
+               "max_answer_tokens": args.max_answer_tokens,
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                "torch": torch.__version__}
     t0 = time.time()

@@ -118,3 +118,35 @@ def test_a_rows_prompt_is_marked_as_never_drafted(tmp_path):
     assert drafted[n_prompt:] == [True] * (sum(lengths) - n_prompt)
     assert held_rows.drafted.all()
     assert train[[0]].drafted.shape == (1, sum(lengths))
+
+
+def test_max_answer_tokens_keeps_the_prompt_and_the_answers_opening(tmp_path):
+    """max_answer_tokens N: a make-data row becomes its prompt + the first N tokens of its answer, and its
+    EOS is then no target (the answer did not end there); a row whose answer is no longer than N and a
+    document without a prompt are kept whole; None keeps everything."""
+    import json
+
+    tok = make_tiny_tokenizer()
+    eos = tok.eos_token_id
+    prompt = "Question: what is x?\nAnswer:\n"
+    answer = "x is a name that stands for a value in the program."
+    rows = [{"text": prompt + answer, "prompt": prompt},
+            {"text": prompt + "x.", "prompt": prompt},
+            {"text": "def f(a):\n    return a\n"}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = _write(tmp_path / "held.txt", "class HeldOut:\n    pass\n" * 30)
+    toks = [tok(r["text"], add_special_tokens=False).input_ids for r in rows]
+    n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
+    n = 3
+    assert len(toks[0]) > n_prompt + n and len(toks[1]) <= n_prompt + n  # the rows test what they claim
+    want = toks[0][: n_prompt + n] + [eos] + toks[1] + [eos] + toks[2] + [eos]
+    cfg = dict(sources=[str(tmp_path / "a.jsonl")], heldout_sources=[held], seq_len=len(want))
+    train, _ = load_datasets(DataConfig(**cfg, max_answer_tokens=n), tok)
+    assert train.ids[0].tolist() == want
+    cut_eos = n_prompt + n
+    assert not train.label_ok[0, cut_eos] and not train.drafted[0, cut_eos]
+    assert train.label_ok[0, len(want) - 1] and train.drafted[0, len(toks[0][: n_prompt + n]) + len(toks[1])]
+    whole, _ = load_datasets(DataConfig(**cfg), tok)  # None: the first row is kept whole
+    assert whole.ids[0, : len(toks[0])].tolist() == toks[0]
+    with pytest.raises(ValueError, match="max_answer_tokens"):
+        DataConfig(max_answer_tokens=0)
