@@ -105,6 +105,29 @@ def sat_logprobs_at_every_position(model, prompt: list[int], output: list[int], 
     return torch.log_softmax(logits[first:].reshape(len(output), len(sat), -1), -1)
 
 
+def sat_agreement(data: list[dict], num_sat: int, bucket: int = 16) -> dict:
+    """Teacher-forced agreement of the SAT argmax with the completion: ``offsets[k-1]`` is the share of
+    positions i where SAT k of the block after output[:i] is output[i+k] (the standard position before
+    the block predicts output[i]; SAT k the token k after it); ``offset1_by_position`` the
+    same at offset 1 per ``bucket`` tokens of the answer (its opening is what serving drafts with the
+    least context; results 32.2)."""
+    hits, seen = [0] * num_sat, [0] * num_sat
+    by_pos: dict[int, list[int]] = {}
+    for item in data:
+        out = item["output"]
+        for i, row in enumerate(item["rows"]):
+            for k in range(min(num_sat, len(out) - i - 1)):
+                ok = row["argmax"][k] == out[i + k + 1]
+                hits[k] += ok
+                seen[k] += 1
+                if k == 0:
+                    by_pos.setdefault(i // bucket, [0, 0])[0] += ok
+                    by_pos[i // bucket][1] += 1
+    return {"offsets": [h / s if s else None for h, s in zip(hits, seen)], "positions": seen,
+            "offset1_by_position": {f"{b * bucket + 1}-{(b + 1) * bucket}": h / s
+                                    for b, (h, s) in sorted(by_pos.items())}}
+
+
 def _logprobs(row: dict, count: int, vocab: int):
     import torch
 
@@ -275,14 +298,17 @@ def main(argv=None) -> int:
                             **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead,
                                      store, block0)})
     tokens = sum(len(item["output"]) for item in data)
+    agreement = sat_agreement(data, sdsat.num_sat)
     print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
+    print("SAT agreement by offset: " + " ".join(f"{a:.3f}" for a in agreement["offsets"] if a is not None)
+          + "; offset 1 by position: " + " ".join(f"{k} {a:.2f}" for k, a in agreement["offset1_by_position"].items()))
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")
     for row in results:
         print(f"{row['cost']:6.3f}  {row['method']:48} {row['speedup']:8.3f} {row['tau']:6.3f} {row['forwards']:9d}")
     if args.out:
         meta = {"command": " ".join(sys.argv), **key, "n": n, "output_tokens": tokens, "machine": cpu_name(),
                 "git": git_state(Path(__file__).resolve().parent), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-        Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"meta": meta, "sat_agreement": agreement, "results": results}, indent=2))
         print(f"wrote {args.out}")
     return 0
 

@@ -87,3 +87,23 @@ def test_sat_rows_of_every_position_in_one_forward_equal_one_forward_per_positio
         for i in range(len(output)):
             logits = model(torch.tensor([prompt + output[:i] + sat])).logits[0, -len(sat):]
             torch.testing.assert_close(fast[i], torch.log_softmax(logits, -1), atol=1e-4, rtol=1e-4)
+
+
+def test_sat_agreement_counts_each_offset_against_the_token_it_drafts():
+    """SAT k of the block after output[:i] drafts output[i+k]: rows built right agree 1.0 at every offset,
+    rows right only at offset 1 agree 1.0 there and 0 beyond, and rows shifted by one (drafting
+    output[i+k-1], the off-by-one a wrong index would hide) agree 0; the positions are bucketed."""
+    sim = load_benchmark("simulate_policy")
+    out = list(range(1, 21))
+    right = sim.sat_agreement([completion([50], out, right_sats=True)], 5, bucket=8)
+    assert right["offsets"] == [1.0] * 5
+    assert right["positions"] == [19, 18, 17, 16, 15]  # the last token has no offset-1 target after it
+    assert right["offset1_by_position"] == {"1-8": 1.0, "9-16": 1.0, "17-24": 1.0}
+    first_only = completion([50], out, right_sats=True)
+    for row in first_only["rows"]:
+        row["argmax"] = row["argmax"][:1] + [40] * 4
+    assert sim.sat_agreement([first_only], 5)["offsets"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    shifted = completion([50], out)
+    for i, row in enumerate(shifted["rows"]):
+        row["argmax"] = [out[i + j] if i + j < len(out) else 40 for j in range(5)]
+    assert sim.sat_agreement([shifted], 5)["offsets"] == [0.0] * 5
