@@ -57,6 +57,9 @@ SHIPPED = {a.name: a for a in [
     # -sd4 continued 89 steps (91k standard tokens) on its own answers to both built-in question sets +
     # the code rows, with --std-target init (the standard positions keep -sd4's distribution; results 31)
     ShippedAdapter("smollm2-135m-sdsat-sd7", "smollm2-135m", "smollm2-135m-lora-k5-sd7"),
+    # -sd7 continued 90 steps on the same rows cut to their prompt + the first 64 answer tokens, SAT blocks
+    # only where serving drafts (--sat-blocks drafted --max-answer-tokens 64; results 33)
+    ShippedAdapter("smollm2-135m-sdsat-sd8", "smollm2-135m", "smollm2-135m-lora-k5-sd8"),
     # -sd4 continued 180 steps with --std-target base (the standard positions learn the base model's
     # distribution): prose loops and the merge's perplexity cost mostly undone, but it answers
     # HumanEval-style prompts with "# Example usage" lists (sections 16.2-16.3)
