@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from sdsat_vllm.bench import repeated_share
+
 ROOT = Path(__file__).resolve().parents[1]
 SELF_DISTILL_HELDOUT = ROOT / "data" / "smollm2-135m-self-distill.heldout.jsonl.gz"
 
@@ -52,19 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's INFO logging")
     return p.parse_args(argv)
-
-
-def repeated_share(outputs: list[list[int]], n: int = 8) -> float:
-    """Of all output tokens, the share that end an n-token sequence seen earlier in the same output."""
-    hits = total = 0
-    for out in outputs:
-        seen = set()
-        for i in range(len(out) - n + 1):
-            gram = tuple(out[i:i + n])
-            hits += gram in seen
-            seen.add(gram)
-        total += len(out)
-    return hits / total if total else 0.0
 
 
 def compare_outputs(base: list[list[int]], merged: list[list[int]]) -> dict:

@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
-    from sdsat_vllm.bench import cpu_name, git_state
+    from sdsat_vllm.bench import cpu_name, git_state, repeated_share
     from sdsat_vllm.config import SDSATConfig
 
     model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
@@ -299,7 +299,10 @@ def main(argv=None) -> int:
                                      store, block0)})
     tokens = sum(len(item["output"]) for item in data)
     agreement = sat_agreement(data, sdsat.num_sat)
-    print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}")
+    # how often the completions repeat themselves: what lookups (and suffix decoding) live on
+    agreement["repeated_8gram_share"] = repeated_share([item["output"] for item in data])
+    print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}, "
+          f"{agreement['repeated_8gram_share']:.1%} of them end an 8-gram seen earlier in their completion")
     print("SAT agreement by offset: " + " ".join(f"{a:.3f}" for a in agreement["offsets"] if a is not None)
           + "; offset 1 by position: " + " ".join(f"{k} {a:.2f}" for k, a in agreement["offset1_by_position"].items()))
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")

@@ -32,8 +32,8 @@ from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
            "chat_formatter", "cpu_name", "engine_kwargs", "generate_continuous", "git_state", "humaneval_prompts",
-           "norepeat_prompts", "prompt_set", "quiet_vllm", "run_vllm", "run_vllm_workloads", "sdsat_draft_len",
-           "spread_lengths", "worst_case_prompts"]
+           "norepeat_prompts", "prompt_set", "quiet_vllm", "repeated_share", "run_vllm", "run_vllm_workloads",
+           "sdsat_draft_len", "spread_lengths", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
@@ -220,6 +220,19 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def repeated_share(outputs: list[list[int]], n: int = 8) -> float:
+    """Of all output tokens, the share that end an n-token sequence seen earlier in the same output."""
+    hits = total = 0
+    for out in outputs:
+        seen = set()
+        for i in range(len(out) - n + 1):
+            gram = tuple(out[i:i + n])
+            hits += gram in seen
+            seen.add(gram)
+        total += len(out)
+    return hits / total if total else 0.0
 
 
 def cpu_name() -> str:
