@@ -303,8 +303,9 @@ def main(argv=None) -> int:
     agreement["repeated_8gram_share"] = repeated_share([item["output"] for item in data])
     print(f"{args.prompt_set}: {len(data)} completions, {tokens} tokens, n = {n}, "
           f"{agreement['repeated_8gram_share']:.1%} of them end an 8-gram seen earlier in their completion")
+    by_position = " ".join(f"{k} {a:.2f}" for k, a in agreement["offset1_by_position"].items())
     print("SAT agreement by offset: " + " ".join(f"{a:.3f}" for a in agreement["offsets"] if a is not None)
-          + "; offset 1 by position: " + " ".join(f"{k} {a:.2f}" for k, a in agreement["offset1_by_position"].items()))
+          + f"; offset 1 by position: {by_position}")
     print(f"{'r':>6}  {'method':48} {'speedup':>8} {'tau':>6} {'forwards':>9}")
     for row in results:
         print(f"{row['cost']:6.3f}  {row['method']:48} {row['speedup']:8.3f} {row['tau']:6.3f} {row['forwards']:9d}")

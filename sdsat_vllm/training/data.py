@@ -53,7 +53,7 @@ class DataConfig:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if self.max_answer_tokens is not None and self.max_answer_tokens < 1:
-            raise ValueError(f"max_answer_tokens must be >= 1 (or None for whole answers), got {self.max_answer_tokens}")
+            raise ValueError(f"max_answer_tokens must be >= 1 (None: whole answers), got {self.max_answer_tokens}")
         for s in self.sources:
             if any(m in str(s).lower() for m in FORBIDDEN_MARKERS):
                 raise ValueError(f"{s} looks like HumanEval, the evaluation set: never train on it")
