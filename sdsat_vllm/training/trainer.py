@@ -19,8 +19,8 @@ LoRA switched off is the base), or from the warm-start model's (std_target "init
 init_adapter: a frozen copy of the network as it was loaded, so a continuation of a shipped adapter
 keeps answering as that adapter's model does while its SATs learn more). A merged `lora` model is
 what users get from plain decoding, so "data" lets the answers drift towards the training text:
-trained on the served model's own greedy answers it drifts towards its own loops, and each round of self-distillation compounds that
-(benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
+trained on the served model's own greedy answers it drifts towards its own loops, and each round of
+self-distillation compounds that (benchmarks/results 16); "base" pulls the answers back towards the base model's and leaves the
 LoRA to the SATs (how close a run gets is measured, not given: `std_agree_base`, measure_merge.py).
 The numbers to watch are the SAT accuracy per offset j (logged per step and on held-out files),
 which predicts draft acceptance, and on held-out rows `std_agree_base`, the share of standard
