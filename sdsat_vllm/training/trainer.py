@@ -85,6 +85,9 @@ class TrainConfig:
     # training and in the held-out evaluation alike
     sat_blocks: str = "all"
     init_adapter: str | None = None  # warm start: LoRA + SAT rows of an adapter dir (e.g. the shipped one)
+    # lora + init_adapter: the warm-start LoRA stays as loaded (not trained, not back-propagated), only
+    # the SAT rows train: the served model is the init adapter's bit for bit, as `frozen` keeps the base
+    freeze_lora: bool = False
     # r 8: rank 16 drafted no better per training token (benchmarks/results 8.1) and doubles the adapter
     lora_r: int = 8
     lora_alpha: int = 16
@@ -130,8 +133,18 @@ class TrainConfig:
                              f"got {list(self.offset_weights)}")
         if self.init_adapter and self.mode not in ("lora", "frozen", "gated"):
             raise ValueError("init_adapter warm-starts lora, frozen or gated runs only")
+        if self.freeze_lora and (self.mode != "lora" or not self.init_adapter or self.std_target != "data"):
+            raise ValueError("freeze_lora keeps a warm-started LoRA as loaded: it needs mode lora and init_adapter, "
+                             f"and has no standard-token loss (std_target data); got mode {self.mode!r}, "
+                             f"init_adapter {self.init_adapter!r}, std_target {self.std_target!r}")
         if self.data.seq_len < self.num_sat + 2:
             raise ValueError(f"seq_len {self.data.seq_len} is too short for K={self.num_sat}")
+
+    @property
+    def standard_tokens_fixed(self) -> bool:
+        """True where nothing a standard token sees trains (frozen, gated, freeze_lora): their logits are
+        the starting model's, so their K/V are computed without grad and they have no loss."""
+        return self.mode in ("frozen", "gated") or self.freeze_lora
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,10 +214,10 @@ def make_trainable(model, sdsat: SDSATConfig, cfg: TrainConfig):
         peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                               trainable_token_indices={emb_name: sat_ids})
     model = get_peft_model(model, peft_cfg)
-    if cfg.mode == "gated":  # peft froze every parameter that is not its own: the LoRA matrices train too
+    if cfg.mode == "gated" or cfg.freeze_lora:  # gated: peft froze every parameter not its own; train them
         for n, p in model.named_parameters():
             if ".lora_A." in n or ".lora_B." in n:
-                p.requires_grad_(True)
+                p.requires_grad_(not cfg.freeze_lora)
     sat_params = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
     other = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
     groups = [{"params": sat_params, "lr": cfg.sat_lr}]
@@ -265,7 +278,7 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     sat_rows = slice(L, None)
     std_logits = None
     with _autocast(cfg.dtype, batch.input_ids.device.type):
-        if cfg.mode in ("frozen", "gated"):
+        if cfg.standard_tokens_fixed:
             # Standard tokens see nothing trainable (gated: no SAT id among them, so no delta): their
             # K/V once, without grad; only the SAT rows are back-propagated.
             need_std = with_agree or cfg.target == "soft"
@@ -301,9 +314,11 @@ def sat_forward_loss(model, batch: SATBatch, cfg: TrainConfig, with_agree: bool 
     std_loss = None
     loss = cfg.sat_loss_weight * sat_loss
     base_logits = None
-    if cfg.mode == "lora" and (cfg.std_target in ("base", "init") or with_agree):
+    # (not with freeze_lora: its standard tokens are the warm-start model's by construction, and peft's
+    # disable_adapter() would mark the frozen LoRA trainable again on exit)
+    if cfg.mode == "lora" and not cfg.freeze_lora and (cfg.std_target in ("base", "init") or with_agree):
         base_logits = standard_logits_of_base(model, batch, cfg, reference)
-    if cfg.mode not in ("frozen", "gated"):  # their standard logits are the base model's: nothing to learn
+    if not cfg.standard_tokens_fixed:  # else their standard logits are the starting model's: nothing to learn
         if cfg.std_target in ("base", "init"):
             std_loss = kl_from_base(std_logits, base_logits, batch)
         else:
@@ -574,7 +589,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     train_rows, heldout_rows = load_datasets(cfg.data, tokenizer, cache_dir=out)
     reference = None
     resuming = (out / "checkpoint").exists()
-    if cfg.init_adapter and (not resuming or cfg.std_target == "init"):
+    # a checkpoint holds the trained weights only: a frozen LoRA or init's reference comes from the adapter again
+    if cfg.init_adapter and (not resuming or cfg.std_target == "init" or cfg.freeze_lora):
         load_adapter_weights(model, sdsat, cfg, Path(cfg.init_adapter))
         if cfg.std_target == "init":  # frozen before the first step; a resume rebuilds it the same way
             reference = frozen_copy(model)

@@ -255,6 +255,47 @@ def test_std_target_init_resumes_with_the_same_reference(tmp_path, corpus):
     assert whole[-1]["std_loss"] > 0  # the LoRA moved: the reference is not the trained model
 
 
+def test_freeze_lora_keeps_the_warm_start_model_and_trains_the_sat_rows(tmp_path, corpus):
+    """freeze_lora: a continuation of a `lora` adapter trains its SAT rows only: the exported model's
+    standard logits equal the warm-start model's bit for bit and its LoRA matrices are the adapter's,
+    while the SATs learn; a resumed run equals an uninterrupted one. Negative control: the same
+    continuation with the LoRA training moves the standard logits."""
+    model, tok = make_tiny_model(initializer_range=0.2)
+    first = train(tiny_cfg(tmp_path / "first", corpus, steps=6, lr=5e-3, lora_r=8), model=model, tokenizer=tok)
+    kw = dict(steps=12, lr=5e-3, sat_lr=5e-2, lora_r=8, eval_every=1, init_adapter=str(first / "adapter"))
+    model, tok = make_tiny_model(initializer_range=0.2)
+    run = train(tiny_cfg(tmp_path / "frozen", corpus, freeze_lora=True, **kw), model=model, tokenizer=tok)
+    model, tok = make_tiny_model(initializer_range=0.2)
+    moved = train(tiny_cfg(tmp_path / "moved", corpus, **kw), model=model, tokenizer=tok)
+
+    ids = torch.tensor([tok(open(corpus[1]).read()).input_ids[:64]])
+    sat_ids = SDSATConfig.from_pretrained(first / "model").sat_id_set
+    keep = [i for i in range(380) if i not in sat_ids]  # SAT columns are masked at decode time
+    want = logits_of(first / "model", ids)[..., keep]
+    assert torch.equal(logits_of(run / "model", ids)[..., keep], want)
+    assert not torch.allclose(logits_of(moved / "model", ids)[..., keep], want, atol=1e-3)
+    adapter = lambda d: load_file(d / "adapter" / "adapter_model.safetensors")
+    theirs, ours = adapter(first), adapter(run)
+    lora = [k for k in theirs if ".lora_" in k]
+    assert lora and all(torch.equal(ours[k], theirs[k]) for k in lora)
+    sat = [k for k in theirs if "trainable_tokens" in k]
+    assert sat and not any(torch.equal(ours[k], theirs[k]) for k in sat), "the SAT rows should have trained"
+    evals = [r["eval"]["sat_loss"] for r in read_log(run)]
+    assert evals[-1] < evals[0] - 0.05, evals
+
+    model, tok = make_tiny_model(initializer_range=0.2)  # stopped after its first step, then resumed
+    train(tiny_cfg(tmp_path / "split", corpus, freeze_lora=True, max_minutes=0.0, **kw), model=model, tokenizer=tok)
+    model, tok = make_tiny_model(initializer_range=0.2)
+    split = train(tiny_cfg(tmp_path / "split", corpus, freeze_lora=True, **kw), model=model, tokenizer=tok)
+    assert [r["sat_loss"] for r in read_log(split)] == pytest.approx([r["sat_loss"] for r in read_log(run)],
+                                                                     rel=1e-4)
+    for bad, match in ((dict(init_adapter=None), "needs mode lora and init_adapter"),
+                       (dict(mode="frozen"), "needs mode lora and init_adapter"),
+                       (dict(std_target="init"), "std_target data")):
+        with pytest.raises(ValueError, match=match):
+            tiny_cfg(tmp_path / "x", corpus, freeze_lora=True, **{**kw, **bad})
+
+
 def test_device_option(tmp_path, corpus):
     for bad in ("gpu", "cuda:x", "tpu"):
         with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
