@@ -6,7 +6,7 @@
 # (--max-answer-tokens 64). Held-out rows are cut alike, so the run's own eval measures the openings.
 # 2 threads on the 2-core dev CPU (AMD EPYC), jemalloc preloaded:
 #   LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:30000,muzzy_decay_ms:30000
-# Started 03:08 UTC, stopped at step 10 and resumed (same command), stopped by --max-minutes and resumed again;
+# 03:08-04:19 UTC: stopped at step 10 and resumed (same command), stopped by --max-minutes at 106 and resumed;
 # ~26.5 s a step (a `lora` step of the same batch took 42-56 s in session 33).
 sdsat train --model smollm2-135m --output-dir runs/smollm2-135m-lora-k5-sd9 --mode lora --lora-r 8 --lora-alpha 16 \
   --num-sat 5 --blocks-per-seq 64 --batch-size 2 --grad-accum 2 --steps 150 --lr 3e-4 --sat-lr 2e-3 --warmup-steps 10 \
