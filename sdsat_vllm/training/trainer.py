@@ -11,6 +11,8 @@ Modes
           + the SAT embedding rows: the SATs get LoRA capacity, standard tokens still see exactly
           the base weights, so the standard pass runs without grad as in `frozen`. Exported as an
           adapter beside the unchanged base, never merged.
+- lora + freeze_lora (with init_adapter): `frozen` on top of a `lora` adapter: its LoRA stays as
+          loaded, only the SAT rows train (benchmarks/results 34.1: on -sd4 that bought nothing).
 
 Loss: standard-token loss + sat_loss_weight * CE(SAT tokens). The standard-token loss (`lora`,
 `full`) is CE on the data's tokens (std_target "data") or the KL divergence from the base model's own
