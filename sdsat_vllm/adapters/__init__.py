@@ -7,7 +7,9 @@ the adapter once, and caches the merged HF directory next to the base models, so
 (`train_mode: gated` in its sdsat.json) is never merged: its cached directory is the base model's
 tensors unchanged (their sha256, recorded in the adapter at training, checked when the directory is
 built), the SAT rows, and the adapter in `sdsat_adapter/`, which the transformers engine loads with its
-gate (training/gated.py); the vLLM plugin refuses gated models until it can gate (issue 9).
+gate (training/gated.py) and the vLLM plugin serves as a LoRA on SAT tokens only (issue 9). A gated
+adapter's base may be a shipped SDSAT model (its drafter and served model kept, the gate on top): that
+model is built first, and its adapter's digests are part of what the gated one's marker must say.
 
 Integrity: each adapter directory pins its files' sha256 in `SHA256SUMS` (adapters/manifest.py),
 checked before a model is built or served: a damaged adapter is refused, naming the file. The built
@@ -41,7 +43,7 @@ __all__ = ["ADAPTER_ROOT", "DEFAULT_SDSAT_MODEL", "SHIPPED", "ShippedAdapter", "
 @dataclass(slots=True, frozen=True)
 class ShippedAdapter:
     name: str  # what users type
-    base: str  # a known base model name (sdsat_vllm.models)
+    base: str  # a known base model name (sdsat_vllm.models), or a shipped SDSAT model under a gated adapter
     adapter_dir: str  # folder under sdsat_vllm/adapters/
 
     @property
@@ -97,16 +99,22 @@ def resolve_sdsat_model(name: str, cache_dir=None) -> Path:
 def _built_from(spec: ShippedAdapter, digests: dict[str, str]) -> dict:
     """What a built directory's marker must say: this adapter's files and base (the base's GGUF pin when
     it is a known model, so that a new pin rebuilds it too)."""
+    from .manifest import verify_adapter
+
     source = models.pins.KNOWN_MODELS.get(spec.base.strip().lower())
-    return {"name": spec.name, "base": spec.base, "base_gguf_sha256": source.gguf_sha256 if source else None,
-            "adapter_sha256": digests}
+    built = {"name": spec.name, "base": spec.base, "base_gguf_sha256": source.gguf_sha256 if source else None,
+             "adapter_sha256": digests}
+    if spec.base in SHIPPED:  # a gated adapter on a shipped SDSAT model: a new adapter under it rebuilds this one
+        under = SHIPPED[spec.base]
+        built["base_built_from"] = _built_from(under, verify_adapter(under.path))
+    return built
 
 
 def _build(spec: ShippedAdapter, out: Path, expect: dict, cache_dir) -> Path:
     """Base + adapter into a work directory beside `out`, marker written last, moved into place."""
     from ..training.export import apply_adapter
 
-    base_dir = models.resolve_model(spec.base, cache_dir=cache_dir)
+    base_dir = resolve_model(spec.base, cache_dir=cache_dir)  # a shipped SDSAT model too (under a gated adapter)
     with staging(out.parent, out.name) as work:
         built = apply_adapter(str(base_dir), spec.path, work / "hf")
         write_marker(built, {**expect, "adapter_dir": spec.adapter_dir})

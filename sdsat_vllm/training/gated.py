@@ -17,6 +17,9 @@ Mechanism
   clear error, not a silent broadcast.
 - The SAT embedding rows train as in `frozen` mode (peft TrainableTokens during training, written
   into the embedding matrix for serving: new rows, never a base row).
+- The base may itself be an SDSAT model (a merged `lora` one): the gate then trains on top of its
+  drafter, from its SAT rows, and keeps its served model. Its SAT rows are the adapter's (the last
+  rows of the vocabulary, left out of the base's digests); every other tensor is checked as usual.
 
 Files
 - Adapter directory (`RUN/adapter`, a shipped adapter): the `lora` adapter's layout exactly.
@@ -49,7 +52,7 @@ from torch import nn
 
 from ..config import GATED_VLLM_LORA_DIR, SDSATConfig
 from .export import ADAPTER_META, save_model_dir
-from .sat_setup import add_sat_tokens
+from .sat_setup import sat_tokens_of
 
 GATED_ADAPTER_DIR = "sdsat_adapter"  # the adapter, inside a served gated model directory
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -233,15 +236,26 @@ def _tensor_sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def base_tensor_digests(model, dtype: torch.dtype) -> dict[str, dict]:
+def base_tensor_digests(model, dtype: torch.dtype, sat_ids=()) -> dict[str, dict]:
     """{name: {sha256, shape, dtype}} of every tensor of a base model (before SATs are added), in the
     dtype it is stored and served in. A tensor tied to an earlier one is recorded once, under the
-    first name (the one save_pretrained keeps)."""
+    first name (the one save_pretrained keeps).
+
+    sat_ids: the SATs a base already has (an SDSAT model under a gated adapter). Their rows are the
+    adapter's to replace, so the vocabulary-sized tensors are recorded without them; they must be the
+    vocabulary's last rows (as add_sat_tokens appends them), so that the record is a prefix."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    keep = min(sat_ids) if sat_ids else vocab
+    if sorted(set(sat_ids)) != list(range(keep, vocab)):
+        raise ValueError(f"the base's SAT ids {sorted(set(sat_ids))} are not the last rows of its vocabulary "
+                         f"({vocab} rows): a gated adapter on it could not tell its base rows from its SAT rows")
     out, seen = {}, set()
     for name, t in model.state_dict().items():
         if t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
+        if keep < vocab and t.dim() >= 1 and t.shape[0] == vocab:
+            t = t[:keep]
         out[name] = {"sha256": _tensor_sha256(t.to(dtype)), "shape": list(t.shape), "dtype": str(dtype).split(".")[-1]}
     return out
 
@@ -389,8 +403,8 @@ def gated_base(base, adapter_dir: Path, model=None, tokenizer=None):
         raise ValueError(f"adapter {adapter_dir} was trained on a base with sha256 {want.base_sha256}, "
                          f"but {base} has {base_sha}")
     check_digests(model.state_dict(), meta["gated"]["base_tensors"], f"base {base}")
-    got = add_sat_tokens(model, tokenizer, want.num_sat, meta.get("distinct_sats", False), "gated",
-                         want.base_model, want.base_sha256)
+    got = sat_tokens_of(model, tokenizer, want.num_sat, meta.get("distinct_sats", False), "gated",
+                        want.base_model, want.base_sha256)
     if got.sat_token_ids != want.sat_token_ids:
         raise ValueError(f"base {base} gives SAT ids {list(got.sat_token_ids)}, the adapter expects "
                          f"{list(want.sat_token_ids)}: it was trained on a different tokenizer")

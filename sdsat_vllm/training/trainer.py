@@ -10,7 +10,9 @@ Modes
 - gated:  LoRA on every linear layer applied only at rows whose input id is a SAT id (gated.py),
           + the SAT embedding rows: the SATs get LoRA capacity, standard tokens still see exactly
           the base weights, so the standard pass runs without grad as in `frozen`. Exported as an
-          adapter beside the unchanged base, never merged.
+          adapter beside the unchanged base, never merged. The base may be an SDSAT model (a merged
+          `lora` one, e.g. the shipped default): its SATs and trained rows are where the run starts, its
+          served model stays bit for bit, the gate's LoRA gives its SATs more capacity (results 34.2).
 - lora + freeze_lora (with init_adapter): `frozen` on top of a `lora` adapter: its LoRA stays as
           loaded, only the SAT rows train (benchmarks/results 34.1: on -sd4 that bought nothing).
 
@@ -53,7 +55,7 @@ from tqdm.auto import tqdm
 from ..config import TRAIN_MODES, SDSATConfig, write_json_atomic
 from .data import DataConfig, TokenRows, load_datasets
 from .layout import IGNORE_INDEX, SATBatch, build_sat_batch, sample_insertion_points
-from .sat_setup import add_sat_tokens
+from .sat_setup import sat_tokens_of
 
 # Changing these between a checkpoint and a resume does not change what the run computes.
 RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "save_every", "log_every", "threads", "export", "device"}
@@ -578,8 +580,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, log=print) -> Path:
     if cfg.mode == "gated":  # recorded in the adapter, checked wherever a served directory is built
         from .gated import base_tensor_digests
 
-        base_tensors = base_tensor_digests(model, serve_dtype)
-    sdsat = add_sat_tokens(model, tokenizer, cfg.num_sat, cfg.distinct_sats, cfg.mode, base_id, base_sha)
+        had = getattr(model.config, "sdsat", None)  # an SDSAT model as the base: its SAT rows are the adapter's
+        base_tensors = base_tensor_digests(model, serve_dtype, SDSATConfig.from_dict(had).sat_id_set if had else ())
+    # an SDSAT model as the base (gated only): its SATs and their trained rows are where this run starts
+    sdsat = sat_tokens_of(model, tokenizer, cfg.num_sat, cfg.distinct_sats, cfg.mode, base_id, base_sha)
     model, groups = make_trainable(model, sdsat, cfg)
     device = cfg.torch_device()
     model.to(device)

@@ -322,3 +322,132 @@ def test_served_gated_dir_has_a_vllm_lora_view(tiny_gated_dirs):
     lora = load_file(view / ADAPTER_WEIGHTS)
     assert set(lora) == {k for k in full if ".lora_" in k} and len(lora) < len(full)
     assert all(lora[k].equal(full[k]) for k in lora)
+
+
+def test_a_gated_adapter_on_an_sdsat_model_keeps_its_served_model_and_starts_from_its_sats(tmp_path, corpus):
+    """An SDSAT model (a merged `lora` run) as the base of a gated run: the run starts from its SATs
+    (same ids, its trained rows: with nothing learning, the held-out SAT loss is the lora model's own),
+    the served directory is the SDSAT model's bit for bit but for the SAT rows, which are the adapter's,
+    a plain forward is the SDSAT model's, apply-adapter rebuilds it, and a changed base is refused."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdsat_vllm.training.trainer import evaluate
+    from sdsat_vllm.training.data import load_datasets
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    lora_run = train(gated_cfg(tmp_path / "lora", corpus, mode="lora", steps=3, model=str(base_dir)), model=model,
+                     tokenizer=tok)
+    sat_dir = lora_run / "model"
+    lora_sdsat = SDSATConfig.from_pretrained(sat_dir)
+
+    def load_sat_model():
+        return (AutoModelForCausalLM.from_pretrained(sat_dir, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(sat_dir))
+
+    # the starting point: nothing learns, so the held-out SAT loss is the SDSAT model's own
+    still = gated_cfg(tmp_path / "still", corpus, model=str(sat_dir), steps=1, lr=0.0, sat_lr=0.0, eval_every=1,
+                      export=False)
+    train(still, *load_sat_model())
+    got = [json.loads(line) for line in open(tmp_path / "still" / "log.jsonl")][-1]["eval"]
+    sat_model, sat_tok = load_sat_model()
+    _, heldout = load_datasets(still.data, sat_tok, cache_dir=tmp_path / "still")
+    want = evaluate(sat_model.eval(), heldout, lora_sdsat, still, still.eval_batches)
+    assert got["sat_loss"] == pytest.approx(want["sat_loss"], abs=1e-5)
+
+    run = train(gated_cfg(tmp_path / "gated", corpus, model=str(sat_dir), steps=3), *load_sat_model())
+    meta = json.loads((run / "adapter" / "sdsat.json").read_text())
+    assert meta["sdsat"]["sat_token_ids"] == list(lora_sdsat.sat_token_ids)
+    assert meta["sdsat"]["train_mode"] == "gated" and meta["sdsat"]["base_model"] == str(sat_dir)
+    sat_w, served_w = load_file(sat_dir / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    ids = sorted(lora_sdsat.sat_id_set)
+    assert sat_w.keys() == served_w.keys()
+    for k, t in sat_w.items():
+        if t.shape[0] == served_w["model.embed_tokens.weight"].shape[0]:  # vocabulary-sized: all rows but the SATs'
+            keep = torch.ones(t.shape[0], dtype=torch.bool)
+            keep[ids] = False
+            assert torch.equal(served_w[k][keep], t[keep]), k
+        else:
+            assert torch.equal(served_w[k], t), k
+    adapter_rows = load_file(run / "adapter" / "adapter_model.safetensors")[
+        "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    assert torch.equal(served_w["model.embed_tokens.weight"][ids], adapter_rows)
+    assert not torch.equal(adapter_rows, sat_w["model.embed_tokens.weight"][ids])  # the rows trained on
+    check_base_tensors(run / "model")
+
+    served = load_gated_dir(run / "model", dtype=torch.float32).eval()
+    text = torch.randint(2, 380, (2, 30), generator=torch.Generator().manual_seed(3))
+    _, b = sat_layout(lora_sdsat, seed=11)
+    with torch.no_grad():
+        assert torch.equal(served(input_ids=text).logits, sat_model(input_ids=text).logits)
+        drafted = layout_logits(served, b)[b.input_ids == ids[0]]
+        assert not torch.allclose(drafted, layout_logits(sat_model, b)[b.input_ids == ids[0]])
+
+    rebuilt = apply_adapter(str(sat_dir), run / "adapter", tmp_path / "rebuilt")
+    again = load_file(rebuilt / "model.safetensors")
+    assert again.keys() == served_w.keys() and all(torch.equal(again[k], served_w[k]) for k in again)
+    tampered, ttok = load_sat_model()
+    with torch.no_grad():
+        tampered.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    tampered_dir = save_model_dir(tampered, ttok, tmp_path / "tampered")
+    with pytest.raises(ValueError, match=r"not the ones the gated adapter was trained on.*up_proj"):
+        apply_adapter(str(tampered_dir), run / "adapter", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_cannot_train_on_an_sdsat_model_is_refused_clearly(tmp_path, corpus):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    sat_dir = train(gated_cfg(tmp_path / "lora", corpus, mode="lora", steps=1, model=str(base_dir)), model=model,
+                    tokenizer=tok) / "model"
+    gated_dir = train(gated_cfg(tmp_path / "gated", corpus, steps=1, model=str(base_dir)),
+                      *make_tiny_model()) / "model"
+
+    def run(model_dir, name, **kw):
+        m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        train(gated_cfg(tmp_path / name, corpus, model=str(model_dir), **kw), m, AutoTokenizer.from_pretrained(model_dir))
+
+    for mode in ("lora", "frozen", "full"):
+        with pytest.raises(ValueError, match=f"already has SAT tokens.*only mode gated.*mode '{mode}'"):
+            run(sat_dir, f"as_{mode}", mode=mode)
+    with pytest.raises(ValueError, match=f"draft K={K}.*K={K + 1}"):
+        run(sat_dir, "k", num_sat=K + 1)
+    with pytest.raises(ValueError, match=r"has 1 distinct SAT id\(s\); the run asks for K distinct ids"):
+        run(sat_dir, "distinct", distinct_sats=True)
+    with pytest.raises(ValueError, match="a gated SDSAT model: its drafter is its adapter"):
+        run(gated_dir, "on_gated")
+    for name in ("as_lora", "as_frozen", "as_full", "k", "distinct", "on_gated"):  # nothing trained, nothing written but the config
+        assert not (tmp_path / name / "checkpoint").exists() and not (tmp_path / name / "model").exists()
+
+
+def test_a_shipped_gated_adapter_on_a_shipped_sdsat_model_builds_from_it(tmp_path, corpus, monkeypatch):
+    """ShippedAdapter(base=<a shipped SDSAT model>): `sdsat fetch` builds that model first, then the gated
+    directory on it; the marker names the model under it, so a new adapter there rebuilds this one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sdsat_vllm import adapters
+    from sdsat_vllm.adapters.manifest import write_manifest
+    from sdsat_vllm.models.cache import read_marker
+
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    lora = train(gated_cfg(tmp_path / "lora", corpus, mode="lora", steps=2, model=str(base_dir)), model=model,
+                 tokenizer=tok)
+    write_manifest(lora / "adapter")
+    under = adapters.ShippedAdapter("tiny-sdsat", str(base_dir), str(lora / "adapter"))
+    monkeypatch.setitem(adapters.SHIPPED, under.name, under)
+    sat_dir = adapters.resolve_model(under.name, cache_dir=tmp_path / "cache")
+    gated = train(gated_cfg(tmp_path / "gated", corpus, model=under.name, steps=2),
+                  AutoModelForCausalLM.from_pretrained(sat_dir, dtype=torch.float32),
+                  AutoTokenizer.from_pretrained(sat_dir))
+    write_manifest(gated / "adapter")
+    spec = adapters.ShippedAdapter("tiny-sdsat-gated", under.name, str(gated / "adapter"))
+    monkeypatch.setitem(adapters.SHIPPED, spec.name, spec)
+    built = adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache")
+    a, b = load_file(built / "model.safetensors"), load_file(gated / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert SDSATConfig.from_pretrained(built).base_model == under.name
+    assert read_marker(built)["base_built_from"]["name"] == under.name
+    assert adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache") == built  # cached
