@@ -795,9 +795,9 @@ def _apply_request_validation(mod: Any) -> None:
                 from vllm.exceptions import VLLMValidationError
 
                 raise VLLMValidationError(
-                    f"LoRA adapter {lora_request.lora_name!r}: this engine serves a gated SDSAT model, whose LoRA "
-                    "slot holds the SAT tokens' own adapter (applied to SAT tokens only); user LoRA adapters "
-                    "cannot be combined with it. Serve the adapter's model without SDSAT, or a `lora` SDSAT model.",
+                    f"LoRA adapter {lora_request.lora_name!r}: this engine serves a gated SDSAT model, whose SAT "
+                    "tokens carry their own adapter (applied to SAT tokens only); user LoRA adapters cannot be "
+                    "combined with it. Serve the adapter's model without SDSAT, or a `lora` SDSAT model.",
                     parameter="lora_request", value=lora_request.lora_name)
             return orig(self, lora_request, *args, **kwargs)
 
@@ -939,6 +939,16 @@ def gated_lora_rank(spec_config: Any, model_config: Any) -> int | None:
     return gated_vllm_lora(model_config.model)[1]
 
 
+def gated_gate_path(additional_config: Any, parallel_config: Any) -> str:
+    """"rows" or "lora" (sat_row_lora.gate_path): the SDSAT option `gate` on this engine's parallel layout."""
+    from .policy import ADDITIONAL_CONFIG_KEY, validate_options
+    from .sat_row_lora import gate_path
+
+    extra = additional_config if isinstance(additional_config, dict) else {}
+    option = validate_options(extra.get(ADDITIONAL_CONFIG_KEY))["gate"]
+    return gate_path(option, parallel_config.tensor_parallel_size, parallel_config.pipeline_parallel_size)
+
+
 def _check_enable_lora(mod: Any) -> None:
     p = REGISTRY["gated_enable_lora"]
     cls = getattr(mod, "EngineArgs", None)
@@ -972,7 +982,9 @@ def _apply_enable_lora(mod: Any) -> None:
         def create_speculative_config(self, target_model_config, target_parallel_config, *args, **kwargs):
             spec = orig(self, target_model_config, target_parallel_config, *args, **kwargs)
             r = gated_lora_rank(spec, target_model_config)
-            if r is not None:
+            if r is not None and gated_gate_path(self.additional_config, target_parallel_config) == "rows":
+                logger.info("SDSAT: gated model: its adapter on SAT rows inside the model (gate 'rows'), LoRA off")
+            elif r is not None:
                 fits = [x for x in ranks if x >= r]
                 if not fits:
                     raise ValueError(f"the gated SDSAT adapter has LoRA rank {r}; vLLM serves ranks up to {ranks[-1]}")
@@ -992,9 +1004,10 @@ register(Patch(
     module="vllm.engine.arg_utils",
     target="EngineArgs.create_speculative_config",
     why=("a gated SDSAT model is the base model's weights plus a LoRA adapter that only SAT tokens may "
-         "see (docs/design.md, section 3); vLLM serves it with its own LoRA layers, which exist only "
-         "when LoRA is enabled with a max_lora_rank that fits the adapter. This turns LoRA on for such "
-         "a model (the user need not know it is gated); any other model is untouched."),
+         "see (docs/design.md, section 3); with the gate 'lora' vLLM serves it with its own LoRA layers, "
+         "which exist only when LoRA is enabled with a max_lora_rank that fits the adapter. This turns LoRA "
+         "on for such a model (the user need not know it is gated); any other model, and a gated one "
+         "served through the 'rows' gate (sat_row_lora.py, the default on a CPU), is untouched."),
     remove_when="vLLM lets a speculative method ask for LoRA capacity (or SDSAT gated models get a "
                 "model class of their own).",
     check=_check_enable_lora,
@@ -1017,7 +1030,8 @@ def _runner_gate(runner: Any) -> _RunnerGate | None:
         return runner.__dict__["_sdsat_gate"]
     gate = None
     cfg = runner.vllm_config
-    if gated_lora_rank(cfg.speculative_config, cfg.model_config) is not None:
+    if gated_lora_rank(cfg.speculative_config, cfg.model_config) is not None \
+            and gated_gate_path(cfg.additional_config, cfg.parallel_config) == "lora":
         import numpy as np
         from vllm.lora.request import LoRARequest
 

@@ -92,6 +92,9 @@ DEFAULT_OPTIONS = {
     # 0: off. Off by default for now: a benchmark that runs the same prompts twice in one engine would
     # draft the first answers back (bench_vllm.py's --sdsat-response-tokens; results 25)
     "response_tokens": 0,
+    # a gated model's SATs get their adapter through "rows" (sat_row_lora.py: the delta on SAT rows, hooks in
+    # vLLM's own layers; unsharded models) or "lora" (vLLM's LoRA layers); "auto": rows on a CPU at TP 1
+    "gate": "auto",
 }
 POLICIES = ("fixed", "adaptive")
 MODES = ("fused", "tree")
@@ -142,6 +145,8 @@ def validate_options(options: dict | None) -> dict:
     if kept and not out["lookup"]:
         raise ValueError("sdsat response_tokens needs lookup drafts (lookup true, policy 'adaptive'): the responses' "
                          "chains are lookup candidates")
+    if out["gate"] not in ("auto", "rows", "lora"):
+        raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {out['gate']!r}")
     for key in ("probe_budget", "min_gain"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:

@@ -272,6 +272,13 @@ class SDSATProposer:
         extra = getattr(vllm_config, "additional_config", None)
         raw = extra.get(policy.ADDITIONAL_CONFIG_KEY) if isinstance(extra, dict) else None
         self.options = policy.validate_options(raw)
+        # a gated model: how its SATs get their adapter ("rows": here, in load_model; "lora": patches)
+        self.gate = None
+        if self.sdsat.train_mode == "gated":
+            self.gate = patches.gated_gate_path(extra, vllm_config.parallel_config)
+            self.model_dir = model_config.model
+            sched = vllm_config.scheduler_config  # a step's tokens: the scheduled ones + tree mode's blocks at most
+            self.max_tokens_per_step = int(sched.max_num_batched_tokens) + int(sched.max_num_seqs) * (self.K + 1) ** 2
         self.adaptive = self.options["policy"] == "adaptive"
         self.lookup = bool(self.options["lookup"])
         self.datastore = self._load_datastore(model_config) if self.lookup else None
@@ -419,6 +426,13 @@ class SDSATProposer:
 
         self.model = target_model
         patches.install_sat_logit_mask(target_model, self.sat_ids, observe=self._observe_logits)
+        if self.gate == "rows":  # a gated model's adapter on its SAT rows (sat_row_lora.py)
+            from ..config import gated_vllm_lora
+            from .sat_row_lora import install_sat_row_lora
+
+            lora_dir, _ = gated_vllm_lora(self.model_dir)
+            layers = install_sat_row_lora(target_model, lora_dir, self.sat_ids, self.max_tokens_per_step)
+            logger.info("SDSAT proposer: gated model, the adapter on SAT rows in %d layers (gate 'rows')", layers)
         if self.tree:
             self._check_tree_attention_layers()
 

@@ -55,7 +55,7 @@ def test_greedy_is_the_base_models_plain_vllm_decoding_batch_1_and_8(gated_llm, 
     from sdsat_vllm.vllm_plugin.metrics import from_llm_metrics
 
     d = tiny_gated_dirs
-    assert gated_llm.llm_engine.vllm_config.lora_config is not None  # turned on by the plugin, not the user
+    assert gated_llm.llm_engine.vllm_config.lora_config is None  # CPU, TP 1: the rows gate, LoRA stays off
     before = from_llm_metrics(gated_llm.get_metrics(), draft_len=N_DRAFTS)
     one_by_one = [tokens(gated_llm, [p])[0] for p in d["prompts"]]
     trained = from_llm_metrics(gated_llm.get_metrics(), draft_len=N_DRAFTS) - before

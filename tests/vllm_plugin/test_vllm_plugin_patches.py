@@ -221,8 +221,9 @@ def test_engine_args_clear_errors(tmp_path):
 
 
 def test_engine_args_gated_model_turns_lora_on_or_is_refused_without_its_lora_view(tmp_path, tiny_gated_dirs):
-    """A gated model's SATs need its LoRA deltas: the engine gets LoRA enabled with a rank that fits
-    the adapter (patch gated_enable_lora); a gated directory without the vLLM LoRA view (built before
+    """A gated model's SATs need its LoRA deltas: with the gate 'lora' the engine gets LoRA enabled with a
+    rank that fits the adapter (patch gated_enable_lora); with the gate 'rows' (the default here: a CPU,
+    one rank; sat_row_lora.py) LoRA stays off; a gated directory without the vLLM LoRA view (built before
     it existed) is refused with the fix, before any engine starts; a lora model keeps LoRA off."""
     import shutil
 
@@ -233,11 +234,18 @@ def test_engine_args_gated_model_turns_lora_on_or_is_refused_without_its_lora_vi
 
     register()
     gated = tiny_gated_dirs["gated_dir"]
-    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config={"model": "sdsat"}).create_engine_config()
+    lora_gate = {"model": "sdsat", "sdsat_gate": "lora"}
+    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config=lora_gate).create_engine_config()
     assert cfg.lora_config is not None and cfg.lora_config.max_lora_rank >= 8  # fits the adapter (r 8)
-    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config={"model": "sdsat"}, enable_lora=True,
+    cfg = EngineArgs(model=str(gated), max_model_len=256, speculative_config=dict(lora_gate), enable_lora=True,
                      max_lora_rank=32).create_engine_config()
     assert cfg.lora_config.max_lora_rank == 32  # a user's larger rank stays
+    for spec in ({"model": "sdsat"}, {"model": "sdsat", "sdsat_gate": "rows"}):
+        assert EngineArgs(model=str(gated), max_model_len=256, speculative_config=spec).create_engine_config() \
+            .lora_config is None
+    with pytest.raises(Exception, match="sdsat gate must be 'auto', 'rows' or 'lora'"):
+        EngineArgs(model=str(gated), max_model_len=256,
+                   speculative_config={"model": "sdsat", "sdsat_gate": "row"}).create_engine_config()
     assert EngineArgs(model=str(gated), max_model_len=256).create_engine_config().lora_config is None  # no SDSAT
     d = make_tiny_sdsat_dir(tmp_path / "lora", num_sat=3)
     assert EngineArgs(model=str(d), max_model_len=256,
