@@ -38,6 +38,8 @@ gated_enable_lora           engine.arg_utils.EngineArgs                      gat
                             .create_speculative_config                       rank fits its adapter
 gated_lora_mapping          v1.worker.gpu_model_runner.GPUModelRunner        the gate: adapter on
                             .set_active_loras                                SAT tokens only
+gated_sat_rows              the target model's linear layers (forward        the `rows` gate (CPU):
+                            hooks, sat_row_lora.py)                          delta on SAT rows only
 cpu_lora_no_lora_rows       lora.ops.torch_ops.lora_ops.bgmv_shrink,         bug: CPU "no LoRA"
                             bgmv_expand, bgmv_expand_slice                   rows got the last slot
 cpu_seeded_chunked_prefill  v1.worker.gpu_model_runner.GPUModelRunner        bug: seeded request +
@@ -939,14 +941,16 @@ def gated_lora_rank(spec_config: Any, model_config: Any) -> int | None:
     return gated_vllm_lora(model_config.model)[1]
 
 
-def gated_gate_path(additional_config: Any, parallel_config: Any) -> str:
-    """"rows" or "lora" (sat_row_lora.gate_path): the SDSAT option `gate` on this engine's parallel layout."""
+def gated_gate_path(additional_config: Any, parallel_config: Any, lora_enabled: bool) -> str:
+    """"rows" or "lora" (sat_row_lora.gate_path): the SDSAT option `gate` on this engine's parallel layout.
+    The same answer before the LoRA config exists (gated_enable_lora) and after: "lora" turns LoRA on."""
     from .policy import ADDITIONAL_CONFIG_KEY, validate_options
     from .sat_row_lora import gate_path
 
     extra = additional_config if isinstance(additional_config, dict) else {}
     option = validate_options(extra.get(ADDITIONAL_CONFIG_KEY))["gate"]
-    return gate_path(option, parallel_config.tensor_parallel_size, parallel_config.pipeline_parallel_size)
+    return gate_path(option, parallel_config.tensor_parallel_size, parallel_config.pipeline_parallel_size,
+                     lora_enabled=lora_enabled)
 
 
 def _check_enable_lora(mod: Any) -> None:
@@ -982,7 +986,8 @@ def _apply_enable_lora(mod: Any) -> None:
         def create_speculative_config(self, target_model_config, target_parallel_config, *args, **kwargs):
             spec = orig(self, target_model_config, target_parallel_config, *args, **kwargs)
             r = gated_lora_rank(spec, target_model_config)
-            if r is not None and gated_gate_path(self.additional_config, target_parallel_config) == "rows":
+            if r is not None and gated_gate_path(self.additional_config, target_parallel_config,
+                                                 bool(self.enable_lora)) == "rows":
                 logger.info("SDSAT: gated model: its adapter on SAT rows inside the model (gate 'rows'), LoRA off")
             elif r is not None:
                 fits = [x for x in ranks if x >= r]
@@ -1031,7 +1036,7 @@ def _runner_gate(runner: Any) -> _RunnerGate | None:
     gate = None
     cfg = runner.vllm_config
     if gated_lora_rank(cfg.speculative_config, cfg.model_config) is not None \
-            and gated_gate_path(cfg.additional_config, cfg.parallel_config) == "lora":
+            and gated_gate_path(cfg.additional_config, cfg.parallel_config, cfg.lora_config is not None) == "lora":
         import numpy as np
         from vllm.lora.request import LoRARequest
 
@@ -1212,6 +1217,44 @@ register(Patch(
                 "before or instead of cancelling the output handler.",
     check=_check_shutdown,
     apply=_apply_shutdown,
+))
+
+
+# --------------------------------------------------------------------------------------------
+# 10b. gated_sat_rows: the `rows` gate's hooks in the target model's own linear layers
+
+
+def _check_sat_rows(mod: Any) -> None:
+    p = REGISTRY["gated_sat_rows"]
+    # the mask comes from the top model's call with the step's ids, which the runner makes eagerly, and
+    # the hooks go in when the drafter gets the model (before vLLM compiles it at warm-up)
+    _require_source(p, mod.GPUModelRunner._model_forward, "self.model( input_ids=input_ids,")
+    _require_source(p, mod.GPUModelRunner.load_model, "self.drafter.load_model(self.model)")
+    # sat_row_lora.py reads the sizes the layers declare (the CPU backend may repack `weight`) and takes
+    # their (output, bias) result; the runner module has imported the layers by now
+    from vllm.model_executor.layers import linear
+
+    for cls in (linear.ColumnParallelLinear, linear.RowParallelLinear):
+        _require_source(p, cls.__init__, "self.input_size_per_partition", "self.output_size_per_partition")
+        _require_source(p, cls.forward, "return output, output_bias")
+    for name in ("MergedColumnParallelLinear", "QKVParallelLinear"):
+        if not issubclass(getattr(linear, name), linear.ColumnParallelLinear):
+            raise p.fail(f"{name} is no longer a ColumnParallelLinear")
+
+
+register(Patch(
+    name="gated_sat_rows",
+    module="vllm.v1.worker.gpu_model_runner",
+    target="the target model's ColumnParallelLinear / RowParallelLinear instances (forward hooks and buffers, "
+           "set by SDSATProposer.load_model through sat_row_lora.install_sat_row_lora)",
+    why=("the `rows` gate of a gated SDSAT model (sat_row_lora.py; the default on a CPU at TP 1): the adapter's "
+         "delta added where the input token is a SAT, by hooks on the layers it targets, instead of vLLM's "
+         "LoRA layers, which on a CPU cost ~40% of a forward and keep the model from being compiled. "
+         "Standard rows are the base layer's output itself (torch.where), so the output is the base model's."),
+    remove_when="vLLM lets a LoRA adapter be restricted to token ids at the cost of the rows it touches "
+                "(or its CPU LoRA path costs what the delta does).",
+    check=_check_sat_rows,
+    apply=None,
 ))
 
 

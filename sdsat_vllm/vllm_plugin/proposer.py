@@ -275,7 +275,7 @@ class SDSATProposer:
         # a gated model: how its SATs get their adapter ("rows": here, in load_model; "lora": patches)
         self.gate = None
         if self.sdsat.train_mode == "gated":
-            self.gate = patches.gated_gate_path(extra, vllm_config.parallel_config)
+            self.gate = patches.gated_gate_path(extra, vllm_config.parallel_config, vllm_config.lora_config is not None)
             self.model_dir = model_config.model
             sched = vllm_config.scheduler_config  # a step's tokens: the scheduled ones + tree mode's blocks at most
             self.max_tokens_per_step = int(sched.max_num_batched_tokens) + int(sched.max_num_seqs) * (self.K + 1) ** 2

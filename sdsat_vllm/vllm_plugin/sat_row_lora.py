@@ -35,9 +35,10 @@ MASK, LORA_A, LORA_B = "sdsat_sat_mask", "sdsat_lora_a", "sdsat_lora_b"  # buffe
 logger = logging.getLogger(__name__)
 
 
-def gate_path(option: str, tensor_parallel_size: int, pipeline_parallel_size: int = 1, on_cpu: bool | None = None
-              ) -> str:
-    """"rows" or "lora": how a gated model's SAT tokens get their adapter on this engine."""
+def gate_path(option: str, tensor_parallel_size: int, pipeline_parallel_size: int = 1, on_cpu: bool | None = None,
+              lora_enabled: bool = False) -> str:
+    """"rows" or "lora": how a gated model's SAT tokens get their adapter on this engine. lora_enabled: the
+    user turned vLLM's LoRA on (its layers then wrap the model's, and the gate goes through them)."""
     if option not in ("auto", "rows", "lora"):  # policy.validate_options says so first, with the others
         raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {option!r}")
     if on_cpu is None:
@@ -48,8 +49,11 @@ def gate_path(option: str, tensor_parallel_size: int, pipeline_parallel_size: in
     if option == "rows" and sharded:
         raise ValueError(f"sdsat gate 'rows' serves an unsharded model (tensor and pipeline parallel size 1); this "
                          f"engine has {tensor_parallel_size} x {pipeline_parallel_size}: use gate 'lora' or 'auto'")
+    if option == "rows" and lora_enabled:
+        raise ValueError("sdsat gate 'rows' keeps vLLM's LoRA off, but this engine enables it: leave enable_lora "
+                         "out, or use gate 'lora' or 'auto'")
     if option == "auto":
-        return "rows" if on_cpu and not sharded else "lora"
+        return "rows" if on_cpu and not sharded and not lora_enabled else "lora"
     return option
 
 
