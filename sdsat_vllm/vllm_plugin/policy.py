@@ -98,6 +98,7 @@ DEFAULT_OPTIONS = {
 }
 POLICIES = ("fixed", "adaptive")
 MODES = ("fused", "tree")
+GATES = ("auto", "rows", "lora")  # a gated model's gate (sat_row_lora.gate_path)
 #: The key of vLLM's ``additional_config`` that carries the options to the proposer in every worker.
 ADDITIONAL_CONFIG_KEY = "sdsat"
 
@@ -145,7 +146,7 @@ def validate_options(options: dict | None) -> dict:
     if kept and not out["lookup"]:
         raise ValueError("sdsat response_tokens needs lookup drafts (lookup true, policy 'adaptive'): the responses' "
                          "chains are lookup candidates")
-    if out["gate"] not in ("auto", "rows", "lora"):
+    if out["gate"] not in GATES:
         raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {out['gate']!r}")
     for key in ("probe_budget", "min_gain"):
         v = out[key]

@@ -39,7 +39,9 @@ def gate_path(option: str, tensor_parallel_size: int, pipeline_parallel_size: in
               lora_enabled: bool = False) -> str:
     """"rows" or "lora": how a gated model's SAT tokens get their adapter on this engine. lora_enabled: the
     user turned vLLM's LoRA on (its layers then wrap the model's, and the gate goes through them)."""
-    if option not in ("auto", "rows", "lora"):  # policy.validate_options says so first, with the others
+    from .policy import GATES
+
+    if option not in GATES:  # policy.validate_options says so first, with the other options
         raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {option!r}")
     if on_cpu is None:
         from vllm.platforms import current_platform
@@ -84,10 +86,6 @@ def _adapter_deltas(lora_dir: Path) -> tuple[dict[str, tuple[Any, Any]], float]:
     return out, scale
 
 
-def _packed_parts(model) -> dict[str, list[str]]:
-    return dict(getattr(model, "packed_modules_mapping", None) or {})
-
-
 def install_sat_row_lora(model, lora_dir: str | Path, sat_ids, max_tokens: int) -> int:
     """Hook the gate into `model` (vLLM's top model, e.g. LlamaForCausalLM, weights loaded) in place.
 
@@ -99,7 +97,7 @@ def install_sat_row_lora(model, lora_dir: str | Path, sat_ids, max_tokens: int) 
     if getattr(model, "_sdsat_sat_row_lora", None) is not None:
         raise ValueError("this model already has the SAT-row gate")
     deltas, scale = _adapter_deltas(Path(lora_dir))
-    packed = _packed_parts(model)
+    packed = dict(getattr(model, "packed_modules_mapping", None) or {})  # vLLM's layer -> the adapter's parts
     modules = dict(model.named_modules())
     weight = next(model.parameters())
     mask = torch.zeros(max_tokens, 1, dtype=torch.bool, device=weight.device)
