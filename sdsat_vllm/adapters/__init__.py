@@ -62,6 +62,10 @@ SHIPPED = {a.name: a for a in [
     # -sd7 continued 90 steps on the same rows cut to their prompt + the first 64 answer tokens, SAT blocks
     # only where serving drafts (--sat-blocks drafted --max-answer-tokens 64; results 33)
     ShippedAdapter("smollm2-135m-sdsat-sd8", "smollm2-135m", "smollm2-135m-lora-k5-sd8"),
+    # a gated LoRA on top of the default: serves the default's model bit for bit (the delta applies at SAT
+    # rows only; vLLM's rows gate on a CPU), trained 300 steps with -sd8's flags (results 34.2, 36); the
+    # default's datastore ships beside it (same served model, same text)
+    ShippedAdapter("smollm2-135m-sdsat-g1", "smollm2-135m-sdsat", "smollm2-135m-gated-k5-g1"),
     # -sd4 continued 180 steps with --std-target base (the standard positions learn the base model's
     # distribution): prose loops and the merge's perplexity cost mostly undone, but it answers
     # HumanEval-style prompts with "# Example usage" lists (sections 16.2-16.3)
