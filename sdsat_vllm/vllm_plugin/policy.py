@@ -99,6 +99,14 @@ DEFAULT_OPTIONS = {
 POLICIES = ("fixed", "adaptive")
 MODES = ("fused", "tree")
 GATES = ("auto", "rows", "lora")  # a gated model's gate (sat_row_lora.gate_path)
+
+
+def check_gate(option) -> None:
+    """The one refusal of an unknown gate, for validate_options and sat_row_lora.gate_path alike."""
+    if option not in GATES:
+        raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {option!r}")
+
+
 #: The key of vLLM's ``additional_config`` that carries the options to the proposer in every worker.
 ADDITIONAL_CONFIG_KEY = "sdsat"
 
@@ -146,8 +154,7 @@ def validate_options(options: dict | None) -> dict:
     if kept and not out["lookup"]:
         raise ValueError("sdsat response_tokens needs lookup drafts (lookup true, policy 'adaptive'): the responses' "
                          "chains are lookup candidates")
-    if out["gate"] not in GATES:
-        raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {out['gate']!r}")
+    check_gate(out["gate"])
     for key in ("probe_budget", "min_gain"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
