@@ -47,12 +47,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from sdsat_vllm.adapters import resolve_model
     from sdsat_vllm.config import SDSATConfig
     from sdsat_vllm.training.data import DataConfig, corpus_files, load_datasets, pack_tokens
-    from sdsat_vllm.training.gated import is_gated_dir, load_gated_dir
+    from sdsat_vllm.training.gated import load_model_dir
     from sdsat_vllm.training.sat_setup import add_sat_tokens
     from sdsat_vllm.training.trainer import TrainConfig, evaluate, load_base
 
@@ -76,8 +76,7 @@ def main() -> None:
                "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                "torch": torch.__version__}
     t0 = time.time()
-    load = load_gated_dir if is_gated_dir(model_dir) else AutoModelForCausalLM.from_pretrained  # gated: + its gate
-    trained = load(model_dir, dtype=torch.float32).eval()
+    trained = load_model_dir(model_dir, dtype=torch.float32).eval()  # a gated model with its gate
     results["trained"] = evaluate(trained, heldout, sdsat, cfg)
     del trained
     if args.base:

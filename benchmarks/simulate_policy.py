@@ -53,15 +53,16 @@ def collect(model_dir: Path, prompt_set: str, skip: int, num: int, max_tokens: i
     """[{prompt, output, rows}] for prompts skip..skip+num of the set; rows[i]: the SAT rows after
     prompt + output[:i] (argmax, q, top ids, top probabilities), SAT ids excluded."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from tqdm import tqdm
 
     from sdsat_vllm.bench import chat_formatter, prompt_set as load_prompts
     from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.training.gated import load_model_dir
 
     sat = list(SDSATConfig.from_pretrained(model_dir).sat_token_ids)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_model_dir(model_dir, dtype=torch.float32).eval()  # a gated model with its gate
     chat = chat_formatter(model_dir) if prompt_set == "norepeat" else None
     prompts, stops = load_prompts(prompt_set, skip + num, chat=chat)
     out = []
@@ -103,6 +104,12 @@ def sat_logprobs_at_every_position(model, prompt: list[int], output: list[int], 
     first = len(prompt) + len(nodes)  # the first block's first SAT
     # [len(output), K, vocab]
     return torch.log_softmax(logits[first:].reshape(len(output), len(sat), -1), -1)
+
+
+def model_vocab(model_dir: Path) -> int:
+    """The model's vocabulary size (the width of the replay's SAT rows): not the largest id the cached rows
+    hold, since a datastore chain may carry any token."""
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
 
 
 def sat_agreement(data: list[dict], num_sat: int, bucket: int = 16) -> dict:
@@ -279,7 +286,7 @@ def main(argv=None) -> int:
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "data": data}))
-    vocab = max(max(max(t) for t in row["top"]) for item in data for row in item["rows"]) + 1
+    vocab = model_vocab(model_dir)
     store = None
     if args.datastore:
         from sdsat_vllm.datastore import load_datastore

@@ -107,3 +107,17 @@ def test_sat_agreement_counts_each_offset_against_the_token_it_drafts():
     for i, row in enumerate(shifted["rows"]):
         row["argmax"] = [out[i + j] if i + j < len(out) else 40 for j in range(5)]
     assert sim.sat_agreement([shifted], 5)["offsets"] == [0.0] * 5
+
+
+def test_the_replay_rows_are_as_wide_as_the_models_vocabulary(tmp_path):
+    """A datastore chain may carry any token of the vocabulary, also ids no cached SAT row holds: the
+    replay's rows take their width from the model's config (a width from the rows' largest id made
+    the datastore variants fail with an index error on `-g1`'s data)."""
+    import json
+
+    sim = load_benchmark("simulate_policy")
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 49153, "model_type": "llama"}))
+    assert sim.model_vocab(tmp_path) == 49153
+    row = completion([50], [1, 2, 3], right_sats=True)["rows"][0]  # SAT 1 drafts 2 at 0.9
+    lp = sim._logprobs(row, 2, sim.model_vocab(tmp_path))
+    assert lp.shape == (2, 49153) and lp[0, 49152] == float("-inf") and lp[0, 2].exp().item() > 0.5

@@ -157,15 +157,14 @@ class SDSATGenerator:
         """Load MODEL: a name known to `sdsat fetch` (shipped SDSAT models included), an HF model
         directory, or a .gguf file. A gated model directory gets its gate: the LoRA deltas of its
         adapter on SAT rows only, the base weights everywhere else."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from ..adapters import resolve_model
-        from ..training.gated import is_gated_dir, load_gated_dir
+        from ..training.gated import load_model_dir
 
         path = resolve_model(model)
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-        load = load_gated_dir if is_gated_dir(path) else AutoModelForCausalLM.from_pretrained
-        m = load(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        m = load_model_dir(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(path)
         return cls(m.to(device), tok)
 

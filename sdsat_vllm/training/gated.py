@@ -478,6 +478,17 @@ def load_gated_dir(model_dir: str | os.PathLike, **from_pretrained_kw):
     return model
 
 
+def load_model_dir(model_dir: str | os.PathLike, **from_pretrained_kw):
+    """Any SDSAT (or plain) model directory as a transformers model: a gated one with its gate (its SATs
+    draft with their adapter), any other as it is. Without the gate a gated model is its base: exact,
+    but its SATs draft nonsense, so every reader of SAT rows loads through here."""
+    if is_gated_dir(model_dir):
+        return load_gated_dir(model_dir, **from_pretrained_kw)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, **from_pretrained_kw)
+
+
 def is_gated_dir(model_dir: str | os.PathLike) -> bool:
     try:
         return SDSATConfig.from_pretrained(model_dir).train_mode == "gated"

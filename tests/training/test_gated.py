@@ -451,3 +451,27 @@ def test_a_shipped_gated_adapter_on_a_shipped_sdsat_model_builds_from_it(tmp_pat
     assert SDSATConfig.from_pretrained(built).base_model == under.name
     assert read_marker(built)["base_built_from"]["name"] == under.name
     assert adapters.resolve_model(spec.name, cache_dir=tmp_path / "cache") == built  # cached
+
+
+def test_load_model_dir_gives_a_gated_directory_its_gate_and_a_plain_one_none(tiny_gated_dirs):
+    """Every reader of SAT rows (the engine, eval_sat_accuracy.py, simulate_policy.py) loads through
+    load_model_dir: a gated directory comes with its gate, so its SAT rows carry the adapter (they differ
+    from the same directory loaded plainly, the negative control), its standard rows do not; a plain
+    directory comes as it is."""
+    from transformers import AutoModelForCausalLM
+
+    from sdsat_vllm.config import SDSATConfig
+    from sdsat_vllm.training.gated import gate_of, load_model_dir
+
+    d = tiny_gated_dirs["gated_dir"]
+    gated = load_model_dir(d, dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    assert gate_of(gated) is not None and gate_of(plain) is None
+    sat = list(SDSATConfig.from_pretrained(d).sat_token_ids)
+    ids = torch.tensor([tiny_gated_dirs["prompts"][0] + sat])
+    with torch.no_grad():
+        a, b = gated(ids).logits[0], plain(ids).logits[0]
+    k = len(sat)
+    assert torch.equal(a[:-k], b[:-k]) and not torch.allclose(a[-k:], b[-k:])
+    base = load_model_dir(tiny_gated_dirs["base_dir"], dtype=torch.float32)
+    assert gate_of(base) is None
