@@ -31,19 +31,24 @@ import sys
 import time
 from pathlib import Path
 
-#: variants: (label, lookup rule (None: off), probe back-off factor limit (None: the policy's default),
-#: block after x: a step with drafts also carries a SAT block after its first token x, read when the
-#: first draft is rejected, so that no SAT-only step follows (the tree's B_0 alone; its cost is charged,
-#: the policy is not told of it))
+#: where a step's SAT block sits (replay's `block`): "end", after the drafts (`fused`: its rows are fresh
+#: only if every draft is accepted); "both", a second block after the step's first token x as well, read
+#: when the first draft is rejected (the tree's B_0 alone; charged, the policy not told); "x", the one
+#: block anchored at x instead, masked from the drafts (SAT j drafts the token j after x's), so that after
+#: a draft accepted ones its rows a + 1.. are fresh: no SAT-only step ever, same tokens as "end", but vLLM's
+#: causal attention cannot compute it (the tree mask)
+BLOCKS = ("end", "both", "x")
+#: variants: (label, lookup rule (None: off), probe back-off factor limit (None: the policy's default), block)
 VARIANTS = (
-    ("adaptive", None, None, False),
-    ("adaptive, no probe back-off", None, 1, False),
-    ("adaptive + lookup", "chains", None, False),
-    ("adaptive + lookup, no probe back-off", "chains", 1, False),
-    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, False),
-    ("adaptive + lookup + datastore", "datastore", None, False),  # with --datastore only
-    ("adaptive + lookup, a block after x", "chains", None, True),
-    ("adaptive + lookup + datastore, a block after x", "datastore", None, True),  # with --datastore only
+    ("adaptive", None, None, "end"),
+    ("adaptive, no probe back-off", None, 1, "end"),
+    ("adaptive + lookup", "chains", None, "end"),
+    ("adaptive + lookup, no probe back-off", "chains", 1, "end"),
+    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, "end"),
+    ("adaptive + lookup + datastore", "datastore", None, "end"),  # with --datastore only
+    ("adaptive + lookup, a block after x", "chains", None, "both"),
+    ("adaptive + lookup + datastore, a block after x", "datastore", None, "both"),  # with --datastore only
+    ("adaptive + lookup + datastore, the block at x", "datastore", None, "x"),  # with --datastore only
 )
 V1_PRIOR_Q = 0.55  # the v1 rule's q for a lookup token no fresh SAT row scores
 TOP = 8  # SAT row probabilities kept per row (a lookup token outside them scores 0)
@@ -162,26 +167,31 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
-           vocab: int, overhead: float = 0.0, datastore=None, block0: bool = False) -> dict:
+           vocab: int, overhead: float = 0.0, datastore=None, block: str = "end") -> dict:
     """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
     completions (its calibration learns across requests, as in the engine). lookup "datastore": the
-    lookup chains with `datastore`'s too (sdsat_vllm/datastore.py). block0: a step with drafts also
-    carries a block of `tail` SATs after x; when its first draft is rejected, that block's rows
-    (rows[i] below: the SATs after the context through x) are fresh for the recovered token."""
+    lookup chains with `datastore`'s too (sdsat_vllm/datastore.py). block (BLOCKS): where the step's
+    SAT block sits. rows[j] is the block after out[:j] (its SAT k drafts out[j + k]): the tail after a
+    step's drafts, all accepted, is rows[i + a]; a block at x (the step's first token, out[i - 1]) is
+    rows[i], whose SATs a + 1.. draft what follows a accepted drafts and the recovered token."""
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
     from sdsat_vllm.vllm_plugin.proposer import lookup_chains
 
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
     drafter = AdaptiveDrafter(n, n, CostModel.linear(r, step_overhead=overhead), online=False)
     if backoff is not None:
         drafter.PROBE_BACKOFF_MAX = backoff
     tokens = time_units = steps = lookup_steps = drafts_sent = 0
     for k, item in enumerate(data):
         prompt, out, rows = item["prompt"], item["output"], item["rows"]
-        # the first token comes from the prefill; the first decode step has no fresh SAT rows
-        i, fresh, verified, accepted = 1, 0, None, 0
+        # the first token comes from the prefill; the first decode step has no fresh SAT rows.
+        # fresh: how many fresh SAT rows the step has, rows[i - 1 - skip]'s from its SAT skip + 1 on
+        i, fresh, skip, verified, accepted = 1, 0, 0, None, 0
         while i < len(out):
             drafter.tick()
-            row = rows[i - 1]
+            held = rows[i - 1 - skip]
+            row = {key: held[key][skip:skip + fresh] for key in ("argmax", "q", "top", "top_p")} if skip else held
             fresh_q = row["q"][:fresh]
             cand, lookup_q, source = [], None, "text"
             if lookup:
@@ -199,13 +209,22 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
             while a < len(chain) and i + a < len(out) and out[i + a] == chain[a]:
                 a += 1
             tokens += min(a + 1, len(out) - i)
-            block0_tokens = d.tail if block0 and d.drafts else 0
-            time_units += 1 + r * (1 + d.drafts + d.tail + block0_tokens) + (overhead if d.drafts + d.tail else 0.0)
+            second_block = d.tail if block == "both" and d.drafts else 0
+            time_units += 1 + r * (1 + d.drafts + d.tail + second_block) + (overhead if d.drafts + d.tail else 0.0)
             steps += 1
             lookup_steps += d.lookup
             drafts_sent += d.drafts
+            if block == "x" and d.drafts and d.tail:
+                fresh, skip = d.tail - a, a  # rows[i] from its SAT a + 1 on (none left if a >= tail)
+            elif a == d.drafts and d.tail:
+                fresh, skip = d.tail, 0  # the tail after the drafts (at x itself when there were none)
+            elif block == "both" and a == 0 and second_block:
+                fresh, skip = d.tail, 0  # the block after x: rows[i] whole
+            else:
+                fresh, skip = 0, 0
+            if fresh <= 0:
+                fresh, skip = 0, 0
             i += a + 1
-            fresh = d.tail if (a == d.drafts or (a == 0 and block0_tokens)) and d.tail else 0
             verified, accepted = d.drafts, a
         drafter.keep_only([])
     return {"speedup": tokens * (1 + r) / time_units, "tau": tokens / steps, "forwards": steps,
@@ -298,12 +317,12 @@ def main(argv=None) -> int:
         base = replay_suffix(data, r, n, args.step_overhead)
         if base is not None:
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": "suffix (vLLM, replayed)", **base})
-        for label, lookup, backoff, block0 in VARIANTS:
+        for label, lookup, backoff, block in VARIANTS:
             if lookup == "datastore" and store is None:
                 continue
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": label,
                             **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead,
-                                     store, block0)})
+                                     store, block)})
     tokens = sum(len(item["output"]) for item in data)
     agreement = sat_agreement(data, sdsat.num_sat)
     # how often the completions repeat themselves: what lookups (and suffix decoding) live on

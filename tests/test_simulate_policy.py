@@ -66,12 +66,36 @@ def test_a_block_after_x_makes_fresh_rows_after_a_first_draft_rejected():
     flaky = {**right, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < 0.4 else row
                                for row in right["rows"]]}
     plain = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
-    block0 = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block0=True)
+    block0 = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="both")
     assert block0["forwards"] < plain["forwards"] and block0["tau"] > plain["tau"]
     # nothing rejected: the block is never read, but still paid for
     clean = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB)
-    clean0 = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB, block0=True)
+    clean0 = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="both")
     assert clean0["forwards"] == clean["forwards"] and clean0["speedup"] < clean["speedup"]
+
+
+def test_the_block_at_x_holds_fresh_rows_after_any_rejection_at_no_extra_tokens():
+    """block "x": the step's one SAT block anchored at its first token x (masked from the drafts), its
+    SATs a + 1.. drafting the next step after a accepted drafts. Where first drafts are mostly rejected
+    the next step still has drafts, at no extra tokens: fewer forwards than "end" (fused). Where every
+    draft is right the accepted drafts use up its rows (the policy sizes the tail for a block after the
+    drafts): more forwards than "end". A block of garbage gives nothing; an unknown placement is refused."""
+    sim = load_benchmark("simulate_policy")
+    out = list(range(1, 41))
+    right = completion([50, 51], out, right_sats=True)
+    wrong = random.Random(0)
+    flaky = {**right, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < 0.8 else row
+                               for row in right["rows"]]}
+    end = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    at_x = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="x")
+    assert at_x["forwards"] < end["forwards"] and at_x["tau"] > end["tau"] and at_x["speedup"] > end["speedup"]
+    end = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB)
+    at_x = sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="x")
+    assert at_x["forwards"] > end["forwards"]
+    useless = sim.replay([completion([50, 51], out)] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="x")
+    assert useless["tau"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="block must be one of"):
+        sim.replay([right], 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="middle")
 
 
 def test_sat_rows_of_every_position_in_one_forward_equal_one_forward_per_position():
