@@ -135,13 +135,40 @@ def gate_of(model) -> SATGate | None:
     return getattr(inner, "_sdsat_gate", None)
 
 
-def install_gated_lora(model, sat_ids, r: int, alpha: float) -> SATGate:
-    """Replace every linear layer but the output head with a GatedLoRALinear (the delta starts at 0)
-    and gate the model by its input ids. In place; returns the gate."""
+#: Linear layers vLLM serves as one packed layer (its Llama-family `packed_modules_mapping`): the rows gate
+#: hooks the packed layer, so a gated adapter takes all of a group or none (sat_row_lora refuses a part).
+PACKED_TOGETHER = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def check_gated_targets(targets) -> tuple[str, ...]:
+    """The short names (q_proj, ...) a gated LoRA targets, sorted; () = every linear layer but the head.
+    ValueError for a name that is not a plain layer name or a packed group taken in part."""
+    targets = tuple(sorted(set(targets or ())))
+    for t in targets:
+        if not isinstance(t, str) or not t.isidentifier():
+            raise ValueError(f"gated targets are linear layers' short names (q_proj, down_proj, ...), got {t!r}")
+    for group in PACKED_TOGETHER:
+        taken = [g for g in group if g in targets]
+        if taken and len(taken) < len(group):
+            raise ValueError(f"vLLM serves {', '.join(group)} as one packed layer: a gated adapter targets all of "
+                             f"them or none (got {', '.join(taken)})")
+    return targets
+
+
+def install_gated_lora(model, sat_ids, r: int, alpha: float, targets=()) -> SATGate:
+    """Replace the linear layers with a GatedLoRALinear (the delta starts at 0) and gate the model by its
+    input ids: every linear layer but the output head, or those whose short name is in `targets`
+    (check_gated_targets). In place; returns the gate."""
     if gate_of(model) is not None:
         raise ValueError("this model already has gated LoRA layers")
+    targets = check_gated_targets(targets)
     head = model.get_output_embeddings()
-    targets = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    unknown = sorted(set(targets) - {n.rsplit(".", 1)[-1] for n in linear})
+    if unknown:
+        raise ValueError(f"gated targets {unknown} name no linear layer of this model; it has "
+                         f"{sorted({n.rsplit('.', 1)[-1] for n in linear})}")
+    targets = [n for n in linear if not targets or n.rsplit(".", 1)[-1] in targets]
     if not targets:
         raise ValueError("no linear layers to gate in this model")
     gate = SATGate(tuple(sorted({int(i) for i in sat_ids})))
@@ -185,11 +212,14 @@ def gated_lora_state(model) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def load_gated_lora_state(model, state: dict[str, torch.Tensor]) -> None:
-    """Copy LoRA matrices (peft's keys) into the gated layers; every layer must get both, nothing left over."""
+def load_gated_lora_state(model, state: dict[str, torch.Tensor], extra_ok: bool = False) -> None:
+    """Copy LoRA matrices (peft's keys) into the gated layers; every layer must get both, nothing left over
+    (extra_ok: matrices for layers this model does not gate are left out: a warm start on fewer layers)."""
     layers = gated_layers(model)
     want = {f"{PEFT_PREFIX}{n}.lora_{ab}.weight" for n in layers for ab in "AB"}
     have = {k for k in state if ".lora_A." in k or ".lora_B." in k}
+    if extra_ok:
+        have &= want
     if want != have:
         missing, extra = sorted(want - have), sorted(have - want)
         raise ValueError(f"the adapter's LoRA layers do not match this model: missing {missing[:3]}, "
@@ -379,9 +409,17 @@ def attach_gated_adapter(model, adapter_dir: str | os.PathLike) -> SATGate:
     vocab = model.get_input_embeddings().weight.shape[0]
     if max(sdsat.sat_token_ids) >= vocab:
         raise ValueError(f"the model's vocabulary ({vocab} rows) has no SAT id {max(sdsat.sat_token_ids)}")
-    gate = install_gated_lora(model, sdsat.sat_token_ids, meta["gated"]["lora_r"], meta["gated"]["lora_alpha"])
-    load_gated_lora_state(model, load_file(adapter_dir / ADAPTER_WEIGHTS))
+    tensors = load_file(adapter_dir / ADAPTER_WEIGHTS)
+    gate = install_gated_lora(model, sdsat.sat_token_ids, meta["gated"]["lora_r"], meta["gated"]["lora_alpha"],
+                              lora_targets(tensors))
+    load_gated_lora_state(model, tensors)
     return gate
+
+
+def lora_targets(tensors: dict) -> tuple[str, ...]:
+    """The short names of the layers an adapter's LoRA matrices (peft keys) are for."""
+    return tuple(sorted({k[: -len(".lora_A.weight")].rsplit(".", 1)[-1] for k in tensors
+                         if k.endswith(".lora_A.weight")}))
 
 
 def gated_base(base, adapter_dir: Path, model=None, tokenizer=None):
@@ -452,7 +490,7 @@ def write_vllm_lora(adapter_dir: Path, out_dir: Path) -> Path:
                if k.endswith((".lora_A.weight", ".lora_B.weight"))}
     if not tensors:
         raise ValueError(f"{adapter_dir} has no LoRA matrices")
-    short = sorted({k[: -len(".lora_A.weight")].rsplit(".", 1)[-1] for k in tensors})
+    short = list(lora_targets(tensors))
     out_dir.mkdir(parents=True)
     save_file(tensors, out_dir / ADAPTER_WEIGHTS)
     write_json_atomic(out_dir / "adapter_config.json", {

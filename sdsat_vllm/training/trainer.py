@@ -95,6 +95,10 @@ class TrainConfig:
     # r 8: rank 16 drafted no better per training token (benchmarks/results 8.1) and doubles the adapter
     lora_r: int = 8
     lora_alpha: int = 16
+    # gated: the linear layers its LoRA targets, by short name (q_proj, ...); empty: every one but the head.
+    # Each costs the rows gate two small matmuls a forward on a CPU (results 37.2); vLLM's packed groups
+    # (q/k/v, gate/up) go whole (gated.PACKED_TOGETHER)
+    gated_targets: tuple[str, ...] = ()
     dtype: str = "bf16"  # compute dtype (autocast); master weights stay fp32
     device: str = "auto"  # where the model trains: auto (cuda when there is one), cpu, cuda, cuda:N
     seed: int = 0
@@ -135,6 +139,14 @@ class TrainConfig:
                                     or sum(self.offset_weights) <= 0):
             raise ValueError(f"offset_weights needs K={self.num_sat} non-negative weights (not all 0), "
                              f"got {list(self.offset_weights)}")
+        if self.gated_targets:
+            from .gated import check_gated_targets
+
+            if self.mode != "gated":
+                raise ValueError(f"gated_targets chooses a gated LoRA's layers: it needs mode gated, got {self.mode!r}")
+            object.__setattr__(self, "gated_targets", check_gated_targets(self.gated_targets))
+        else:
+            object.__setattr__(self, "gated_targets", ())
         if self.init_adapter and self.mode not in ("lora", "frozen", "gated"):
             raise ValueError("init_adapter warm-starts lora, frozen or gated runs only")
         if self.freeze_lora and (self.mode != "lora" or not self.init_adapter or self.std_target != "data"):
@@ -210,7 +222,7 @@ def make_trainable(model, sdsat: SDSATConfig, cfg: TrainConfig):
 
         # Our own gated layers first (peft's LoRA cannot gate per row), then peft's TrainableTokens for
         # the SAT rows exactly as in `frozen` (tied output rows included).
-        install_gated_lora(model, sat_ids, cfg.lora_r, cfg.lora_alpha)
+        install_gated_lora(model, sat_ids, cfg.lora_r, cfg.lora_alpha, cfg.gated_targets)
         peft_cfg = TrainableTokensConfig(target_modules=[emb_name], token_indices=sat_ids)
     elif cfg.mode == "frozen":
         peft_cfg = TrainableTokensConfig(target_modules=[emb_name], token_indices=sat_ids)
@@ -467,7 +479,7 @@ def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_di
     if problems:
         raise ValueError(f"cannot warm-start from {adapter_dir}: " + "; ".join(problems))
     if cfg.mode == "gated":
-        _load_gated_adapter_weights(model, load_file(weights))
+        _load_gated_adapter_weights(model, load_file(weights), fewer_layers=bool(cfg.gated_targets))
         return
     result = set_peft_model_state_dict(model, load_file(weights))
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
@@ -476,12 +488,13 @@ def load_adapter_weights(model, sdsat: SDSATConfig, cfg: TrainConfig, adapter_di
 
 
 @torch.no_grad()
-def _load_gated_adapter_weights(model, tensors: dict[str, torch.Tensor]) -> None:
+def _load_gated_adapter_weights(model, tensors: dict[str, torch.Tensor], fewer_layers: bool = False) -> None:
     """Warm start of a gated run: the LoRA matrices into the gated layers, the SAT rows into peft's
-    TrainableTokens delta (the same keys a `lora` adapter has)."""
+    TrainableTokens delta (the same keys a `lora` adapter has). fewer_layers: the run gates a chosen
+    set of layers (gated_targets), the adapter's matrices for any other layer are left out."""
     from .gated import load_gated_lora_state, sat_rows_key
 
-    load_gated_lora_state(model, tensors)
+    load_gated_lora_state(model, tensors, extra_ok=fewer_layers)
     (delta,) = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]  # tied: one param
     rows = tensors[sat_rows_key(model.get_base_model())]
     if rows.shape != delta.shape:

@@ -475,3 +475,72 @@ def test_load_model_dir_gives_a_gated_directory_its_gate_and_a_plain_one_none(ti
     assert torch.equal(a[:-k], b[:-k]) and not torch.allclose(a[-k:], b[-k:])
     base = load_model_dir(tiny_gated_dirs["base_dir"], dtype=torch.float32)
     assert gate_of(base) is None
+
+
+def test_gated_targets_are_checked_and_choose_the_layers():
+    """gated_targets: short names, vLLM's packed groups whole, gated mode only; install gates exactly the
+    layers named (none of the others), and a name the model lacks is refused with what it has."""
+    from sdsat_vllm.training.gated import check_gated_targets, gated_layers, install_gated_lora
+
+    assert check_gated_targets(["up_proj", "gate_proj", "up_proj"]) == ("gate_proj", "up_proj")
+    assert check_gated_targets(()) == ()
+    with pytest.raises(ValueError, match="q_proj, k_proj, v_proj as one packed layer.*got q_proj"):
+        check_gated_targets(["q_proj", "o_proj"])
+    with pytest.raises(ValueError, match="short names"):
+        check_gated_targets(["model.layers.0.mlp"])
+    with pytest.raises(ValueError, match="needs mode gated"):
+        gated_cfg("out", mode="lora", gated_targets=("o_proj",))
+    assert gated_cfg("out", gated_targets=["up_proj", "gate_proj"]).gated_targets == ("gate_proj", "up_proj")
+    model, tok = make_tiny_model()
+    sdsat = add_sat_tokens(model, tok, K, train_mode="gated")
+    install_gated_lora(model, sdsat.sat_token_ids, 4, 8, ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+    names = {n.rsplit(".", 1)[-1] for n in gated_layers(model)}
+    assert names == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
+    assert len(gated_layers(model)) == 5 * model.config.num_hidden_layers
+    other, otok = make_tiny_model()
+    with pytest.raises(ValueError, match=r"\['w1'\] name no linear layer.*down_proj"):
+        install_gated_lora(other, sdsat.sat_token_ids, 4, 8, ("w1",))
+
+
+def test_a_gated_run_on_fewer_layers_exports_serves_and_warm_starts_from_a_full_one(tmp_path, corpus):
+    """A run with gated_targets exports an adapter for those layers only (peft config, vLLM's LoRA view);
+    its served directory loads with the gate on those layers, its standard rows the base's bit for bit
+    and its SAT rows not; a run on fewer layers warm-starts from an adapter on every layer (its other
+    layers' matrices left out), while a run on every layer refuses an adapter on fewer."""
+    from transformers import AutoModelForCausalLM
+
+    from sdsat_vllm.config import gated_vllm_lora
+    from sdsat_vllm.training.gated import gated_layers
+
+    targets = ("gate_proj", "up_proj")
+    model, tok = make_tiny_model()
+    base_dir = save_model_dir(model, tok, tmp_path / "base")
+    run = train(gated_cfg(tmp_path / "mlp", corpus, model=str(base_dir), gated_targets=targets), model=model,
+                tokenizer=tok)
+    cfg_json = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert {t.rsplit(".", 1)[-1] for t in cfg_json["target_modules"]} == set(targets)
+    view, _ = gated_vllm_lora(run / "model")
+    assert sorted(json.loads((view / "adapter_config.json").read_text())["target_modules"]) == list(targets)
+    served = load_gated_dir(run / "model", dtype=torch.float32).eval()
+    assert {n.rsplit(".", 1)[-1] for n in gated_layers(served)} == set(targets)
+    sdsat = SDSATConfig.from_pretrained(run / "model")
+    ids = torch.tensor([[5, 17, 99, 42] + list(sdsat.sat_token_ids)])
+    ungated = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32).eval()  # the base's tensors
+    with torch.no_grad():
+        a, b = served(ids).logits[0], ungated(ids).logits[0]
+    assert torch.equal(a[:4], b[:4]) and not torch.allclose(a[4:], b[4:])
+
+    m, t = make_tiny_model()
+    full = train(gated_cfg(tmp_path / "full", corpus, steps=2), model=m, tokenizer=t)
+    m, t = make_tiny_model()
+    warm = train(gated_cfg(tmp_path / "warm", corpus, steps=1, lr=0.0, sat_lr=0.0, gated_targets=targets,
+                           init_adapter=str(full / "adapter")), model=m, tokenizer=t)
+    have = load_file(full / "adapter" / "adapter_model.safetensors")
+    got = load_file(warm / "adapter" / "adapter_model.safetensors")
+    lora = {k for k in got if ".lora_" in k}
+    assert lora and {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in lora} == set(targets)
+    assert set(got) < set(have) and all(torch.equal(got[k], have[k]) for k in got)  # nothing learnt at lr 0
+    m, t = make_tiny_model()
+    with pytest.raises(ValueError, match="missing"):
+        train(gated_cfg(tmp_path / "refused", corpus, steps=1, export=False, init_adapter=str(run / "adapter")),
+              model=m, tokenizer=t)

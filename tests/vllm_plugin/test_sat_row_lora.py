@@ -88,6 +88,8 @@ def write_adapter(path, layers=2, seed=1, skip=(), extra=()):
 def reference(model, tensors, input_ids):
     """The gate's meaning, part by part: base + (alpha / r) x A^T B^T on SAT rows of every targeted layer."""
     def delta(name, x):
+        if f"base_model.model.{name}.lora_A.weight" not in tensors:  # a layer the adapter does not target
+            return torch.zeros(x.shape[0], PARTS[name.split(".", 3)[-1]][1])
         a = tensors[f"base_model.model.{name}.lora_A.weight"]
         b = tensors[f"base_model.model.{name}.lora_B.weight"]
         return (x @ a.t() @ b.t()) * (ALPHA / R)
@@ -129,6 +131,22 @@ def test_sat_rows_get_the_adapter_and_every_other_row_is_the_base_models_bit_for
         assert (got[sat] - base[sat]).abs().max() > 0.1  # the delta is there (a negative control of the above)
     no_sat = torch.arange(10)
     assert torch.equal(model(input_ids=no_sat), plain(input_ids=no_sat))
+
+
+@torch.no_grad()
+def test_an_adapter_on_fewer_layers_hooks_only_those(tmp_path):
+    """A gated adapter trained on the attention and MLP inputs only (`sdsat train --gated-targets q_proj k_proj
+    v_proj gate_proj up_proj`): 2 hooks a layer instead of 4 (each costs the forward two small matmuls on a
+    CPU, results 37.2), SAT rows get the delta of those layers, every other row stays the base's."""
+    skip = {f"model.layers.{i}.{p}" for i in range(2) for p in ("self_attn.o_proj", "mlp.down_proj")}
+    tensors = write_adapter(tmp_path / "lora", skip=skip)
+    model, plain = VllmShapedLM(), VllmShapedLM()
+    assert install_sat_row_lora(model, tmp_path / "lora", [SAT], max_tokens=32) == 2 * 2
+    ids = ids_with_sats(0)
+    sat = ids == SAT
+    got, base = model(input_ids=ids), plain(input_ids=ids)
+    assert torch.equal(got[~sat], base[~sat]) and (got[sat] - base[sat]).abs().max() > 0.1
+    assert torch.allclose(got[sat], reference(plain, tensors, ids)[sat], atol=1e-5)
 
 
 @torch.no_grad()
