@@ -24,6 +24,13 @@ def completion(prompt, output, right_sats=False):
     return {"prompt": prompt, "output": output, "rows": rows}
 
 
+def first_offset_wrong(item, share, seed=0):
+    """`item` with the first SAT offset's argmax wrong (40, a token that never occurs) at `share` of positions."""
+    wrong = random.Random(seed)
+    return {**item, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < share else row
+                             for row in item["rows"]]}
+
+
 def test_the_replay_counts_forwards_and_tokens():
     sim = load_benchmark("simulate_policy")
     out = list(range(1, 31))
@@ -62,9 +69,7 @@ def test_a_block_after_x_makes_fresh_rows_after_a_first_draft_rejected():
     right = completion([50, 51], out, right_sats=True)
     # the first SAT offset is wrong at 40% of positions, the rest right: first drafts are rejected now
     # and then, and after each rejection only the block after x holds fresh rows
-    wrong = random.Random(0)
-    flaky = {**right, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < 0.4 else row
-                               for row in right["rows"]]}
+    flaky = first_offset_wrong(right, 0.4)
     plain = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
     block0 = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="both")
     assert block0["forwards"] < plain["forwards"] and block0["tau"] > plain["tau"]
@@ -83,9 +88,7 @@ def test_the_block_at_x_holds_fresh_rows_after_any_rejection_at_no_extra_tokens(
     sim = load_benchmark("simulate_policy")
     out = list(range(1, 41))
     right = completion([50, 51], out, right_sats=True)
-    wrong = random.Random(0)
-    flaky = {**right, "rows": [dict(row, argmax=[40] + row["argmax"][1:]) if wrong.random() < 0.8 else row
-                               for row in right["rows"]]}
+    flaky = first_offset_wrong(right, 0.8)
     end = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB)
     at_x = sim.replay([flaky] * 3, 0.03, None, None, 5, frozenset({SAT}), VOCAB, block="x")
     assert at_x["forwards"] < end["forwards"] and at_x["tau"] > end["tau"] and at_x["speedup"] > end["speedup"]
