@@ -163,12 +163,13 @@ def install_gated_lora(model, sat_ids, r: int, alpha: float, targets=()) -> SATG
         raise ValueError("this model already has gated LoRA layers")
     targets = check_gated_targets(targets)
     head = model.get_output_embeddings()
-    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
-    unknown = sorted(set(targets) - {n.rsplit(".", 1)[-1] for n in linear})
+    linear = {name: name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and m is not head}  # full name -> short name
+    unknown = sorted(set(targets) - set(linear.values()))
     if unknown:
         raise ValueError(f"gated targets {unknown} name no linear layer of this model; it has "
-                         f"{sorted({n.rsplit('.', 1)[-1] for n in linear})}")
-    targets = [n for n in linear if not targets or n.rsplit(".", 1)[-1] in targets]
+                         f"{sorted(set(linear.values()))}")
+    targets = [n for n, short in linear.items() if not targets or short in targets]
     if not targets:
         raise ValueError("no linear layers to gate in this model")
     gate = SATGate(tuple(sorted({int(i) for i in sat_ids})))

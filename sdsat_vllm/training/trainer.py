@@ -139,14 +139,11 @@ class TrainConfig:
                                     or sum(self.offset_weights) <= 0):
             raise ValueError(f"offset_weights needs K={self.num_sat} non-negative weights (not all 0), "
                              f"got {list(self.offset_weights)}")
-        if self.gated_targets:
-            from .gated import check_gated_targets
+        from .gated import check_gated_targets
 
-            if self.mode != "gated":
-                raise ValueError(f"gated_targets chooses a gated LoRA's layers: it needs mode gated, got {self.mode!r}")
-            object.__setattr__(self, "gated_targets", check_gated_targets(self.gated_targets))
-        else:
-            object.__setattr__(self, "gated_targets", ())
+        object.__setattr__(self, "gated_targets", check_gated_targets(self.gated_targets))
+        if self.gated_targets and self.mode != "gated":
+            raise ValueError(f"gated_targets chooses a gated LoRA's layers: it needs mode gated, got {self.mode!r}")
         if self.init_adapter and self.mode not in ("lora", "frozen", "gated"):
             raise ValueError("init_adapter warm-starts lora, frozen or gated runs only")
         if self.freeze_lora and (self.mode != "lora" or not self.init_adapter or self.std_target != "data"):
