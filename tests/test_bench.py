@@ -86,10 +86,13 @@ def test_quiet_vllm(monkeypatch):
     assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
 
 
-def test_demo_prints_its_figures(fake, capsys, tmp_path):
+def test_demo_prints_its_figures(fake, capsys, tmp_path, monkeypatch):
     from sdsat_vllm import demo
 
     FakeLLM, model = fake
+    for k in bench.CPU_RUNTIME_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "/x/libiomp5.so")
     p = argparse.ArgumentParser()
     demo.add_arguments(p)
     out_json = tmp_path / "demo.json"
@@ -108,6 +111,7 @@ def test_demo_prints_its_figures(fake, capsys, tmp_path):
     doc = json.loads(out_json.read_text())
     s = doc["sdsat_fixed"]
     assert doc["identical_outputs"] == 3 and s["draft_len"] == 2 and s["identical_outputs"] == 3
+    assert doc["runtime"] == {"LD_PRELOAD": "/x/libiomp5.so"}  # as it was before the demo set VLLM_CPU_KVCACHE_SPACE
     assert doc["sdsat"]["draft_len"] is None and doc["sdsat"]["real_draft_acceptance_rate_per_pos"] is None
     real = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["real_draft_acceptance_rate_per_pos"]))
     per_draft = "  ".join(f"{i + 1}:{r:.2f}" for i, r in enumerate(s["acceptance_rate_per_pos"]))

