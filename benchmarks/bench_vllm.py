@@ -597,8 +597,8 @@ def main(argv=None) -> int:
                     max_tokens=args.max_tokens, temperature=args.temperature, batch_sizes=args.batch_sizes,
                     batching=args.batching,
                     repeats=args.repeats,
-                    engine=dict(kw, processes="in-process" if args.in_process else "vLLM default (engine core + worker)"), machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform(),
-                                 runtime=runtime),
+                    engine=dict(kw, processes="in-process" if args.in_process else "vLLM default (engine core + worker)"),
+                    machine=dict(cpu=cpu_name(), cores=os.cpu_count(), platform=platform.platform(), runtime=runtime),
                     git=git,
                     vllm=installed_vllm_version(), torch=torch.__version__, vllm_module=getattr(vllm, "__file__", None),
                     time=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=wall)
