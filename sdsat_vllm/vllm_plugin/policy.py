@@ -42,6 +42,12 @@ docs/design.md, section 4.5 has the derivation; in short:
   is 0), less what a step without them commits with the lookup chains it sends (:class:`StaleSteps`).
   A step that is plain unless drafts are sent (a request in back-off, no probe: a lookup chain) must
   gain ``min_gain`` with them, as drafting must: the score less ``min_gain * (B + cost)``.
+* **A doubtful chain goes without its tail**: the tail drafts the next step only if every draft sent
+  now is accepted (chance g_m), so m drafts without it score ``g_1 + ... + g_m`` less their own cost
+  (the tail's saved), against the same with the tail's cost and ``g_m * W``; the better is sent. A
+  probe keeps its tail (it serves the estimates), and so does a step without drafts (its only way
+  back to fresh rows). Replayed on norepeat and HumanEval at the CPU's cost (results 39.1), m* was 1
+  and 84-94% of the steps went without that one SAT, nearly all of them sending a lookup chain.
 * **Step sizes at batch 1** (:class:`StepTimes`): where the measured time of a step of N tokens is
   known, drafts are priced by what the step's time grows by, and the tail grows while the step costs
   no more (on a CPU a step of 3-6 tokens can cost less than one of 2).
@@ -656,6 +662,7 @@ def choose_draft_length(
     steady: SteadyState | None = None,
     stale: StaleSteps | None = None,
     step_times: Callable[[int], float | None] | None = None,
+    drop_tail: bool = True,
 ) -> Decision:
     """Drafts m (0..min(len(p), n, cap)) and tail t (0..min(n, cap)) for one request this step.
 
@@ -715,9 +722,9 @@ def choose_draft_length(
 
     t_tail = times(1 + tail) if t_ss is not None else None
 
-    def extra(m: int) -> float:  # what m drafts on top of the tail cost, in tokens
-        t_m = times(1 + m + tail) if t_tail is not None else None
-        return ss.tokens_per_step * (t_m - t_tail) / t_ss if t_m is not None else kappa * m
+    def extra(m: int, t: int = tail) -> float:  # what m drafts and a tail t cost more than the tail alone, in tokens
+        t_m = times(1 + m + t) if t_tail is not None else None
+        return ss.tokens_per_step * (t_m - t_tail) / t_ss if t_m is not None else kappa * (m + t - tail)
 
     # a step that is plain unless drafts are sent (back-off, no probe: a lookup chain) must gain min_gain
     # with them, as drafting must (best_steady_state): b + g_1 + .. + g_m committed in (1 + cost / b) of a
@@ -725,12 +732,23 @@ def choose_draft_length(
     margin = min_gain if ss.m == 0 and tail == 0 else 0.0
     g = chain_gains(p)
     best_m, best_score, best_gain, acc = 0, w, 0.0, 0.0  # m = 0: the tail's rows are fresh for sure
+    # The tail drafts the next step only if every draft sent now is accepted (g_m): a chain unlikely to
+    # be accepted whole may do better without it (it then ends stale whatever happens; a probe's tail
+    # serves the estimates, and a step without drafts keeps its tail, its only way back to fresh rows)
+    no_tail = drop_tail and tail > 0 and not probe
+    best_t = tail
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
         cost_m = extra(m) + kappa_0
         score = acc - cost_m - margin * (b + cost_m) + g[m - 1] * w
         if score > best_score + 1e-12:
-            best_m, best_score, best_gain = m, score, acc - cost_m
+            best_m, best_t, best_score, best_gain = m, tail, score, acc - cost_m
+        if no_tail:
+            cost_0 = extra(m, 0)  # negative where dropping the tail saves more than the drafts cost
+            score = acc - cost_0
+            if score > best_score + 1e-12:
+                best_m, best_t, best_score, best_gain = m, 0, score, acc - (cost_0 - extra(0, 0))
+    tail = best_t
     if times is not None and (tail or best_m):  # a plain step (nothing sent) stays plain
         base = times(1 + best_m + tail)
         if base is not None:
@@ -957,6 +975,9 @@ class AdaptiveDrafter:
     #: at most this factor on a request's probe interval (probe_backoff): a request in back-off whose
     #: drafts turn good is noticed within PROBE_BACKOFF_MAX * k steps
     PROBE_BACKOFF_MAX = 8
+    #: a step that sends drafts goes without its tail where their all being accepted does not pay for it
+    #: (choose_draft_length's drop_tail; results 39.1: +2-6% replayed with the datastore's chains)
+    DROP_TAIL = True
     #: pseudo-observations of the engine-wide estimate in a request's own first-token acceptance of
     #: lookup chains (_lookup_estimates). The lookup calibration is engine-wide and learns from every
     #: request: after greedy code and prose, whose matches are right ~70% of the time, a request
@@ -1304,7 +1325,8 @@ class AdaptiveDrafter:
                                 probe_budget=self._batch_level(limit, batch_size, cost)[0] if limit else 0.0,
                                 probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
                                 min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady,
-                                stale=self.stale, step_times=self.step_times.time if self.step_times else None)
+                                stale=self.stale, step_times=self.step_times.time if self.step_times else None,
+                                drop_tail=self.DROP_TAIL)
         st.probe_pending = st.probe_pending or d.probe
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0

@@ -2,6 +2,7 @@
 its state machine on simulated requests, the option plumbing (no vLLM engine, no torch model)."""
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -247,6 +248,32 @@ def test_a_draft_that_risks_a_valuable_tail_is_held_back():
     assert poor.drafts == 3 and poor.tail < good.tail
 
 
+def test_a_chain_unlikely_to_be_accepted_whole_goes_without_its_tail():
+    # The tail drafts the next step only if every draft is accepted. One draft of chance p in hand, a
+    # request with m* = 1 whose stale steps send lookup chains (StaleSteps: 0.35 accepted of 1 sent,
+    # fresh after 80% of them); by hand, W = (r_D - r_S) / (1 - A + a_S), and the three choices score
+    # w - kappa (no draft, the tail), p - 2 kappa + p W (draft and tail), p - kappa (the draft alone)
+    alpha, stale = [0.6, 0.4, 0.3, 0.2], StaleSteps(drafts=1.0, gain=0.35, to_fresh=0.8)
+    steady = best_steady_state(alpha, 4, CPU)
+    kappa = steady.throughput * CPU.marginal(steady.batch_tokens)
+    assert steady.m == 1
+    w = (alpha[0] - kappa - (stale.gain - kappa * stale.drafts)) / (1.0 - alpha[0] + stale.to_fresh)
+    expected = {}
+    for p1 in (0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 0.95):
+        scores = {Decision(0, 1): w - kappa, Decision(1, 1): p1 - 2 * kappa + p1 * w, Decision(1, 0): p1 - kappa}
+        expected[p1] = max(scores, key=scores.get)
+        d = choose_draft_length([p1], 4, CPU, alpha=alpha, steps_since_probe=0, stale=stale)
+        assert (d.drafts, d.tail) == (expected[p1].drafts, expected[p1].tail), (p1, d, scores)
+        if d.tail == 0:  # without the option, the tail stays
+            assert choose_draft_length([p1], 4, CPU, alpha=alpha, steps_since_probe=0, stale=stale,
+                                       drop_tail=False).tail == 1
+    # the cases the loop covers: too weak to send, sent without the tail, sure enough to keep it
+    assert [(expected[p].drafts, expected[p].tail) for p in (0.2, 0.3, 0.4, 0.6)] == [(0, 1), (1, 0), (1, 0), (1, 1)]
+    # a probe's tail serves the estimates: it stays
+    probe = choose_draft_length([0.3], 4, CPU, alpha=alpha, steps_since_probe=10 ** 6, stale=stale)
+    assert probe.probe and probe.tail == 4
+
+
 def test_a_stale_step_that_lookups_fill_is_worth_less_to_avoid():
     # A weak lookup chain in hand (first token right 30%) and SAT drafts worth keeping fresh: when a step
     # without fresh drafts is a SAT-only step (the default, stale=None), the chain is held back so the
@@ -255,8 +282,11 @@ def test_a_stale_step_that_lookups_fill_is_worth_less_to_avoid():
     p, alpha = [0.3, 0.5, 0.5], [0.6, 0.4, 0.3, 0.2]
     held = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0)
     filled = StaleSteps(drafts=3.0, gain=0.8, to_fresh=0.2)
-    sent = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=filled)
+    sent = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=filled, drop_tail=False)
     assert held.drafts == 0 and sent.drafts >= 2 and sent.tail == held.tail > 0
+    # and a chain this unlikely to be accepted whole (g_2 = .15) goes without the tail it would waste
+    bare = choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=filled)
+    assert bare == replace(sent, tail=0)
     # the prior is the SAT-only step: the same decision as without the figures
     assert choose_draft_length(p, 4, CPU, alpha=alpha, steps_since_probe=0, stale=StaleSteps()) == held
 
@@ -319,7 +349,8 @@ def test_measured_step_times_grow_the_tail_where_tokens_are_free():
 def test_measured_step_times_price_drafts():
     # a weak third draft that the linear model's kappa turns down goes out where its token is free
     alpha, p = [0.6, 0.4, 0.3, 0.2], [0.9, 0.9, 0.3]
-    assert choose_draft_length(p, 4, CostModel.linear(0.3), alpha=alpha, steps_since_probe=0) == Decision(2, 1)
+    assert choose_draft_length(p, 4, CostModel.linear(0.3), alpha=alpha, steps_since_probe=0,
+                               drop_tail=False) == Decision(2, 1)
     free = {n: 0.026 for n in range(1, 10)}
     assert choose_draft_length(p, 4, CostModel.linear(0.3), alpha=alpha, steps_since_probe=0,
                                step_times=free.get) == Decision(3, 4)

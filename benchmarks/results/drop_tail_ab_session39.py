@@ -1,0 +1,50 @@
+"""The adaptive policy with its doubtful chains' tails dropped (AdaptiveDrafter.DROP_TAIL, session 39) against the
+tail always sent: SDSAT's default (adaptive, lookup, the shipped model's datastore), greedy, batch 1, the first 16
+norepeat and the first 16 HumanEval prompts, 64 tokens, engines in one process (VLLM_ENABLE_V1_MULTIPROCESSING=0, so
+that the class attribute reaches the proposer) in the order A B B A. Per engine and prompt set: wall time of the timed
+pass, tokens, decode forwards, vLLM's acceptance counters.
+
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 PYTHONPATH=. python benchmarks/results/drop_tail_ab_session39.py OUT.json
+"""
+import json
+import sys
+import time
+
+from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
+from sdsat_vllm.bench import chat_formatter, cpu_name, engine_kwargs, git_state, prompt_set, run_vllm_workloads, runtime_env
+from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter
+
+
+def main():
+    from vllm import SamplingParams
+
+    model = str(resolve_model(DEFAULT_SDSAT_MODEL))
+    workloads, names = [], ("norepeat", "humaneval")
+    for name in names:
+        prompts, stop = prompt_set(name, 16, chat=chat_formatter(model) if name == "norepeat" else None)
+        workloads.append((prompts, SamplingParams(temperature=0, max_tokens=64, stop=stop)))
+    spec = {"model": "sdsat", "num_speculative_tokens": 5}
+    out = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git_state("."), "machine": cpu_name(),
+           "runtime": runtime_env(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
+    outputs = {}
+    for drop in (True, False, False, True):
+        AdaptiveDrafter.DROP_TAIL = drop
+        _, runs = run_vllm_workloads(model, spec, workloads, engine_kw=engine_kwargs(max_model_len=768))
+        for name, (r,) in zip(names, runs):
+            fw = r.spec.num_decode_forwards
+            row = {"drop_tail": drop, "prompts": name, "wall_s": round(r.wall_s, 2), "tokens": r.tokens,
+                   "decode_forwards": fw, "ms_per_forward": round(1000 * r.wall_s / fw, 1) if fw else None,
+                   "tokens_per_forward": round(r.spec.num_decoded_tokens / fw, 3) if fw else None,
+                   "accepted": r.spec.num_accepted_tokens, "draft_tokens": r.spec.num_draft_tokens,
+                   "tok_per_s": round(r.tokens / r.wall_s, 2)}
+            out["runs"].append(row)
+            outputs.setdefault(name, []).append(json.dumps(r.token_ids))
+            print(json.dumps(row), flush=True)
+    out["identical_outputs"] = {name: len(set(v)) == 1 for name, v in outputs.items()}
+    print("identical outputs", out["identical_outputs"])
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
