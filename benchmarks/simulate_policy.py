@@ -38,17 +38,19 @@ from pathlib import Path
 #: a draft accepted ones its rows a + 1.. are fresh: no SAT-only step ever, same tokens as "end", but vLLM's
 #: causal attention cannot compute it (the tree mask)
 BLOCKS = ("end", "both", "x")
-#: variants: (label, lookup rule (None: off), probe back-off factor limit (None: the policy's default), block)
+#: variants: (label, lookup rule (None: off), probe back-off factor limit (None: the policy's default), block,
+#: whether a doubtful chain may go without its tail (AdaptiveDrafter.DROP_TAIL; False: the tail always sent))
 VARIANTS = (
-    ("adaptive", None, None, "end"),
-    ("adaptive, no probe back-off", None, 1, "end"),
-    ("adaptive + lookup", "chains", None, "end"),
-    ("adaptive + lookup, no probe back-off", "chains", 1, "end"),
-    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, "end"),
-    ("adaptive + lookup + datastore", "datastore", None, "end"),  # with --datastore only
-    ("adaptive + lookup, a block after x", "chains", None, "both"),
-    ("adaptive + lookup + datastore, a block after x", "datastore", None, "both"),  # with --datastore only
-    ("adaptive + lookup + datastore, the block at x", "datastore", None, "x"),  # with --datastore only
+    ("adaptive", None, None, "end", True),
+    ("adaptive, no probe back-off", None, 1, "end", True),
+    ("adaptive + lookup", "chains", None, "end", True),
+    ("adaptive + lookup, no probe back-off", "chains", 1, "end", True),
+    ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, "end", True),
+    ("adaptive + lookup + datastore", "datastore", None, "end", True),  # with --datastore only
+    ("adaptive + lookup + datastore, the tail always sent", "datastore", None, "end", False),  # before session 39
+    ("adaptive + lookup, a block after x", "chains", None, "both", True),
+    ("adaptive + lookup + datastore, a block after x", "datastore", None, "both", True),  # with --datastore only
+    ("adaptive + lookup + datastore, the block at x", "datastore", None, "x", True),  # with --datastore only
 )
 V1_PRIOR_Q = 0.55  # the v1 rule's q for a lookup token no fresh SAT row scores
 TOP = 8  # SAT row probabilities kept per row (a lookup token outside them scores 0)
@@ -167,7 +169,7 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
 
 
 def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, n: int, sat_ids: frozenset[int],
-           vocab: int, overhead: float = 0.0, datastore=None, block: str = "end") -> dict:
+           vocab: int, overhead: float = 0.0, datastore=None, block: str = "end", drop_tail: bool = True) -> dict:
     """One variant over every completion at batch 1; a fresh drafter per variant, shared by the
     completions (its calibration learns across requests, as in the engine). lookup "datastore": the
     lookup chains with `datastore`'s too (sdsat_vllm/datastore.py). block (BLOCKS): where the step's
@@ -182,6 +184,7 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
     drafter = AdaptiveDrafter(n, n, CostModel.linear(r, step_overhead=overhead), online=False)
     if backoff is not None:
         drafter.PROBE_BACKOFF_MAX = backoff
+    drafter.DROP_TAIL = drop_tail
     tokens = time_units = steps = lookup_steps = drafts_sent = 0
     for k, item in enumerate(data):
         prompt, out, rows = item["prompt"], item["output"], item["rows"]
@@ -317,12 +320,12 @@ def main(argv=None) -> int:
         base = replay_suffix(data, r, n, args.step_overhead)
         if base is not None:
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": "suffix (vLLM, replayed)", **base})
-        for label, lookup, backoff, block in VARIANTS:
+        for label, lookup, backoff, block, drop_tail in VARIANTS:
             if lookup == "datastore" and store is None:
                 continue
             results.append({"cost": r, "step_overhead": args.step_overhead, "method": label,
                             **replay(data, r, lookup, backoff, n, sdsat.sat_id_set, vocab, args.step_overhead,
-                                     store, block)})
+                                     store, block, drop_tail)})
     tokens = sum(len(item["output"]) for item in data)
     agreement = sat_agreement(data, sdsat.num_sat)
     # how often the completions repeat themselves: what lookups (and suffix decoding) live on
