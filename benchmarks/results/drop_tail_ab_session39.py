@@ -1,10 +1,12 @@
 """The adaptive policy with its doubtful chains' tails dropped (AdaptiveDrafter.DROP_TAIL, session 39) against the
-tail always sent: SDSAT's default (adaptive, lookup, the shipped model's datastore), greedy, batch 1, the first 16
-norepeat and the first 16 HumanEval prompts, 64 tokens, engines in one process (VLLM_ENABLE_V1_MULTIPROCESSING=0, so
-that the class attribute reaches the proposer) in the order A B B A. Per engine and prompt set: wall time of the timed
-pass, tokens, decode forwards, vLLM's acceptance counters.
+tail always sent: SDSAT's default (adaptive, lookup, the shipped model's datastore), greedy, the first N norepeat
+and the first N HumanEval prompts in groups of B (one generate per group), 64 tokens, engines in one process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0, so that the class attribute reaches the proposer) in the order A B B A. Per engine
+and prompt set: wall time of the timed pass, tokens, decode forwards, vLLM's acceptance counters.
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 PYTHONPATH=. python benchmarks/results/drop_tail_ab_session39.py OUT.json
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 PYTHONPATH=. python benchmarks/results/drop_tail_ab_session39.py OUT.json [B [N]]
+
+(B 1, N 16 by default.)
 """
 import json
 import sys
@@ -18,10 +20,12 @@ from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter
 def main():
     from vllm import SamplingParams
 
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    num = int(sys.argv[3]) if len(sys.argv) > 3 else 16
     model = str(resolve_model(DEFAULT_SDSAT_MODEL))
     workloads, names = [], ("norepeat", "humaneval")
     for name in names:
-        prompts, stop = prompt_set(name, 16, chat=chat_formatter(model) if name == "norepeat" else None)
+        prompts, stop = prompt_set(name, num, chat=chat_formatter(model) if name == "norepeat" else None)
         workloads.append((prompts, SamplingParams(temperature=0, max_tokens=64, stop=stop)))
     spec = {"model": "sdsat", "num_speculative_tokens": 5}
     out = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git_state("."), "machine": cpu_name(),
@@ -29,10 +33,11 @@ def main():
     outputs = {}
     for drop in (True, False, False, True):
         AdaptiveDrafter.DROP_TAIL = drop
-        _, runs = run_vllm_workloads(model, spec, workloads, engine_kw=engine_kwargs(max_model_len=768))
+        _, runs = run_vllm_workloads(model, spec, workloads, batch_sizes=(batch,),
+                                     engine_kw=engine_kwargs(max_model_len=768))
         for name, (r,) in zip(names, runs):
             fw = r.spec.num_decode_forwards
-            row = {"drop_tail": drop, "prompts": name, "wall_s": round(r.wall_s, 2), "tokens": r.tokens,
+            row = {"drop_tail": drop, "prompts": name, "batch_size": batch, "wall_s": round(r.wall_s, 2), "tokens": r.tokens,
                    "decode_forwards": fw, "ms_per_forward": round(1000 * r.wall_s / fw, 1) if fw else None,
                    "tokens_per_forward": round(r.spec.num_decoded_tokens / fw, 3) if fw else None,
                    "accepted": r.spec.num_accepted_tokens, "draft_tokens": r.spec.num_draft_tokens,
