@@ -47,7 +47,7 @@ VARIANTS = (
     ("adaptive + lookup, no probe back-off", "chains", 1, "end", True),
     ("adaptive + lookup (v1 rule), no probe back-off", "v1", 1, "end", True),
     ("adaptive + lookup + datastore", "datastore", None, "end", True),  # with --datastore only
-    ("adaptive + lookup + datastore, the tail always sent", "datastore", None, "end", False),  # before session 39
+    ("adaptive + lookup + datastore, tail always sent", "datastore", None, "end", False),  # before session 39
     ("adaptive + lookup, a block after x", "chains", None, "both", True),
     ("adaptive + lookup + datastore, a block after x", "datastore", None, "both", True),  # with --datastore only
     ("adaptive + lookup + datastore, the block at x", "datastore", None, "x", True),  # with --datastore only
