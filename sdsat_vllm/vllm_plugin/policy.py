@@ -736,6 +736,7 @@ def choose_draft_length(
     # be accepted whole may do better without it (it then ends stale whatever happens; a probe's tail
     # serves the estimates, and a step without drafts keeps its tail, its only way back to fresh rows)
     no_tail = drop_tail and tail > 0 and not probe
+    bare = extra(0, 0) if no_tail else 0.0  # a plain step's price against the tail-only one, once a step
     best_t = tail
     for m in range(1, len(g) + 1):
         acc += g[m - 1]
@@ -747,7 +748,7 @@ def choose_draft_length(
             cost_0 = extra(m, 0)  # negative where dropping the tail saves more than the drafts cost
             score = acc - cost_0
             if score > best_score + 1e-12:
-                best_m, best_t, best_score, best_gain = m, 0, score, acc - (cost_0 - extra(0, 0))
+                best_m, best_t, best_score, best_gain = m, 0, score, acc - (cost_0 - bare)
     tail = best_t
     if times is not None and (tail or best_m):  # a plain step (nothing sent) stays plain
         base = times(1 + best_m + tail)
