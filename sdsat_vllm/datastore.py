@@ -131,12 +131,7 @@ class Datastore:
         if max_len <= 0:
             return None
         tail = [int(x) for x in np.asarray(text)[-MAX_NGRAM:]]
-        # hash of the last n tokens: sum_k (x[-1-k] + 1) * MULT^k (mod 2^64), as the index has it
-        key, power, keys = 0, 1, {}
-        for n in range(1, len(tail) + 1):
-            key = (key + (tail[-n] + 1) * power) & _MASK
-            power = (power * int(_MULT)) & _MASK
-            keys[n] = key
+        keys = _suffix_keys(tail)
         # the longest n whose suffix occurs, by bisection: an n-gram's occurrence (with a next token, in
         # one document) is one of its own suffix too, so the lengths that occur are MIN_NGRAM..longest
         found, lo_n, hi_n = None, MIN_NGRAM, len(tail)
@@ -163,6 +158,18 @@ class Datastore:
         # fresh lists: a caller may change what it is given
         return None if kept is None else DatastoreMatch(list(kept[0]), n, list(kept[1]), kept[2])
 
+    def occurrences(self, text: Sequence[int], n: int) -> np.ndarray:
+        """[k] int: where the index has the last n tokens of `text` (the positions of their last token,
+        in index order; empty where they never occur with a next token in one document). n: MIN_NGRAM..MAX_NGRAM."""
+        if not MIN_NGRAM <= n <= MAX_NGRAM:
+            raise ValueError(f"n must be in {MIN_NGRAM}..{MAX_NGRAM}, got {n}")
+        tail = [int(x) for x in np.asarray(text)[-n:]]
+        if len(tail) < n:
+            return np.zeros(0, np.int64)
+        hashes, h = self._hashes[n], np.uint64(_suffix_keys(tail)[n])
+        lo, hi = int(hashes.searchsorted(h, side="left")), int(hashes.searchsorted(h, side="right"))
+        return self._ends[n][lo:hi]
+
     def _continue(self, ends: np.ndarray, ngram: int, max_len: int, stop) -> DatastoreMatch | None:
         occurrences = len(ends)
         if occurrences > MAX_OCCURRENCES:
@@ -188,6 +195,17 @@ class Datastore:
             share.append(float(counts[best]) / len(ends))
             ends = ends[nxt == tok]
         return DatastoreMatch(out, ngram, share, occurrences) if out else None
+
+
+
+def _suffix_keys(tail: Sequence[int]) -> dict[int, int]:
+    """{n: the index's hash of tail's last n tokens} for n = 1..len(tail): sum_k (x[-1-k] + 1) * MULT^k (mod 2^64)."""
+    key, power, keys = 0, 1, {}
+    for n in range(1, len(tail) + 1):
+        key = (key + (int(tail[-n]) + 1) * power) & _MASK
+        power = (power * int(_MULT)) & _MASK
+        keys[n] = key
+    return keys
 
 
 class ResponseDatastore:

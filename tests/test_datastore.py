@@ -60,6 +60,21 @@ def test_match_by_hand():
     assert store.match(list(range(100, 200)) + [9, 2, 3], 5).tokens == [4, 7]  # only the tail is read
 
 
+
+def test_occurrences_by_hand():
+    # joined: [1 2 3 4 5] sep [9 2 3 4 7] sep [1 2 3 4 5]: documents start at 0, 6 and 12
+    store = Datastore.from_documents([[1, 2, 3, 4, 5], [9, 2, 3, 4, 7], [1, 2, 3, 4, 5]])
+    assert sorted(store.occurrences([8, 2, 3], 2).tolist()) == [2, 8, 14]  # "2 3", ending at each "3"
+    assert store.occurrences([9, 2, 3], 3).tolist() == [8]
+    assert store.occurrences([8, 2, 3], 3).size == 0  # "8 2 3" is nowhere
+    assert store.occurrences([4, 5], 1).size == 0  # "5" ends its documents: nothing follows it
+    assert store.occurrences([3], 2).size == 0  # shorter than n
+    for text in ([9, 2, 3], [7, 1], [1, 2, 3, 4]):  # where match continues from
+        m = store.match(text, 1)
+        assert store.tokens[store.occurrences(text, m.ngram) + 1].tolist().count(m.tokens[0]) >= 1
+    with pytest.raises(ValueError, match="n must be in"):
+        store.occurrences([1, 2], D.MAX_NGRAM + 1)
+
 def test_match_equals_brute_force():
     rng = random.Random(0)
     for trial in range(30):

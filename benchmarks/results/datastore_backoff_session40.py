@@ -13,8 +13,8 @@ the first 5 tokens of each rule's chain against what the model really wrote next
   ds_secondK    the longest match's K-th most frequent next token, then its majority continuation
   oracle(...)   the best of those rules at each position, in hindsight
 
-Usage: python datastore_backoff_session40.py DATA.json [MODEL_DIR]   (a record of what ran, not a tool: it reads the
-datastore's private index)
+Usage: python datastore_backoff_session40.py DATA.json [MODEL_DIR]   (a record of what ran, not a tool: it calls the
+datastore's private `_continue`)
 """
 
 import collections
@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from sdsat_vllm.datastore import _MASK, _MULT, MAX_NGRAM, MIN_NGRAM, SEPARATOR, load_datastore
+from sdsat_vllm.datastore import MAX_NGRAM, MIN_NGRAM, SEPARATOR, load_datastore
 from sdsat_vllm.vllm_plugin.policy import suffix_match
 
 CAP = 5  # tokens of a chain scored (the default adapter's K)
@@ -33,38 +33,13 @@ data = json.load(open(sys.argv[1]))["data"]
 print(f"datastore: {len(store)} tokens; {len(data)} completions")
 
 
-def occurrences(text, n):
-    """Where the index has the suffix of n tokens ([k] ends of its occurrences), None if nowhere."""
-    tail = [int(x) for x in text[-n:]]
-    if len(tail) < n:
-        return None
-    key, power = 0, 1
-    for k in range(1, n + 1):  # the index's hash: sum_k (x[-k] + 1) * MULT^(k-1) mod 2^64
-        key = (key + (tail[-k] + 1) * power) & _MASK
-        power = (power * int(_MULT)) & _MASK
-    hashes, h = store._hashes[n], np.uint64(key)
-    lo, hi = int(hashes.searchsorted(h, "left")), int(hashes.searchsorted(h, "right"))
-    return store._ends[n][lo:hi] if hi > lo else None
-
-
 def continuation(ends, first=None):
-    """The majority continuation of these occurrences, CAP tokens at most (`first`: the first token forced)."""
-    out = []
-    for j in range(1, CAP + 1):
-        nxt = store.tokens[ends + j]
-        live = nxt[nxt != SEPARATOR]
-        if not live.size:
-            break
-        if j == 1 and first is not None:
-            tok = first
-        else:
-            ids, counts = np.unique(live, return_counts=True)
-            tok = int(ids[counts.argmax()])
-        out.append(tok)
-        ends = ends[nxt == tok]
-        if not len(ends):
-            break
-    return out
+    """The datastore's majority continuation of these occurrences, CAP tokens at most (`first`: the first token
+    forced, the rest continued from the occurrences that go on with it)."""
+    if first is not None:
+        ends = ends[store.tokens[ends + 1] == first] + 1
+    m = store._continue(ends, 0, CAP - (first is not None), frozenset()) if len(ends) else None
+    return ([first] if first is not None else []) + (m.tokens if m else [])
 
 
 def accepted(chain, truth):
@@ -86,8 +61,8 @@ for item in data:
         chains["ds_longest"] = d.tokens if d else []
         per_n = {}
         for n in range(MIN_NGRAM, MAX_NGRAM + 1):
-            ends = occurrences(text, n)
-            if ends is None:
+            ends = store.occurrences(text, n)
+            if not ends.size:
                 break
             per_n[n] = ends
         ns = sorted(per_n, reverse=True)  # the suffix lengths that occur, longest first
