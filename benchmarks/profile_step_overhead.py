@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=None, help="default: 1.0 on worst (seeded), else 0")
     p.add_argument("--top", type=int, default=25, help="print this many functions by own time per method")
     p.add_argument("--out", default=None)
+    p.add_argument("--dump-stats", default=None, metavar="DIR",
+                   help="also write each method's whole profile to DIR/<method>.pstats (for pstats / snakeviz)")
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -119,6 +121,9 @@ def main(argv=None) -> int:
             shutdown_llm(llm)
             del llm
         stats = pstats.Stats(prof)
+        if args.dump_stats:
+            Path(args.dump_stats).mkdir(parents=True, exist_ok=True)
+            stats.dump_stats(Path(args.dump_stats) / f"{method}.pstats")
         tokens = sum(len(o.outputs[0].token_ids) for o in outs)
         parts = parts_of(stats)
         results[method] = {"wall_s": wall, "tokens": tokens, "parts_s": parts,

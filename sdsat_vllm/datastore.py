@@ -47,6 +47,9 @@ MAX_OCCURRENCES = 256
 #: are the ones requests meet again and again (under load, every request in back-off looks up every
 #: few steps, results 27)
 MEMO_ENTRIES = 8192
+#: positions a continuation is counted to when first asked for fewer (the shipped adapters draft at most
+#: 5 tokens a step): the one-token asks of requests in back-off and the whole chains share one count
+MEMO_DEPTH = 5
 #: where a built model directory carries it (copied from the adapter's ADAPTER_FILE): in a folder of
 #: its own, because vLLM loads every *.safetensors file at a model directory's top level as weights
 MODEL_DIR_FILE = "sdsat_datastore/datastore.safetensors"
@@ -93,9 +96,10 @@ class Datastore:
         self.num_documents = int(((tokens != SEPARATOR) & np.concatenate([[True], tokens[:-1] == SEPARATOR])).sum())
         self._hashes: dict[int, np.ndarray] = {}
         self._ends: dict[int, np.ndarray] = {}
-        # (ngram, first index of its occurrences, max_len, stop) -> (tokens, share, occurrences) or None:
-        # the index never changes, so a continuation once counted is the continuation (oldest dropped first)
-        self._memo: dict[tuple, tuple | None] = {}
+        # (ngram, first index of its occurrences, stop) -> (positions counted, tokens, share, occurrences), or
+        # (positions counted, None) where nothing continues: the index never changes, so a continuation once
+        # counted is the continuation (oldest dropped first)
+        self._memo: dict[tuple, tuple] = {}
         t = self.tokens
         n_tok = len(tokens)
         sep = (t == SEPARATOR).astype(np.int64)
@@ -130,33 +134,39 @@ class Datastore:
         text: [num_tokens] int, the request's committed tokens (only the last MAX_NGRAM are read)"""
         if max_len <= 0:
             return None
-        tail = [int(x) for x in np.asarray(text)[-MAX_NGRAM:]]
+        tail = np.asarray(text)[-MAX_NGRAM:].tolist()
         keys = _suffix_keys(tail)
         # the longest n whose suffix occurs, by bisection: an n-gram's occurrence (with a next token, in
         # one document) is one of its own suffix too, so the lengths that occur are MIN_NGRAM..longest
         found, lo_n, hi_n = None, MIN_NGRAM, len(tail)
         while lo_n <= hi_n:
             n = (lo_n + hi_n) // 2
-            hashes = self._hashes[n]
-            h = np.uint64(keys[n])
+            hashes, h = self._hashes[n], np.uint64(keys[n])  # not the int: searchsorted would convert the array
             lo = int(hashes.searchsorted(h, side="left"))
-            if lo < len(hashes) and hashes[lo] == h:
+            if lo < len(hashes) and hashes.item(lo) == keys[n]:
                 found, lo_n = (n, lo, h), n + 1
             else:
                 hi_n = n - 1
         if found is None:
             return None
         n, lo, h = found
-        key = (n, lo, max_len, stop if isinstance(stop, frozenset) else frozenset(stop))
-        if key not in self._memo:
+        # a continuation counted to depth d answers every max_len <= d with its first max_len tokens (each
+        # position's count depends only on the tokens before it), and one that ended before d every max_len:
+        # a request in back-off asks for one token, then for whole chains (proposer.lookup_chains)
+        key = (n, lo, stop if isinstance(stop, frozenset) else frozenset(stop))
+        kept = self._memo.get(key)
+        if kept is None or (kept[0] < max_len and kept[1] is not None and len(kept[1]) == kept[0]):
+            depth = max(max_len, MEMO_DEPTH)
             hi = int(self._hashes[n].searchsorted(h, side="right"))
-            match = self._continue(self._ends[n][lo:hi], n, max_len, stop)
-            if len(self._memo) >= MEMO_ENTRIES:
+            match = self._continue(self._ends[n][lo:hi], n, depth, stop)
+            if key not in self._memo and len(self._memo) >= MEMO_ENTRIES:
                 del self._memo[next(iter(self._memo))]
-            self._memo[key] = None if match is None else (tuple(match.tokens), tuple(match.share), match.occurrences)
-        kept = self._memo[key]
+            kept = self._memo[key] = (depth, None) if match is None else (depth, tuple(match.tokens),
+                                                                          tuple(match.share), match.occurrences)
+        if kept[1] is None:
+            return None
         # fresh lists: a caller may change what it is given
-        return None if kept is None else DatastoreMatch(list(kept[0]), n, list(kept[1]), kept[2])
+        return DatastoreMatch(list(kept[1][:max_len]), n, list(kept[2][:max_len]), kept[3])
 
     def occurrences(self, text: Sequence[int], n: int) -> np.ndarray:
         """[k] int: where the index has the last n tokens of `text` (the positions of their last token,
@@ -181,29 +191,37 @@ class Datastore:
                     break
                 out.append(tok)
             return DatastoreMatch(out, ngram, [1.0] * len(out), 1) if out else None
-        for j in range(1, max_len + 1):
-            nxt = self.tokens[ends + j]
-            live = nxt[nxt != SEPARATOR]
-            if not live.size:
+        # [k, max_len] the occurrences' continuations, as lists: k is 5 at the median lookup and at most
+        # MAX_OCCURRENCES, and a count in Python costs less than numpy's per-call overhead (np.unique at
+        # every position was ~90% of a lookup's time; results 41). The padding stops reads past the end.
+        rows = self.tokens[ends[:, None] + np.arange(1, max_len + 1)].tolist()
+        for j in range(max_len):
+            counts: dict[int, int] = {}
+            for row in rows:
+                tok = row[j]
+                if tok != SEPARATOR:
+                    counts[tok] = counts.get(tok, 0) + 1
+            if not counts:
                 break
-            ids, counts = np.unique(live, return_counts=True)
-            best = int(counts.argmax())  # ties: the smallest id (deterministic)
-            tok = int(ids[best])
+            tok, count = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # ties: the smallest id
             if tok in stop:
                 break
             out.append(tok)
-            share.append(float(counts[best]) / len(ends))
-            ends = ends[nxt == tok]
+            share.append(count / len(rows))
+            rows = [row for row in rows if row[j] == tok]
         return DatastoreMatch(out, ngram, share, occurrences) if out else None
 
+
+#: MULT^k (mod 2^64), k = 0..MAX_NGRAM - 1: the weights of _suffix_keys, computed once
+_POWERS = [pow(int(_MULT), k, 1 << 64) for k in range(MAX_NGRAM)]
 
 
 def _suffix_keys(tail: Sequence[int]) -> dict[int, int]:
     """{n: the index's hash of tail's last n tokens} for n = 1..len(tail): sum_k (x[-1-k] + 1) * MULT^k (mod 2^64)."""
-    key, power, keys = 0, 1, {}
+    powers = _POWERS if len(tail) <= len(_POWERS) else [pow(int(_MULT), k, 1 << 64) for k in range(len(tail))]
+    key, keys = 0, {}
     for n in range(1, len(tail) + 1):
-        key = (key + (int(tail[-n]) + 1) * power) & _MASK
-        power = (power * int(_MULT)) & _MASK
+        key = (key + (int(tail[-n]) + 1) * powers[n - 1]) & _MASK
         keys[n] = key
     return keys
 

@@ -94,26 +94,49 @@ def test_match_equals_brute_force():
 
 
 def test_continuations_are_counted_once_and_kept(monkeypatch):
-    """A continuation once counted is kept (the index never changes): asked again, with another
-    max_len or stop set apart, it is the same answer, handed out as fresh lists; the oldest is dropped
-    past MEMO_ENTRIES."""
+    """A continuation once counted is kept (the index never changes), to MEMO_DEPTH positions however few
+    were asked for: asked again, for as many tokens or fewer, it is the same answer's prefix, handed out
+    as fresh lists; another stop set is counted apart, and so is a longer ask of a continuation that
+    reached the depth counted; the oldest is dropped past MEMO_ENTRIES."""
     monkeypatch.setattr(D, "MEMO_ENTRIES", 3)
-    store = Datastore.from_documents([[1, 2, 3, 4, 5], [9, 2, 3, 4, 7], [1, 2, 3, 4, 5]])
+    monkeypatch.setattr(D, "MEMO_DEPTH", 2)
+    store = Datastore.from_documents([[1, 2, 3, 4, 5, 6], [9, 2, 3, 4, 7], [1, 2, 3, 4, 5, 6]])
     counted = []
     real = Datastore._continue
     monkeypatch.setattr(Datastore, "_continue", lambda self, *a: counted.append(a[1:]) or real(self, *a))
-    first = store.match([8, 2, 3], 5)
+    first = store.match([8, 2, 3], 1)  # one token asked, MEMO_DEPTH counted
+    assert (first.tokens, first.ngram, first.share, first.occurrences) == ([4], 2, [1.0], 3)
+    assert counted == [(2, 2, frozenset())]
     first.tokens.append(99)
     first.share.append(0.5)  # what a caller does with its lists does not reach the next caller
-    again = store.match([7, 7, 2, 3], 5)  # another text, the same longest match ("2 3")
+    again = store.match([7, 7, 2, 3], 2)  # another text, the same longest match ("2 3"), within the depth
     assert (again.tokens, again.ngram, again.share, again.occurrences) == ([4, 5], 2, [1.0, pytest.approx(2 / 3)], 3)
-    assert counted == [(2, 5, frozenset())]
-    assert store.match([8, 2, 3], 1).tokens == [4] and store.match([8, 2, 3], 5, stop={5}).tokens == [4]
-    assert len(counted) == 3  # another max_len, another stop set: counted apart
+    assert len(counted) == 1
+    assert store.match([8, 2, 3], 5).tokens == [4, 5, 6]  # beyond the depth: counted again, deeper
+    assert counted[1:] == [(2, 5, frozenset())]
+    assert store.match([8, 2, 3], 4).tokens == [4, 5, 6] and len(counted) == 2  # it ended before 5: complete
+    assert store.match([8, 2, 3], 5, stop={5}).tokens == [4] and len(counted) == 3  # another stop set: apart
     assert store.match([7, 6], 3) is None and store.match([7, 6], 3) is None  # no match: no count at all
-    store.match([9, 2, 3], 5)  # a fourth continuation: the first one kept is dropped
-    store.match([8, 2, 3], 5)
+    store.match([9, 2, 3], 5)
+    store.match([5, 1, 2], 5)  # a fourth continuation: the first one kept is dropped
     assert len(counted) == 5 and len(store._memo) == 3
+    store.match([8, 2, 3], 5)
+    assert len(counted) == 6 and len(store._memo) == 3
+
+
+def test_a_count_to_the_depth_answers_every_shorter_ask():
+    """The memo's prefix rule against counting afresh: every max_len gets what a datastore without a
+    memo would give (a fresh Datastore per call), whatever was asked before."""
+    rng = random.Random(5)
+    docs = [[rng.randrange(4) for _ in range(rng.randrange(5, 40))] for _ in range(6)]
+    store = Datastore.from_documents(docs)
+    for _ in range(300):
+        src = rng.choice(docs)
+        text = src[: rng.randrange(1, len(src) + 1)]
+        max_len, stop = rng.randrange(1, 8), frozenset({3}) if rng.random() < 0.3 else frozenset()
+        got, want = store.match(text, max_len, stop), Datastore.from_documents(docs).match(text, max_len, stop)
+        assert (None if got is None else (got.tokens, got.ngram, got.share, got.occurrences)) == \
+            (None if want is None else (want.tokens, want.ngram, want.share, want.occurrences)), (text, max_len)
 
 
 def test_common_matches_count_a_spread_of_their_occurrences(monkeypatch):

@@ -901,6 +901,27 @@ def test_suffix_match_equals_a_search_by_hand():
         want = _suffix_match_by_hand(toks, *args)
         assert suffix_match(toks, *args[:3], stop=args[3]) == want, (toks, args)
         assert suffix_match(np.array(toks, dtype=np.int32), *args[:3], stop=args[3]) == want, (toks, args)
+    # ids whose bytes hold zeros: a byte pattern may also match across two tokens, which is no match
+    for trial in range(300):
+        toks = [rng.choice([0, 1, 256, 65536, 257, 1 << 24]) for _ in range(rng.randrange(0, 40))]
+        want = _suffix_match_by_hand(toks, 3, 1, 8, set())
+        for dtype in (np.int32, np.int64, np.uint16 if max(toks, default=0) < 65536 else np.int64):
+            assert suffix_match(np.array(toks, dtype=dtype), 3) == want, (toks, dtype)
+
+
+def test_suffix_match_is_not_fooled_by_bytes_across_tokens():
+    # int32 bytes of 256, 0, 7, 1: 00 01 00 00 | 00 00 00 00 | 07 00 00 00 | 01 00 00 00; the last token's
+    # bytes appear at offset 1, straddling 256 and 0: no earlier 1
+    assert suffix_match(np.array([256, 0, 7, 1], dtype=np.int32), 2) is None
+    # an earlier 1 before the straddling bytes is the match
+    assert suffix_match(np.array([1, 9, 256, 0, 7, 1], dtype=np.int32), 2) == LookupMatch([9, 256], 1)
+
+
+def test_suffix_match_searches_the_window_only():
+    toks = [3, 4, 5] + [9] * 10 + [3, 4]
+    assert suffix_match(toks, 1) == LookupMatch([5], 2)
+    assert suffix_match(toks, 1, window=14) == LookupMatch([5], 1)  # the earlier 3 is outside, its 4 inside
+    assert suffix_match(toks, 1, window=12) is None                  # both outside
 
 
 def test_lookup_scores_combine_the_sat_rows_with_the_match_length():
