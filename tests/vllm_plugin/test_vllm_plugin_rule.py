@@ -362,11 +362,11 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
     """Batch 64, every request in back-off, a lookup calibration that lets lookups be tried
     (lookup_may_pay): a request whose text has no match now cannot have one that pays (6 tokens at
     this batch size on this CPU) before 6 more tokens, so it is looked up on one step in 6, not on every
-    step, and then only for its chains' first tokens (a request not in back-off looks up whole chains).
-    Control: with the skip turned off, 64 first-token lookups every step."""
+    step (one lookup of whole chains, its first tokens deciding). Control: with the skip turned off, 64
+    lookups every step."""
     from sdsat_vllm.vllm_plugin import proposer as P
 
-    def run(skip: bool) -> list[tuple[int, int]]:
+    def run(skip: bool) -> list[int]:
         p = _adaptive_proposer()
         monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
         if not skip:
@@ -381,18 +381,18 @@ def test_proposer_skips_suffix_matches_that_cannot_pay_under_load(monkeypatch):
                                                SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
                                                                scheduled_spec_decode_tokens={},
                                                                total_num_scheduled_tokens=64))
-            assert out == [[]] * 64
-            per_step.append((calls.count(1), calls.count(3)))  # (first tokens, whole chains) looked up
+            assert out == [[]] * 64 and set(calls) <= {3}  # whole chains (cap 3), never first tokens alone
+            per_step.append(len(calls))
         return per_step
 
-    # the first step decides (whole chains: no request is in back-off yet), then back-off
-    assert run(skip=True) == [(0, 64), (64, 0)] + [(0, 0)] * 5 + [(64, 0)] + [(0, 0)] * 5
-    assert run(skip=False) == [(0, 64)] + [(64, 0)] * 12
+    # the first step decides (no request is in back-off yet), then back-off
+    assert run(skip=True) == [64, 64] + [0] * 5 + [64] + [0] * 5
+    assert run(skip=False) == [64] * 13
 
 
 def test_proposer_reports_lookups_in_back_off_and_the_ledger_spaces_them_out(monkeypatch):
     """The proposer tells the drafter, once a step, how many requests in back-off it looked up and how
-    long that took (the LookupLedger's input): the 64 first-token lookups of the test above, 0 on the
+    long that took (the LookupLedger's input): the 64 lookups of the test above, 0 on the
     steps they are skipped. With the ledger's verdict that lookups at this batch size do not pay
     (stride STRIDE_OFF), a request that found nothing waits STRIDE_OFF times longer."""
     from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
@@ -448,14 +448,14 @@ def test_a_request_in_back_off_whose_chain_is_turned_down_waits_as_after_a_miss(
                                                                scheduled_spec_decode_tokens={},
                                                                total_num_scheduled_tokens=64))
             assert out == [[]] * 64  # nothing pays at batch 64
-            per_step.append((calls.count(1), calls.count(3), len(decided)))  # first tokens, whole chains, decisions
+            per_step.append((len(calls), len(decided)))  # lookups (whole chains, once a request), decisions
         return per_step
 
-    # the first step decides every new request (whole chains); then the requests in back-off are looked
-    # up for first tokens, then whole chains, then decided and turned down
+    # the first step decides every new request; then the requests in back-off are looked up, decided
+    # and turned down
     s = LookupLedger.STRIDE_OFF
-    assert run(1) == [(0, 64, 64)] + [(64, 64, 64)] * (1 + 2 * s)
-    assert run(s) == [(0, 64, 64)] + ([(64, 64, 64)] + [(0, 0, 0)] * (s - 1)) * 2 + [(64, 64, 64)]
+    assert run(1) == [(64, 64)] * (2 + 2 * s)
+    assert run(s) == [(64, 64)] + ([(64, 64)] + [(0, 0)] * (s - 1)) * 2 + [(64, 64)]
 
 
 def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_worth(monkeypatch):
@@ -492,49 +492,6 @@ def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_wo
     out = p.sdsat_propose_with_context(_input_batch([text]), [[9]], None, None, sched)
     assert out[0][:3] == [8, 9, 10] and out[0][3:] == SATS[:3]  # the chain, then a full tail
     assert noted[-1][0] == 1 and gains[-1] > 0 and noted[-1][1] == pytest.approx(gains[-1])
-
-
-def test_first_token_lookups_decide_as_whole_chains_would(monkeypatch):
-    """A request without fresh SAT rows is looked up for its chains' first tokens, and for whole chains
-    only when one of those could be sent or it is not idle. Sixty steps of a batch of 16 whose texts
-    repeat their own motifs (long matches: chains sent to requests in back-off) and a datastore's text,
-    each text going on with the draft, its motif or a random token: every step's proposals are the same
-    as when every lookup reads whole chains (FIRST_TOKEN_LOOKUPS off)."""
-    import random
-
-    from sdsat_vllm.datastore import Datastore
-    from sdsat_vllm.vllm_plugin import proposer as P
-
-    real = P.lookup_chains
-
-    def run(first_tokens: bool) -> tuple[list, list]:
-        rng = random.Random(7)
-        p = _adaptive_proposer()
-        p.FIRST_TOKEN_LOOKUPS = first_tokens
-        p.datastore = Datastore.from_documents([[rng.randrange(20) for _ in range(200)] for _ in range(4)])
-        p.drafter.has_datastore = True
-        monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: True)
-        caps = []
-        monkeypatch.setattr(P, "lookup_chains", lambda *a: caps.append(a[5]) or real(*a))
-        motifs = [[rng.randrange(20) for _ in range(5)] for _ in range(16)]
-        texts = [m * 4 for m in motifs]
-        outs = []
-        for _ in range(60):
-            out = p.sdsat_propose_with_context(_input_batch(texts), [[9]] * 16, None, None,
-                                               SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={},
-                                                               scheduled_spec_decode_tokens={},
-                                                               total_num_scheduled_tokens=16))
-            outs.append(out)
-            for t, m, d in zip(texts, motifs, out):
-                r = rng.random()
-                t.append(d[0] if d and r < 0.4 else m[len(t) % 5] if r < 0.8 else rng.randrange(20))
-        return outs, caps
-
-    fast, caps = run(first_tokens=True)
-    slow, whole_caps = run(first_tokens=False)
-    assert fast == slow and set(whole_caps) == {3}
-    sent = sum(1 for out in fast for d in out if d)
-    assert sent > 50 and caps.count(1) > 200  # chains were sent, and first-token lookups turned many away
 
 
 # ---------------------------------------------------------------- short form
