@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 13 point 2 after the cheaper lookups (13d5b36): (1) 40.2's protocol, bench_vllm.py, plain vs the default at
+# batch 16 and 64, HumanEval and norepeat, three rounds interleaved; (2) the same at batch 16 with requests of varied
+# lengths (worker_steps.py --length-spread 0.5, lengths 32-96, ABBA: plain, sdsat, sdsat, plain).
+set -u
+cd /work/bench
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
+export VLLM_CPU_NUM_OF_RESERVED_CPU=0 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/work/main/.venv/lib/libiomp5.so
+M=/root/.cache/sdsat_vllm/models/smollm2-135m-sdsat-43651bdd9ccc
+R=/work/runs/s41
+date
+/work/main/.venv/bin/python benchmarks/bench_vllm.py $M --methods plain sdsat-adaptive-lookup \
+  --prompt-set humaneval norepeat --num-prompts 64 --max-tokens 64 --batch-sizes 16 64 --max-groups 6 --repeats 3 \
+  --out $R/point2_b16_b64_3rounds_session41b_cpu.json 2>&1 | grep -v -i warn | tail -14
+date
+for set in norepeat; do
+  i=0
+  for m in plain sdsat-adaptive-lookup sdsat-adaptive-lookup plain; do
+    i=$((i+1))
+    /work/main/.venv/bin/python benchmarks/worker_steps.py $M --method $m --prompt-set $set --num-prompts 64 \
+      --batch-size 16 --max-tokens 64 --repeats 3 --batching continuous --length-spread 0.5 \
+      --out $R/final_spread_b16_${set}_${i}_$m.json > $R/final_spread_b16_${set}_${i}_$m.log 2>&1
+  done
+  /work/main/.venv/bin/python benchmarks/worker_steps.py --compare $R/final_spread_b16_${set}_*.json
+  date
+done
