@@ -48,7 +48,7 @@ MAX_OCCURRENCES = 256
 #: few steps, results 27)
 MEMO_ENTRIES = 8192
 #: positions a continuation is counted to when first asked for fewer (the shipped adapters draft at most
-#: 5 tokens a step): the one-token asks of requests in back-off and the whole chains share one count
+#: 5 tokens a step): asks of other lengths for the same match then share one count (Datastore.match)
 MEMO_DEPTH = 5
 #: where a built model directory carries it (copied from the adapter's ADAPTER_FILE): in a folder of
 #: its own, because vLLM loads every *.safetensors file at a model directory's top level as weights
@@ -152,7 +152,8 @@ class Datastore:
         n, lo, h = found
         # a continuation counted to depth d answers every max_len <= d with its first max_len tokens (each
         # position's count depends only on the tokens before it), and one that ended before d every max_len:
-        # a request in back-off asks for one token, then for whole chains (proposer.lookup_chains)
+        # asks of different lengths share one count (proposer.lookup_chains asks for cap tokens, and for
+        # cap - 1 after a fresh SAT row's first draft; vLLM's per-batch-size count moves cap)
         key = (n, lo, stop if isinstance(stop, frozenset) else frozenset(stop))
         kept = self._memo.get(key)
         if kept is None or (kept[0] < max_len and kept[1] is not None and len(kept[1]) == kept[0]):
