@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Issue 13 point 2 at batch 64 with outputs of varied lengths (32-96 tokens), norepeat, ABBA, from a clean worktree.
+set -u
+cd /work/bench
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
+export VLLM_CPU_NUM_OF_RESERVED_CPU=0 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/work/main/.venv/lib/libiomp5.so
+M=/root/.cache/sdsat_vllm/models/smollm2-135m-sdsat-43651bdd9ccc
+R=/work/runs/s41
+i=0
+for m in plain sdsat-adaptive-lookup sdsat-adaptive-lookup plain; do
+  i=$((i+1))
+  /work/main/.venv/bin/python benchmarks/worker_steps.py $M --method $m --prompt-set norepeat --num-prompts 64 \
+    --batch-size 64 --max-tokens 64 --repeats 3 --batching continuous --length-spread 0.5 \
+    --out $R/spread_b64_norepeat_${i}_$m.json > $R/spread_b64_norepeat_${i}_$m.log 2>&1
+done
+/work/main/.venv/bin/python benchmarks/worker_steps.py --compare $R/spread_b64_norepeat_*.json
