@@ -68,12 +68,11 @@ def shares(lines, parts=PARTS, region: str = REGION) -> dict:
     return {"samples": total, "parts": {k: (v / total if total else 0.0) for k, v in hits.items()}}
 
 
-def _run(args) -> None:
-    """The child py-spy samples: one engine, an untimed run, then the timed ones."""
+def _run(args, extra: dict | None) -> None:
+    """The child py-spy samples: one engine (extra: worker_steps' speculative options of the method), an
+    untimed run, then the timed ones."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: engine core and worker in reach
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from worker_steps import METHODS
-
     from sdsat_vllm.bench import engine_kwargs, generate_continuous, one_set_workload, quiet_vllm
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
@@ -81,13 +80,12 @@ def _run(args) -> None:
     from vllm import LLM
 
     work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens)
-    extra = METHODS[args.methods[0]]
     spec = None if extra is None else {"model": "sdsat", "num_speculative_tokens": work.num_sat, **extra}
     llm = LLM(model=str(work.model_dir), speculative_config=spec, max_num_seqs=args.batch_size,
               **engine_kwargs(max_model_len=1024))
     try:
-        # untimed: the first run, outside the region (its stack holds _warm, not generate_continuous)
-        _warm(llm, work.prompts[:args.batch_size], work.sampling)
+        # untimed: the first run, outside the region (LLM.generate, not generate_continuous)
+        llm.generate(work.prompts[:args.batch_size], work.sampling, use_tqdm=False)
         t0 = time.perf_counter()
         tokens = 0
         for _ in range(args.repeats):
@@ -96,10 +94,6 @@ def _run(args) -> None:
         print(json.dumps({"tokens": tokens, "wall_s": time.perf_counter() - t0}), flush=True)
     finally:
         shutdown_llm(llm)
-
-
-def _warm(llm, prompts, sampling) -> None:
-    llm.generate(prompts, sampling, use_tqdm=False)
 
 
 def main(argv=None) -> int:
@@ -124,7 +118,7 @@ def main(argv=None) -> int:
     if args.batch_size < 1 or args.num_prompts < 1 or args.repeats < 1 or args.rate < 1:
         p.error("--batch-size, --num-prompts, --repeats and --rate must be at least 1")
     if args.run:
-        _run(args)
+        _run(args, METHODS[args.methods[0]])
         return 0
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():

@@ -834,10 +834,10 @@ def suffix_match(tokens, max_len: int, min_ngram: int = 1, max_ngram: int = 8, w
     if end_at is None or best < min_ngram:
         return None
     out = []
-    for t in arr[end_at + 1: end_at + 1 + max_len].tolist():
+    for t in arr[end_at + 1: end_at + 1 + max_len].tolist():  # Python ints
         if t in stop:
             break
-        out.append(int(t))
+        out.append(t)
     return LookupMatch(out, best) if out else None
 
 
