@@ -1075,7 +1075,13 @@ class AdaptiveDrafter:
         key = (tuple(st.alpha), limit, batch_size)
         memo = st.steady_memo
         if memo is None or memo[0] != key or memo[1] is not cost:  # `is`: the memo holds the model alive
-            memo = st.steady_memo = (key, cost, best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain))
+            # and shared between requests: those that never probed at this batch size share alpha (the
+            # engine-wide one they started from), so a batch that moves to another rung asks once
+            cache = self._cost_cache(cost)
+            steady = cache.get(("steady", key))
+            if steady is None:
+                steady = cache[("steady", key)] = best_steady_state(st.alpha, limit, cost, batch_size, self.min_gain)
+            memo = st.steady_memo = (key, cost, steady)
         return memo[2]
 
     def _batch_level(self, limit: int, batch_size: int, cost: CostModel) -> tuple[float, int]:
@@ -1116,13 +1122,18 @@ class AdaptiveDrafter:
         refit of the online cost model re-evaluates the back-off only at the request's next probe (or
         when the batch moves to another rung), not on the refit's step, which spares every
         request of a batch in back-off a steady-state evaluation per refit. Under load most requests
-        are here on most steps: the per-request work of a step then is this check."""
+        are here on most steps: the per-request work of a step then is this check. When the batch moves
+        to another rung (or cap), the request's steady state is evaluated there as decide would; if it
+        is still plain decoding the shortcut holds (a draining batch of 64 crosses a rung every few
+        steps, and every request then went through a lookup and decide: ~10 ms a step, results 42)."""
         if not self.may_idle(req_id):
             return False
         st = self.states[req_id]
         limit = self.n if cap is None else max(0, min(self.n, cap))
         b = decision_batch(batch_size)
-        if limit == 0 or st.steady_memo[0][1:] != (limit, b):
+        if limit == 0:
+            return False
+        if st.steady_memo[0][1:] != (limit, b) and self._steady(st, limit, b, self.cost()).m != 0:
             return False
         # decide would count this step (since_probe + 1) and then ask probe_due
         if probe_due(self._probe_k(limit, b, self.cost()) * max(int(st.probe_backoff), 1), st.since_probe + 1,

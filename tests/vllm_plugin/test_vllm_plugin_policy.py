@@ -556,8 +556,10 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
     good = {f"r{i}": i % 4 == 0 for i in range(16)}
     last = {r: 0 for r in good}
     idle_steps = decided = 0
-    for step in range(400):
-        batch = 1 if step < 40 else 16 if step < 200 else 64
+    for step in range(480):
+        # then a batch that drains from 64 to 1, crossing a rung every few steps (the shortcut
+        # re-evaluates the back-off there, decide's way)
+        batch = 1 if step < 40 else 16 if step < 200 else 64 if step < 400 else max(1, 64 - (step - 400))
         live = list(good)[: 1 if batch == 1 else 16]
         for d in (short, ref):
             d.tick()
@@ -576,7 +578,8 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
                 (sb.since_probe, sb.steady_m, sb.probe_backoff, sb.alpha), (step, r)
             last[r] = a.tail
     assert idle_steps > 4 * decided  # under load, nearly every request-step is the shortcut
-    # never for a request it does not know, on a probe step, at another batch size, with drafts in flight
+    # never for a request it does not know, on a probe step, at a batch size where it would draft, with
+    # drafts in flight
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     assert not dr.idle("r", 8)
     dr.tick()
@@ -589,7 +592,7 @@ def test_idle_requests_skip_decide_with_the_same_decisions():
             not_idle.append(step)
             assert dr.decide("r", [], batch_size=8).probe
     assert len(not_idle) == 2 and not_idle[1] - not_idle[0] == k
-    assert not dr.idle("r", 16)
+    assert not dr.idle("r", 1)  # alpha .5 pays for a draft at batch 1
     dr.states["r"].sent_q = [0.5]
     assert not dr.idle("r", 8)
 
@@ -747,10 +750,11 @@ def test_decisions_are_sized_for_a_ladder_of_batch_sizes():
     dr.tick()
     assert dr.idle("r", 68)  # the same rung
     dr.tick()
-    assert not dr.idle("r", 63)  # the rung below: decide again
-    assert dr.decide("r", [], batch_size=63) == Decision(0, 0)
+    assert dr.idle("r", 63)  # the rung below, still in back-off there: the shortcut holds
+    assert dr.states["r"].steady_memo[0][2] == 58
     dr.tick()
-    assert dr.idle("r", 59)
+    assert not dr.idle("r", 2)  # at batch 2 its alpha (.5) pays for a draft: decide again
+    assert dr.decide("r", [], batch_size=2).tail == 1
 
 
 def test_lookup_may_pay_only_where_a_first_draft_beats_its_cost():
