@@ -487,7 +487,17 @@ class AcceptanceCalibration:
         return (acc + self.prior_weight * q) / (off + self.prior_weight)
 
     def estimates(self, qs: Sequence[float]) -> list[float]:
-        return [self.estimate(i, q) for i, q in enumerate(qs)]
+        """[estimate(i, q) for i, q in enumerate(qs)], in one loop: under load the proposer asks for a
+        few of these per request looked up, every step."""
+        out, w, top = [], self.prior_weight, self.buckets - 1
+        offered, accepted = self.offered, self.accepted
+        for i, q in enumerate(qs):
+            q = min(max(float(q), 0.0), 1.0)
+            if i < len(offered):
+                b = min(top, int(q * self.buckets))
+                q = (accepted[i][b] + w * q) / (offered[i][b] + w)
+            out.append(q)
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,8 +600,16 @@ def decision_batch(batch_size: int) -> int:
     """The rung of _BATCH_LADDER at or below batch_size: the batch size the drafter's decisions are
     sized for (rounded down: speculation pays less the larger the batch, so the error leans to
     drafting, by at most one rung, ~9%)."""
-    b = max(int(batch_size), 1)
-    return _BATCH_LADDER[bisect.bisect_right(_BATCH_LADDER, b) - 1]
+    rung = _RUNGS.get(batch_size)
+    if rung is None:
+        b = max(int(batch_size), 1)
+        rung = _BATCH_LADDER[bisect.bisect_right(_BATCH_LADDER, b) - 1]
+        if isinstance(batch_size, int) and len(_RUNGS) < 4096:
+            _RUNGS[batch_size] = rung
+    return rung
+
+
+_RUNGS: dict[int, int] = {}  # decision_batch's answers: it is asked a few times per request and step
 
 
 class RecentBatch:
