@@ -2,7 +2,8 @@
 the same prompts `generate`d a few times, every engine step traced at the proposer.
 
     python benchmarks/trace_steps.py [MODEL] --prompt-set norepeat --num-prompts 64 --batch-size 64 \
-        --max-tokens 64 [--method sdsat-adaptive-lookup] [--repeats 2] [--out benchmarks/results/X.json]
+        --max-tokens 64 [--method sdsat-adaptive-lookup] [--repeats 2] [--batching continuous] \
+        [--length-spread 0.5] [--out benchmarks/results/X.json]
 
 A benchmark's tokens/s says how far SDSAT is from plain decoding, not where the difference is; a
 profile (profile_step_overhead.py) says which functions took the time, not on which steps. This
@@ -10,7 +11,9 @@ prints one line per step: the requests in the batch, the tokens scheduled (draft
 top of one per request show up here), how many requests the proposer gave drafts or a tail for the
 next step and how many tokens, the proposer's own time, and the step's wall time (from the previous
 proposer call to this one: this step's scheduling, forward and sampling). Results 14.3
-found with it that at batch 64 one step where every request probed cost ~9 plain steps.
+found with it that at batch 64 one step where every request probed cost ~9 plain steps; results 42
+that a batch of 64 draining through the drafter's batch rungs (`--batching continuous --length-spread
+0.5`) made every request decide afresh at each rung (the proposer's costliest steps, `proposer_top_ms`).
 vLLM runs in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so that the proposer is in reach.
 """
 
@@ -50,6 +53,10 @@ def summarize(steps: list[dict]) -> dict:
         # what a decode step costs by its size (at batch 1 the policy's StepTimes measures the same)
         "median_step_ms_by_tokens": {n: round(statistics.median(v), 2) for n, v in sorted(by_tokens.items())},
         "steps_by_tokens": {n: len(v) for n, v in sorted(by_tokens.items())},
+        "median_proposer_ms": statistics.median(s["proposer_ms"] for s in steps) if steps else None,
+        # the proposer's costliest steps (ms, step index, requests): where its time comes in bursts
+        "proposer_top_ms": sorted(((round(s["proposer_ms"], 2), i, s["requests"]) for i, s in enumerate(steps)),
+                                  reverse=True)[:8],
     }
 
 
@@ -66,6 +73,8 @@ def cost_model_of(proposer, batch_size: int) -> dict | None:
 
 
 def main(argv=None) -> int:
+    from sdsat_vllm.bench import BATCHING
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default=None)
     p.add_argument("--method", default="sdsat-adaptive-lookup", choices=sorted(METHODS))
@@ -76,14 +85,21 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=None, help="default: 1.0 on worst (seeded), else 0")
     p.add_argument("--repeats", type=int, default=2, help="traced generate calls (after one warm-up)")
+    p.add_argument("--batching", default="grouped", choices=sorted(BATCHING), help="; ".join(
+        f"{k}: {v}" for k, v in BATCHING.items()))
+    p.add_argument("--length-spread", type=float, default=0.0, help="each prompt's max_tokens drawn from "
+                   "[M (1 - s), M (1 + s)], M = --max-tokens (sdsat_vllm.bench.spread_lengths)")
     p.add_argument("--quiet", action="store_true", help="totals only, no line per step")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1 or args.num_prompts < 1:
         p.error("--repeats, --batch-size and --num-prompts must be at least 1")
+    if not 0.0 <= args.length_spread < 1.0:
+        p.error(f"--length-spread must be in [0, 1), got {args.length_spread}")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import cpu_name, engine_kwargs, git_state, one_set_workload, quiet_vllm
+    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm,
+                                  spread_lengths)
 
     git = git_state(Path(__file__).resolve().parent)
     quiet_vllm()
@@ -95,7 +111,8 @@ def main(argv=None) -> int:
 
     work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens, args.temperature,
                             args.num_speculative_tokens)
-    model_dir, prompts, sampling, temp = work.model_dir, work.prompts, work.sampling, work.temperature
+    model_dir, prompts, temp = work.model_dir, work.prompts, work.temperature
+    sampling = spread_lengths(work.sampling, len(prompts), args.length_spread)  # spread 0: all max_tokens
     spec = {"model": "sdsat", "num_speculative_tokens": work.num_sat, **METHODS[args.method]}
 
     vllm_plugin.register()  # the patches first: the tracer wraps the proposer they call
@@ -127,13 +144,18 @@ def main(argv=None) -> int:
     llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=args.batch_size,
               **engine_kwargs(max_model_len=2048))
     try:
-        llm.generate(prompts[:args.batch_size], sampling, use_tqdm=False)  # warm-up (and the policy's first steps)
+        # warm-up (and the policy's first steps)
+        llm.generate(prompts[:args.batch_size], sampling[:args.batch_size], use_tqdm=False)
         for r in range(args.repeats):
             trace.clear()
             t0 = time.perf_counter()
-            outs = []
-            for i in range(0, len(prompts), args.batch_size):
-                outs += llm.generate(prompts[i:i + args.batch_size], sampling, use_tqdm=False)
+            if args.batching == "continuous":
+                outs = generate_continuous(llm, prompts, sampling, args.batch_size)
+            else:
+                outs = []
+                for i in range(0, len(prompts), args.batch_size):
+                    outs += llm.generate(prompts[i:i + args.batch_size], sampling[i:i + args.batch_size],
+                                         use_tqdm=False)
             wall = time.perf_counter() - t0
             steps = [{key: v for key, v in s.items() if key != "_t0"} for s in trace]
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -145,6 +167,8 @@ def main(argv=None) -> int:
                   f"{run['proposer_s']:.3f} s, {run['steps_with_speculative_tokens']} steps with speculative tokens "
                   f"({run['speculative_tokens']} tokens; {run['speculative_steps_ms']} ms against a median plain "
                   f"step of {run['median_plain_step_ms'] or 0:.1f} ms); cost model {run['cost_model']}", flush=True)
+            print(f"  proposer: median {run['median_proposer_ms'] or 0:.2f} ms a step; costliest steps (ms, step, "
+                  f"requests): {run['proposer_top_ms']}")
             print("  median step ms by scheduled tokens (steps):", {n: (run["steps_by_tokens"][n], ms) for n, ms in
                                                                    run["median_step_ms_by_tokens"].items()})
             if not args.quiet:
@@ -160,6 +184,7 @@ def main(argv=None) -> int:
         meta = {"command": " ".join(sys.argv), "model": str(model_dir), "method": args.method,
                 "speculative_config": spec, "prompt_set": args.prompt_set, "num_prompts": args.num_prompts,
                 "batch_size": args.batch_size, "max_tokens": args.max_tokens, "temperature": temp,
+                "batching": args.batching, "length_spread": args.length_spread,
                 "machine": cpu_name(), "git": git, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         Path(args.out).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         print(f"wrote {args.out}")

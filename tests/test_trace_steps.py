@@ -22,7 +22,10 @@ def test_summary_splits_decode_steps_by_speculative_tokens():
     assert s["steps_with_speculative_tokens"] == 1 and s["speculative_tokens"] == 320
     assert s["speculative_steps_ms"] == [1370.0]
     assert s["median_plain_step_ms"] == 157.5  # 150, 155, 160, 380
+    # the proposer's costliest steps first (ms, step index, requests), and its median
+    assert s["proposer_top_ms"][:2] == [(180.0, 4, 64), (5.0, 3, 64)] and s["median_proposer_ms"] == 1.0
     assert trace_steps.summarize([])["median_plain_step_ms"] is None
+    assert trace_steps.summarize([])["median_proposer_ms"] is None and trace_steps.summarize([])["proposer_top_ms"] == []
 
 
 def test_summary_tabulates_decode_steps_by_size():
