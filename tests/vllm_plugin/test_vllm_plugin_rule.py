@@ -282,21 +282,26 @@ def test_proposer_sizes_decisions_by_the_whole_batch_and_skips_idle_requests(mon
 def test_a_slot_left_empty_for_a_step_does_not_make_the_batch_decide_afresh(monkeypatch):
     """Under load a finished request's slot stays empty for a step or two: the batch goes 64, 63, 64
     (rungs 64 and 58). Decisions are sized for the largest batch of the last steps, so the requests in
-    back-off stay idle through the dip and only the new request decides; control: sized for each
-    step's own batch, all 63 decide on the dip and again when it ends."""
+    back-off stay idle through the dip, their steady state not even looked at, and only the new request
+    decides; control: sized for each step's own batch, all 63 have their steady state evaluated at the
+    new rung on the dip and again when it ends (the idle shortcut then holds where it is still plain
+    decoding, results 42; before that, they all decided)."""
     from sdsat_vllm.vllm_plugin.policy import RecentBatch
 
-    def run(window: int) -> list[int]:
+    def run(window: int) -> tuple[list[int], list[int]]:
         p = _adaptive_proposer()
         p._recent_batch = RecentBatch(window)
         seen, real = [], p.drafter.decide
         monkeypatch.setattr(p.drafter, "decide", lambda r, q, **kw: seen.append(r) or real(r, q, **kw))
+        evaluated, real_steady = [], p.drafter._steady
+        monkeypatch.setattr(p.drafter, "_steady", lambda *a: evaluated.append(1) or real_steady(*a))
         monkeypatch.setattr(p.drafter, "lookup_may_pay", lambda *a, **k: False)
         texts = [[1, 2, 3, 4, 5, 6, 7]] * 64
-        decided = []
+        decided, steady = [], []
 
         def step(live, sampled):
             seen.clear()
+            evaluated.clear()
             batch = _input_batch([texts[0]] * len(live))
             batch.req_ids = live
             p.sdsat_propose_with_context(batch, sampled, None, None,
@@ -304,6 +309,7 @@ def test_a_slot_left_empty_for_a_step_does_not_make_the_batch_decide_afresh(monk
                                                          scheduled_spec_decode_tokens={},
                                                          total_num_scheduled_tokens=len(live)))
             decided.append(len(seen))
+            steady.append(len(evaluated))
 
         full = [f"r{i}" for i in range(64)]
         step(full, [[9]] * 64)                      # every request new: each decides once
@@ -312,10 +318,12 @@ def test_a_slot_left_empty_for_a_step_does_not_make_the_batch_decide_afresh(monk
         step(dip, [[9]] * 63)
         step(dip + ["new"], [[9]] * 63 + [[]])      # a new request prefills in the slot
         step(dip + ["new"], [[9]] * 64)
-        return decided
+        return decided, steady
 
-    assert run(8) == [64, 0, 0, 0, 1]
-    assert run(1) == [64, 0, 63, 63, 1]
+    decided, steady = run(8)
+    assert decided == [64, 0, 0, 0, 1] and steady[1:4] == [0, 0, 0]
+    decided, steady = run(1)
+    assert decided == [64, 0, 0, 0, 1] and steady[1:4] == [0, 63, 63]
 
 
 def test_recent_batch_is_the_largest_of_the_last_steps():
