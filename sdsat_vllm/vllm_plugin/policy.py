@@ -1093,8 +1093,9 @@ class AdaptiveDrafter:
         key = (tuple(st.alpha), limit, batch_size)
         memo = st.steady_memo
         if memo is None or memo[0] != key or memo[1] is not cost:  # `is`: the memo holds the model alive
-            # and shared between requests: those that never probed at this batch size share alpha (the
-            # engine-wide one they started from), so a batch that moves to another rung asks once
+            # and shared between requests of the same alpha: those that never read a SAT row keep the
+            # engine-wide one they started with, which stands still while nothing is drafted, so a batch in
+            # back-off that moves to another rung computes it once
             cache = self._cost_cache(cost)
             steady = cache.get(("steady", key))
             if steady is None:
