@@ -71,6 +71,7 @@ count, not this one's, and its count is per batch size, not per request or per s
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 from collections import deque
@@ -487,17 +488,7 @@ class AcceptanceCalibration:
         return (acc + self.prior_weight * q) / (off + self.prior_weight)
 
     def estimates(self, qs: Sequence[float]) -> list[float]:
-        """[estimate(i, q) for i, q in enumerate(qs)], in one loop: under load the proposer asks for a
-        few of these per request looked up, every step."""
-        out, w, top = [], self.prior_weight, self.buckets - 1
-        offered, accepted = self.offered, self.accepted
-        for i, q in enumerate(qs):
-            q = min(max(float(q), 0.0), 1.0)
-            if i < len(offered):
-                b = min(top, int(q * self.buckets))
-                q = (accepted[i][b] + w * q) / (offered[i][b] + w)
-            out.append(q)
-        return out
+        return [self.estimate(i, q) for i, q in enumerate(qs)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,20 +587,13 @@ def probe_due(k: int, steps_since_probe: int, probe_clock: int | None = None) ->
 _BATCH_LADDER = sorted({*range(1, 9), *(int(8 * 2 ** (e / 8)) for e in range(8 * 17))})
 
 
+@functools.lru_cache(maxsize=4096)  # asked a few times per request and step
 def decision_batch(batch_size: int) -> int:
     """The rung of _BATCH_LADDER at or below batch_size: the batch size the drafter's decisions are
     sized for (rounded down: speculation pays less the larger the batch, so the error leans to
     drafting, by at most one rung, ~9%)."""
-    rung = _RUNGS.get(batch_size)
-    if rung is None:
-        b = max(int(batch_size), 1)
-        rung = _BATCH_LADDER[bisect.bisect_right(_BATCH_LADDER, b) - 1]
-        if isinstance(batch_size, int) and len(_RUNGS) < 4096:
-            _RUNGS[batch_size] = rung
-    return rung
-
-
-_RUNGS: dict[int, int] = {}  # decision_batch's answers: it is asked a few times per request and step
+    b = max(int(batch_size), 1)
+    return _BATCH_LADDER[bisect.bisect_right(_BATCH_LADDER, b) - 1]
 
 
 class RecentBatch:
@@ -1152,10 +1136,11 @@ class AdaptiveDrafter:
         b = decision_batch(batch_size)
         if limit == 0:
             return False
-        if st.steady_memo[0][1:] != (limit, b) and self._steady(st, limit, b, self.cost()).m != 0:
+        cost = self.cost()
+        if st.steady_memo[0][1:] != (limit, b) and self._steady(st, limit, b, cost).m != 0:
             return False
         # decide would count this step (since_probe + 1) and then ask probe_due
-        if probe_due(self._probe_k(limit, b, self.cost()) * max(int(st.probe_backoff), 1), st.since_probe + 1,
+        if probe_due(self._probe_k(limit, b, cost) * max(int(st.probe_backoff), 1), st.since_probe + 1,
                      self.clock):
             return False
         st.since_probe += 1

@@ -471,7 +471,7 @@ def test_calibration():
     assert cal.estimate(0, 0.3) == pytest.approx(0.3)           # another bucket
     cal.record_step([0.5, 0.5], 2)
     assert cal.offered[1][5] == 1 and cal.accepted[1][5] == 1
-    # estimates (one loop, the proposer's) is estimate position by position, past the last one and out of [0, 1] too
+    # estimates is estimate position by position, past the last one and out of [0, 1] too
     qs = [0.92, 0.5, -0.2, 1.3, 0.05, 0.9]
     assert cal.estimates(qs) == [cal.estimate(i, q) for i, q in enumerate(qs)]
     assert cal.estimates(qs)[0] < 0.1 and cal.estimates(qs)[3:] == [1.0, 0.05, 0.9]
