@@ -1178,15 +1178,20 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
 def test_lookup_ledger_verdicts():
     """Lookups whose chains were worth less than OFF_BELOW of their cost make later ones STRIDE_OFF times
     rarer; worth more than their cost, back to 1; in between the verdict holds; no verdict before a
-    window of lookups, nor without a token's time."""
+    window of lookups (the first one shorter), nor without a token's time."""
     led = LookupLedger()
-    w = LookupLedger.WINDOW
-    led.add_lookups(w - 1, 0.1, 1.0, 0.01)   # spent 10 tokens, worth 1: but the window is not full
+    w, first = LookupLedger.WINDOW, LookupLedger.FIRST_WINDOW
+    assert first < w
+    led.add_lookups(first - 1, 0.1, 1.0, 0.01)   # spent 10 tokens, worth 1: but the first window is not full
     assert led.stride == 1
     led.add_lookups(1, 0.0, 0.0, None)       # full, but no token time measured yet
-    assert led.stride == 1 and led.lookups == w
+    assert led.stride == 1 and led.lookups == first
     led.add_lookups(1, 0.0, 0.0, 0.01)
     assert led.stride == LookupLedger.STRIDE_OFF and (led.lookups, led.seconds, led.worth) == (0, 0.0, 0.0)
+    led.add_lookups(first, 0.01, 5.0, 0.01)  # worth 5 against 1 spent, but the next windows are longer
+    assert led.stride == LookupLedger.STRIDE_OFF and led.lookups == first
+    led.add_lookups(w - first, 0.01, -4.0, 0.01)  # the window whole: worth 1 against 2 spent, the verdict holds
+    assert led.stride == LookupLedger.STRIDE_OFF and led.lookups == 0
     led.add_lookups(w, 0.02, 1.9, 0.01)      # spent 2 tokens, worth 1.9: between, the verdict holds
     assert led.stride == LookupLedger.STRIDE_OFF
     led.add_lookups(w // 2, 0.01, 2.5, 0.01)
