@@ -3,6 +3,8 @@
 # plain vs the default at batch 16 and 64, HumanEval and norepeat, three rounds interleaved; then norepeat at
 # batch 16 five more rounds (42.2's weakest cell). From a clean worktree, the machine otherwise quiet.
 set -u
+# No PYTHONPATH here: the package the engines imported was /work/main's editable install, whose code was 9380a1b's
+# throughout the run (only docs/design.md changed there meanwhile); ledger_abba_session43_cpu.sh sets it per tree.
 cd /work/bench
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
 export VLLM_CPU_NUM_OF_RESERVED_CPU=0 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/work/main/.venv/lib/libiomp5.so
