@@ -909,10 +909,10 @@ class LookupLedger:
     become STRIDE_OFF times rarer (a request that found nothing to send waits that many times longer,
     AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every step a chain could pay
     on. The rarer lookups keep measuring the ratio, and find it better: only a request whose lookup found
-    nothing waits longer, and misses come in runs (at batch 16 in a fresh engine, 128 lookups at stride
-    1 were worth 0.0-0.3 of their cost, 128 at stride 8 over the next stretch of the run 2-3x, results
-    43), so a verdict taken at STRIDE_OFF leans to turning lookups back on. Near break-even the verdict holds where it is (lookups become rarer only
-    where their chains were worth less than OFF_BELOW of their cost, and common again where worth more
+    nothing waits longer, and misses come in runs (at batch 16 in a fresh engine, windows of 128 lookups
+    at stride 1 were worth under a third of their cost, the next 128 at stride 8 1.0-2.2x, results 43),
+    so a verdict taken at STRIDE_OFF leans to turning lookups back on. Near break-even the verdict holds
+    where it is (lookups become rarer only where their chains were worth less than OFF_BELOW of their cost, and common again where worth more
     than it): either choice costs little there, and a window's worth is itself an estimate (a few chains,
     a calibration still learning) that an engine's threads timing the lookups can tip either way.
 
@@ -925,9 +925,10 @@ class LookupLedger:
     realized worth: -45 to +168 ms per 64 steps against ~50 ms spent; results 29).
 
     The first verdict comes after FIRST_WINDOW lookups: a fresh engine looks up every request in
-    back-off every step or two until then, and at batch 16 on norepeat the first 512 lookups took ~45 of
-    a 256-step run's steps at ~1 ms a step, while each 128 of them was worth 0.0-0.3 of its cost on
-    norepeat and HumanEval alike (results 43)."""
+    back-off every step or two until then, and at batch 16 the first 512 lookups took ~45 of a 256-step
+    run's steps at ~1 ms a step (norepeat; 36 on HumanEval) and were worth 0.52-0.56 of their cost on
+    norepeat (just enough to keep them every step) and 0.08 on HumanEval; the first 128, 0.29 and 0.0
+    (results 43)."""
 
     WINDOW = 512
     FIRST_WINDOW = 128
