@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         p.error(f"--length-spread must be in [0, 1), got {args.length_spread}")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm,
+    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_batched, git_state, one_set_workload, quiet_vllm,
                                   spread_lengths)
 
     git = git_state(Path(__file__).resolve().parent)
@@ -149,13 +149,7 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             trace.clear()
             t0 = time.perf_counter()
-            if args.batching == "continuous":
-                outs = generate_continuous(llm, prompts, sampling, args.batch_size)
-            else:
-                outs = []
-                for i in range(0, len(prompts), args.batch_size):
-                    outs += llm.generate(prompts[i:i + args.batch_size], sampling[i:i + args.batch_size],
-                                         use_tqdm=False)
+            outs = generate_batched(llm, prompts, sampling, args.batch_size, args.batching)
             wall = time.perf_counter() - t0
             steps = [{key: v for key, v in s.items() if key != "_t0"} for s in trace]
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)

@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         p.error(f"--length-spread must be in [0, 1), got {args.length_spread}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_continuous, git_state, one_set_workload, quiet_vllm,
+    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_batched, git_state, one_set_workload, quiet_vllm,
                                   spread_lengths)
     from sdsat_vllm.vllm_plugin import shutdown_llm
 
@@ -239,13 +239,7 @@ def main(argv=None) -> int:
         for r in range(args.repeats):
             t0, w0 = time.monotonic(), time.perf_counter()
             latencies: dict[int, float] = {}
-            if args.batching == "continuous":
-                outs = generate_continuous(llm, work.prompts, sampling, args.batch_size, latencies)
-            else:
-                outs = []
-                for i in range(0, len(work.prompts), args.batch_size):
-                    outs += llm.generate(work.prompts[i:i + args.batch_size], sampling[i:i + args.batch_size],
-                                         use_tqdm=False)
+            outs = generate_batched(llm, work.prompts, sampling, args.batch_size, args.batching, latencies)
             wall = time.perf_counter() - w0
             windows.append((t0, time.monotonic()))
             tokens = sum(len(o.outputs[0].token_ids) for o in outs)

@@ -31,7 +31,9 @@ from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
 from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "CPU_RUNTIME_VARS", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS",
-           "EngineRun", "TimedRun", "chat_formatter", "cpu_name", "engine_kwargs", "generate_continuous", "git_state",
+           "EngineRun", "TimedRun", "chat_formatter", "cpu_name", "engine_kwargs", "generate_batched",
+           "generate_continuous",
+           "git_state",
            "humaneval_prompts", "norepeat_prompts", "prompt_set", "quiet_vllm", "repeated_share", "run_vllm",
            "run_vllm_workloads", "runtime_env", "sdsat_draft_len", "spread_lengths", "worst_case_prompts"]
 
@@ -388,6 +390,23 @@ def generate_continuous(llm, prompts: Sequence[Any], sampling: Any, concurrency:
     return [outputs[str(i)] for i in range(len(prompts))]
 
 
+def generate_batched(llm, prompts: Sequence[Any], sampling: Any, batch_size: int, batching: str = "grouped",
+                     latencies: dict[int, float] | None = None) -> list:
+    """The RequestOutputs of `prompts` (in prompt order) at batch size `batch_size`, as BATCHING[batching] says:
+    grouped, one `LLM.generate` per group of batch_size prompts; continuous, :func:`generate_continuous`
+    (which alone fills `latencies`). sampling: one SamplingParams for all, or one per prompt."""
+    if batching not in BATCHING:
+        raise ValueError(f"batching must be one of {sorted(BATCHING)}, got {batching!r}")
+    if batching == "continuous":
+        return generate_continuous(llm, prompts, sampling, batch_size, latencies)
+    per_prompt = isinstance(sampling, (list, tuple))
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        outs += llm.generate(prompts[i:i + batch_size], sampling[i:i + batch_size] if per_prompt else sampling,
+                             use_tqdm=False)
+    return outs
+
+
 def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | None,
                        workloads: Sequence[tuple[Sequence[str], Any]], *, batch_sizes: Sequence[int] = (1,),
                        engine_kw: dict[str, Any] | None = None,
@@ -420,13 +439,8 @@ def run_vllm_workloads(model_dir: str | os.PathLike, speculative_config: dict | 
             for bs in batch_sizes:
                 todo = list(prompts) if max_groups is None else list(prompts)[: max_groups * bs]
                 before = from_llm_metrics(llm.get_metrics(), draft_len)
-                outs = []
                 t0 = time.perf_counter()
-                if batching == "continuous":
-                    outs = generate_continuous(llm, todo, sampling, bs)
-                else:
-                    for i in range(0, len(todo), bs):
-                        outs += llm.generate(todo[i:i + bs], sampling, use_tqdm=False)
+                outs = generate_batched(llm, todo, sampling, bs, batching)
                 wall = time.perf_counter() - t0
                 token_ids = [list(o.outputs[0].token_ids) for o in outs]
                 # decoded tokens: each request's first token comes from its prefill, the rest from decode forwards

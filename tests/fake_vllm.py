@@ -96,8 +96,10 @@ class FakeLLM:
     def generate(self, prompts, sampling, use_tqdm=True):
         self.calls.append((list(prompts), sampling))
         outs = []
-        for p in prompts:
-            ids, text, forwards = self.complete(p, sampling)
+        # as LLM.generate: one SamplingParams for all, or one per prompt
+        per_prompt = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+        for p, sp in zip(prompts, per_prompt):
+            ids, text, forwards = self.complete(p, sp)
             CLOCK.now += 0.01 * forwards + 0.002 * len(ids) * (1 + self.n)
             outs.append(self.output(ids, text))
         return outs

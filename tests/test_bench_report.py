@@ -365,6 +365,32 @@ def test_generate_continuous_refills_a_slot_when_a_request_ends(fake, monkeypatc
         bench.generate_continuous(llm, ["a"], [fake_vllm.SamplingParams()] * 2, 1)
 
 
+def test_generate_batched_groups_prompts_with_their_own_sampling(fake):
+    """grouped: one generate per group of B, each group with its prompts' own SamplingParams where there is one
+    per prompt (trace_steps' and worker_steps' --length-spread), the one given otherwise; continuous: the same
+    outputs through generate_continuous, which alone times each request."""
+    FakeLLM, model = fake
+    llm = FakeLLM(str(model))
+    prompts = ["a", "b", "c", "d", "e"]
+    per_prompt = [fake_vllm.SamplingParams(max_tokens=4 + i) for i in range(5)]
+    texts = [o.outputs[0].text for o in llm.generate(prompts, per_prompt)]  # all at once: the reference
+    assert len(set(texts)) == 5
+    llm.calls.clear()
+    outs = bench.generate_batched(llm, prompts, per_prompt, 2)
+    assert [o.outputs[0].text for o in outs] == texts
+    assert [(ps, [s.max_tokens for s in sp]) for ps, sp in llm.calls] == [
+        (["a", "b"], [4, 5]), (["c", "d"], [6, 7]), (["e"], [8])]
+    one = fake_vllm.SamplingParams(max_tokens=3)
+    llm.calls.clear()
+    bench.generate_batched(llm, prompts, one, 4)
+    assert [(ps, sp) for ps, sp in llm.calls] == [(prompts[:4], one), (prompts[4:], one)]
+    latencies = {}
+    cont = bench.generate_batched(llm, prompts, per_prompt, 2, "continuous", latencies)
+    assert [o.outputs[0].text for o in cont] == texts and sorted(latencies) == list(range(5))
+    with pytest.raises(ValueError, match="batching must be one of"):
+        bench.generate_batched(llm, prompts, one, 2, "server")
+
+
 def test_bench_vllm_rounds_alternate_their_order(fake, tmp_path):
     FakeLLM, model = fake
     b = load_bench_vllm()

@@ -904,17 +904,18 @@ def backoff_chain_cost(m: int, batch_size: int, cost: CostModel) -> float:
 class LookupLedger:
     """Whether looking up the requests in back-off pays for itself at one batch size (a rung of
     decision_batch): the seconds the proposer spends on their lookups against what the chains those
-    lookups find are expected to net (their accepted tokens less their price, Decision.gain), both
-    in tokens of the batch. Every WINDOW lookups a verdict: lookups that netted less than they cost
-    become STRIDE_OFF times rarer (a request that found nothing to send waits that many times longer,
-    AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every step a chain could pay
-    on. The rarer lookups keep measuring the ratio, and find it better: only a request whose lookup found
-    nothing waits longer, and misses come in runs (at batch 16 in a fresh engine, windows of 128 lookups
-    at stride 1 were worth under a third of their cost, the next 128 at stride 8 1.0-2.2x, results 43),
-    so a verdict taken at STRIDE_OFF leans to turning lookups back on. Near break-even the verdict holds
-    where it is (lookups become rarer only where their chains were worth less than OFF_BELOW of their cost, and common again where worth more
-    than it): either choice costs little there, and a window's worth is itself an estimate (a few chains,
-    a calibration still learning) that an engine's threads timing the lookups can tip either way.
+    lookups find are expected to net (their accepted tokens less their price, Decision.gain), both in
+    tokens of the batch. Every WINDOW lookups a verdict (the first after FIRST_WINDOW): lookups that
+    netted less than they cost become STRIDE_OFF times rarer (a request that found nothing to send waits
+    that many times longer, AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every
+    step a chain could pay on. The rarer lookups keep measuring the ratio, and find it better: only a
+    request whose lookup found nothing waits longer, and misses come in runs (at batch 16 in a fresh
+    engine, windows of 128 lookups at stride 1 were worth under a third of their cost, the next 128 at
+    stride 8 1.0-2.2x, results 43), so a verdict taken at STRIDE_OFF leans to turning lookups back on.
+    Near break-even the verdict holds where it is (lookups become rarer only where their chains were
+    worth less than OFF_BELOW of their cost, and common again where worth more than it): either choice
+    costs little there, and a window's worth is itself an estimate (a few chains, a calibration still
+    learning) that an engine's threads timing the lookups can tip either way.
 
     Why: under load most requests are in back-off and each is looked up every step or two for a chain
     that might lift the step by min_gain. At batch 16 on this CPU ~14 lookups a step found a chain
