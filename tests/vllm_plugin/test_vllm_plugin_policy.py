@@ -10,7 +10,7 @@ import pytest
 from sdsat_vllm.vllm_plugin import policy
 from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel, OnlineCost,
-                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
+                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length, fit_to_room,
                                            device_default, expected_accepted, fit_local_linear, lookup_prior_q,
                                            decision_batch, probe_due, probe_interval, sampling_overhead, StaleSteps, StepTimes, score_lookup, steady_state, suffix_candidate, suffix_match,
                                            validate_options)
@@ -228,6 +228,40 @@ def test_never_more_than_n_drafts_in_hand_or_cap():
     assert choose_draft_length([0.99] * 2, 4, CHEAP).drafts == 2              # only 2 fresh drafts
     assert choose_draft_length([0.99] * 4, 4, CHEAP, cap=2) == Decision(2, 2)  # vLLM's per-batch-size count
     assert choose_draft_length([0.99] * 4, 4, CHEAP, cap=0) == Decision(0, 0)  # speculation off at this size
+
+
+def test_drafts_and_tail_fit_the_tokens_a_request_has_left():
+    # `left` tokens after this step: the next step commits at most drafts + 1 of them, and the tail
+    # drafts the step after, which has at most left - 2 - drafts to use
+    assert fit_to_room(3, 3, None) == (3, 3)
+    assert fit_to_room(3, 3, 8) == (3, 3)      # room for the chain and all the tail drafts next step
+    assert fit_to_room(3, 3, 7) == (3, 2)
+    assert fit_to_room(3, 3, 4) == (3, 0)      # every draft can land; nothing after them could
+    assert fit_to_room(3, 3, 3) == (2, 0)
+    assert fit_to_room(0, 3, 3) == (0, 1)      # a SAT-only step: one draft next step, then the last token
+    assert fit_to_room(0, 3, 2) == (0, 0)      # the next step's own token, then one more: plain steps
+    assert fit_to_room(2, 1, 1) == (0, 0)      # the last token
+    assert fit_to_room(2, 1, 0) == (0, 0)      # finished this step
+
+
+def test_decide_cuts_drafts_and_tail_to_the_room_and_still_learns():
+    def drafter():
+        d = AdaptiveDrafter(4, 4, CHEAP, online=False)
+        d.alpha_global = [0.95] * 4
+        return d
+
+    assert drafter().decide("r", [0.99] * 4) == Decision(4, 4)  # control: no bound
+    d = drafter().decide("r", [0.99] * 4, room=6)
+    assert (d.drafts, d.tail) == (4, 0)
+    near = drafter()
+    d = near.decide("r", [0.99] * 4, room=4)
+    assert (d.drafts, d.tail) == (3, 0)
+    # the request's last token: nothing sent, and what this step verified (3 drafts, 2 accepted) is
+    # still recorded by position
+    d = near.decide("r", [], verified_real=3, accepted=2, room=1)
+    assert (d.drafts, d.tail) == (0, 0)
+    assert [sum(row) for row in near.calibration.offered] == [1, 1, 1, 0]
+    assert [sum(row) for row in near.calibration.accepted] == [1, 1, 0, 0]
 
 
 def test_tail_is_what_the_next_step_would_draft():

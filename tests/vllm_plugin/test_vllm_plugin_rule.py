@@ -11,7 +11,8 @@ from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
 from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
-from sdsat_vllm.vllm_plugin.proposer import count_trailing_sats, decode_only, lookup_chains, plan_drafts, sat_input_rows
+from sdsat_vllm.vllm_plugin.proposer import (count_trailing_sats, decode_only, lookup_chains, plan_drafts, sat_input_rows,
+                                             tokens_left)
 
 S = 900  # a SAT id
 SATS = [S, S, S]
@@ -500,6 +501,67 @@ def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_wo
     out = p.sdsat_propose_with_context(_input_batch([text]), [[9]], None, None, sched)
     assert out[0][:3] == [8, 9, 10] and out[0][3:] == SATS[:3]  # the chain, then a full tail
     assert noted[-1][0] == 1 and gains[-1] > 0 and noted[-1][1] == pytest.approx(gains[-1])
+
+
+def _requests(max_tokens):
+    """The runner's request states the proposer reads (vLLM's CachedRequestState.sampling_params)."""
+    return {f"r{i}": SimpleNamespace(sampling_params=None if m is None else SimpleNamespace(max_tokens=m))
+            for i, m in enumerate(max_tokens)}
+
+
+def test_tokens_left_by_max_tokens_and_the_models_length():
+    batch = _input_batch([[1] * 10, [1] * 10, [1] * 10, [1] * 10, [1] * 500])
+    batch.num_prompt_tokens = [4, 4, 8, 4, 100]  # 6, 6, 2, 6 and 400 tokens produced, this step's included
+    sampled = [[7], [7], [7], [], [7]]
+    reqs = _requests([8, 100, 5, 7, None])  # r4: no sampling params (pooling): the model's length alone
+    assert tokens_left(batch, sampled, reqs, 512, 11) == {0: 2, 2: 3}   # r1 far from both; r3 sampled nothing
+    assert tokens_left(batch, sampled, reqs, 505, 11) == {0: 2, 2: 3, 4: 5}
+    assert tokens_left(batch, sampled, reqs, 512, 2) == {0: 2}
+    batch.num_prompt_tokens[0] = 1  # 9 produced of 8: finished (vLLM stops it), nothing left
+    assert tokens_left(batch, sampled, reqs, 512, 11)[0] == 0
+
+
+def test_proposer_cuts_drafts_and_tail_to_what_max_tokens_leaves(monkeypatch):
+    """The chain and tail of test_proposer_counts_what_the_chains_it_sends..., near the request's
+    max_tokens: with 3 tokens left after this step only 2 drafts can land (the next step commits at most
+    drafts + 1) and no tail draft could be used; with 1 left nothing is sent, though the policy still hears
+    the step. Without the runner's request states (or far from max_tokens) nothing is cut. The fixed
+    policy's SAT-only step after a prefill: its tail is cut alike."""
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
+
+    text = [5, 6, 7, 8, 9, 10, 11] * 6 + [5, 6, 7]  # "8 9 10 11 5" follows: a long match
+    sched = SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={}, scheduled_spec_decode_tokens={},
+                            total_num_scheduled_tokens=1)
+
+    def propose(max_tokens, p=None):
+        if p is None:
+            p = _adaptive_proposer()
+            p.drafter = AdaptiveDrafter(3, 3, CostModel.linear(0.001), online=False)
+            p.drafter.alpha_global = [0.0] * 3  # the SATs never right: back-off, lookup chains only
+            p._recent_batch = RecentBatch()
+        p.max_model_len = 2048
+        seen = []
+        real = p.drafter.decide
+        monkeypatch.setattr(p.drafter, "decide", lambda *a, **k: seen.append(k["room"]) or real(*a, **k))
+        batch = _input_batch([text])
+        batch.num_prompt_tokens = [len(text) - 10]  # 10 tokens produced
+        p.sdsat_propose_with_context(_input_batch([text[:-1] + [99]]), [[9]], None, None, sched)  # enters back-off
+        seen.clear()
+        reqs = None if max_tokens is None else _requests([max_tokens])
+        return p.sdsat_propose_with_context(batch, [[9]], None, None, sched, requests=reqs), seen
+
+    assert propose(None) == ([[8, 9, 10] + SATS], [None])
+    assert propose(100) == ([[8, 9, 10] + SATS], [None])  # far from max_tokens: not even looked at
+    assert propose(13) == ([[8, 9]], [3])
+    assert propose(11) == ([[]], [1])
+
+    fixed = _adaptive_proposer()
+    fixed.adaptive, fixed.max_model_len = False, 2048
+    prefill = _input_batch([text])
+    prefill.num_prompt_tokens = [len(text) - 1]  # the prefill's token is the first produced
+    for max_tokens, want in ((None, SATS), (40, SATS), (4, SATS[:1]), (3, []), (1, [])):
+        reqs = None if max_tokens is None else _requests([max_tokens])
+        assert fixed.sdsat_propose_with_context(prefill, [[9]], None, None, sched, requests=reqs) == [want], max_tokens
 
 
 # ---------------------------------------------------------------- short form

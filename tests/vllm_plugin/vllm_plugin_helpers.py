@@ -160,7 +160,9 @@ def sampling_distribution_check(sdsat_llm, sdsat_model_dir, prompt_ids=None, ref
     sat_ids = [i for i in SDSATConfig.from_pretrained(sdsat_model_dir).sat_id_set if i < model.config.vocab_size]
     # unseeded: n independent draws from the distribution under test
     before = spec_summary(sdsat_llm)
-    res = sdsat_llm.generate([prompt], SamplingParams(temperature=temperature, n=n, max_tokens=3))[0]
+    # 4 tokens: drafts are cut to what a request can use (fit_to_room), and with 3 nothing after the
+    # second token could be verified
+    res = sdsat_llm.generate([prompt], SamplingParams(temperature=temperature, n=n, max_tokens=4))[0]
     drafts = spec_summary(sdsat_llm) - before
     assert 0 < drafts.num_accepted_tokens < drafts.num_draft_tokens  # both verifier branches ran
     seqs = [tuple(c.token_ids) for c in res.outputs]
