@@ -9,30 +9,41 @@ one meaning, in every class and every table. A *step* is one verify forward of o
 
 Counters
     num_drafts                   (vLLM) steps that carried speculative tokens. The SAT tail counts
-                                 as speculative tokens, so under SDSAT every decode step counts,
-                                 the SAT-only ones (no real draft) included. For ngram: steps that
+                                 as speculative tokens, so under SDSAT's fixed policy every decode
+                                 step counts, the SAT-only ones (no real draft) included, but a
+                                 request's last one or two before its max_tokens, which carry
+                                 nothing (nothing sent there could land). For ngram: steps that
                                  found a match. Engine: decode forwards of a speculative mode (each
                                  carries drafts or SATs); 0 for `ar`; the prefill forward never.
     num_draft_tokens             (vLLM) real draft tokens offered to verification; the SAT tail is
                                  never counted (plugin patch `spec_stats_exclude_sat`). Tree: nodes.
-    num_accepted_tokens          (vLLM) real drafts accepted.
+    num_accepted_tokens          (vLLM) real drafts accepted. vLLM counts them before its stop
+                                 check: drafts accepted past a request's max_tokens, EOS or stop
+                                 string count, though the scheduler drops them. SDSAT sends none
+                                 past max_tokens (policy.fit_to_room); ngram and suffix decoding do.
     num_accepted_tokens_per_pos  (vLLM) [i]: steps in which the draft at position i (0-based) was
                                  accepted (accepted drafts are a prefix, so positions 0..i all were).
     num_draft_steps              (SDSAT) steps that offered at least one real draft. The engine
                                  counts them; from vLLM's counters it is num_draft_tokens / n when
-                                 every real draft is n long (the SDSAT plugin's are), else unknown.
+                                 every real draft is n long (the fixed policy's are, but for a
+                                 request's last steps before max_tokens, cut to what can land: a
+                                 request of S such steps reads up to 1/S off), else unknown.
     num_draft_steps_per_pos      (SDSAT) [i]: steps that offered a real draft at position i (a
                                  top-k tree offers a depth only where its shape reaches it).
     num_decoded_tokens           tokens committed by decode steps: the output minus the one token
                                  each request's prefill samples.
     num_decode_forwards          decode steps. Engine: counted. vLLM: num_decoded_tokens -
-                                 num_accepted_tokens, since every decode step commits 1 + accepted.
+                                 num_accepted_tokens, since every decode step commits 1 + accepted;
+                                 short by the accepted drafts the stop check dropped (see
+                                 num_accepted_tokens), so a method that drafts past max_tokens
+                                 shows a few more tokens per decode forward than it committed.
 
 Figures (the functions below; the classes expose each as a property of the same name)
     acceptance_rate              num_accepted_tokens / num_draft_tokens. vLLM's "draft acceptance
                                  rate": of the real drafts offered, the share accepted.
-    mean_acceptance_length       1 + num_accepted_tokens / num_drafts. vLLM's. Under SDSAT every
-                                 decode step is a draft, so it is the tokens per decode forward.
+    mean_acceptance_length       1 + num_accepted_tokens / num_drafts. vLLM's. Under SDSAT nearly
+                                 every decode step is a draft (num_drafts), so it is about the
+                                 tokens per decode forward.
     acceptance_rate_per_pos      [i] num_accepted_tokens_per_pos[i] / num_drafts. vLLM's
                                  "per-position acceptance rate". Under SDSAT its denominator counts
                                  the SAT-only steps, so it understates how often a real draft is right.
