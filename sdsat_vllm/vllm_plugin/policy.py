@@ -82,7 +82,7 @@ from typing import Any, Callable, Iterable, Sequence
 #: ``additional_config={"sdsat": {...}}``), with their defaults.
 DEFAULT_OPTIONS = {
     "mode": "fused",          # "fused": [x, d, SAT tail]; "tree": a SAT block after x and every draft (tree_step.py)
-    "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail, always
+    "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail
     "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
     "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
     "min_gain": 0.02,         # speculate only if the steady state (or, in back-off, the step) beats plain by this much
