@@ -323,6 +323,16 @@ class TimedRun:
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s
 
+    def summary_row(self) -> dict[str, Any]:
+        """The pass's figures as one JSON row (rounded): wall time, tokens, decode forwards and what each
+        cost and committed, vLLM's accepted and draft token counters, tokens/s."""
+        fw = self.spec.num_decode_forwards
+        return {"batch_size": self.batch_size, "wall_s": round(self.wall_s, 2), "tokens": self.tokens,
+                "decode_forwards": fw, "ms_per_forward": round(1000 * self.wall_s / fw, 1) if fw else None,
+                "tokens_per_forward": round(self.spec.num_decoded_tokens / fw, 3) if fw else None,
+                "accepted": self.spec.num_accepted_tokens, "draft_tokens": self.spec.num_draft_tokens,
+                "tok_per_s": round(self.tokens_per_s, 2)}
+
 
 @dataclass
 class EngineRun:

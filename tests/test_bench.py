@@ -218,3 +218,16 @@ def test_spread_lengths_draws_each_prompts_max_tokens_around_the_given_one():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="length spread"):
             spread_lengths(base, 4, bad)
+
+
+def test_a_timed_runs_summary_row_by_hand():
+    """Two requests of 5 and 3 tokens: 6 decoded after their prefills, 2 drafts accepted, so 4 decode forwards in
+    2 s: 500 ms a forward, 1.5 tokens a forward, 4 tokens/s."""
+    from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary
+
+    spec = SpecDecodeSummary(num_drafts=4, num_draft_tokens=6, num_accepted_tokens=2, num_decoded_tokens=6)
+    row = bench.TimedRun(1, 2.0, [[1] * 5, [1] * 3], ["", ""], spec).summary_row()
+    assert row == {"batch_size": 1, "wall_s": 2.0, "tokens": 8, "decode_forwards": 4, "ms_per_forward": 500.0,
+                   "tokens_per_forward": 1.5, "accepted": 2, "draft_tokens": 6, "tok_per_s": 4.0}
+    plain = bench.TimedRun(1, 2.0, [[1]], [""], SpecDecodeSummary(num_decoded_tokens=0)).summary_row()
+    assert plain["decode_forwards"] == 1 and plain["tok_per_s"] == 0.5  # a forward commits at least one token

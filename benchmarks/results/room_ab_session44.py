@@ -42,13 +42,7 @@ def main():
             _, runs = run_vllm_workloads(model, spec, workloads, batch_sizes=(batch,),
                                          engine_kw=engine_kwargs(max_model_len=768))
             for name, (r,) in zip(names, runs):
-                fw = r.spec.num_decode_forwards
-                row = {"policy": policy, "fit_to_room": fit, "workload": name, "batch_size": batch,
-                       "wall_s": round(r.wall_s, 2), "tokens": r.tokens, "decode_forwards": fw,
-                       "ms_per_forward": round(1000 * r.wall_s / fw, 1) if fw else None,
-                       "tokens_per_forward": round(r.spec.num_decoded_tokens / fw, 3) if fw else None,
-                       "accepted": r.spec.num_accepted_tokens, "draft_tokens": r.spec.num_draft_tokens,
-                       "tok_per_s": round(r.tokens / r.wall_s, 2)}
+                row = {"policy": policy, "fit_to_room": fit, "workload": name, **r.summary_row()}
                 out["runs"].append(row)
                 outputs.setdefault(name, []).append(json.dumps(r.token_ids))
                 print(json.dumps(row), flush=True)

@@ -691,7 +691,8 @@ class SDSATProposer:
                 if best is not None:
                     cand, lookup_q, source = options[best].tokens, options[best].q, options[best].source
             if not cnt and not idle_checked \
-                    and (lookup_q is None or not self.drafter.lookup_worth(lookup_q, batch, row_cap, req_ids[row], source)) \
+                    and (lookup_q is None
+                         or not self.drafter.lookup_worth(lookup_q, batch, row_cap, req_ids[row], source)) \
                     and self.drafter.idle(req_ids[row], batch, row_cap):
                 # in back-off, and the match found (if any) could not pay: nor can the next few
                 self.drafter.note_lookup_miss(req_ids[row], max((o.ngram for o in options), default=0), batch)
@@ -717,5 +718,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "decode_only", "tokens_left", "plan_drafts", "DraftPlan", "count_trailing_sats", "lookup_chains", "LookupOption",
-           "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]
+__all__ = ["SDSATProposer", "decode_only", "tokens_left", "plan_drafts", "DraftPlan", "count_trailing_sats",
+           "lookup_chains", "LookupOption", "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]

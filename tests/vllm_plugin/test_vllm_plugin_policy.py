@@ -9,8 +9,9 @@ import pytest
 
 from sdsat_vllm.vllm_plugin import policy
 from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
+from sdsat_vllm.vllm_plugin.policy import fit_to_room
 from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel, OnlineCost,
-                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length, fit_to_room,
+                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
                                            device_default, expected_accepted, fit_local_linear, lookup_prior_q,
                                            decision_batch, probe_due, probe_interval, sampling_overhead, StaleSteps, StepTimes, score_lookup, steady_state, suffix_candidate, suffix_match,
                                            validate_options)

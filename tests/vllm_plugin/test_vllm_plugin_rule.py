@@ -11,8 +11,8 @@ from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
 from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
-from sdsat_vllm.vllm_plugin.proposer import (count_trailing_sats, decode_only, lookup_chains, plan_drafts, sat_input_rows,
-                                             tokens_left)
+from sdsat_vllm.vllm_plugin.proposer import (count_trailing_sats, decode_only, lookup_chains, plan_drafts,
+                                             sat_input_rows, tokens_left)
 
 S = 900  # a SAT id
 SATS = [S, S, S]
