@@ -637,8 +637,14 @@ def fit_to_room(drafts: int, tail: int, left: int | None) -> tuple[int, int]:
     max_tokens: the tokens of a request's last steps beyond it are computed and thrown away."""
     if left is None:
         return drafts, tail
-    drafts = max(0, min(int(drafts), int(left) - 1))
+    drafts = drafts_that_fit(int(drafts), left)
     return drafts, max(0, min(int(tail), int(left) - 2 - drafts))
+
+
+def drafts_that_fit(cap: int, left: int | None) -> int:
+    """At most `cap` drafts, and no more than can land with `left` tokens to go after this step (the
+    next step commits drafts + 1; None: unbounded)."""
+    return cap if left is None else max(0, min(cap, int(left) - 1))
 
 
 @dataclass
@@ -1327,7 +1333,7 @@ class AdaptiveDrafter:
         (None: unbounded): drafts and tail are cut to what it can use (:func:`fit_to_room`).
         The chain with the larger expected accepted length is drafted from (Decision.lookup)."""
         if room is not None:
-            cap = max(0, min(self.n if cap is None else cap, int(room) - 1))
+            cap = drafts_that_fit(self.n if cap is None else cap, room)
         limit = self.n if cap is None else max(0, min(self.n, cap))
         batch_size = decision_batch(batch_size)
         st = self.states.get(req_id)
@@ -1393,7 +1399,7 @@ class AdaptiveDrafter:
 __all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
            "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
            "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "LookupLedger", "decision_batch",
-           "RecentBatch", "Decision", "fit_to_room", "choose_draft_length", "DEFAULT_OPTIONS",
+           "RecentBatch", "Decision", "fit_to_room", "drafts_that_fit", "choose_draft_length", "DEFAULT_OPTIONS",
            "POLICIES", "MODES",
            "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
            "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",

@@ -225,25 +225,29 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
 def tokens_left(input_batch: Any, sampled_token_ids: Sequence[Sequence[int]], requests: Mapping[str, Any],
                 max_model_len: int | None, near: int) -> dict[int, int]:
     """{row: tokens its request may still produce after this step} for the rows that sampled now and
-    may produce at most `near` more (the others' drafts are not cut, policy.fit_to_room): its
-    max_tokens (``requests[req_id].sampling_params``, vLLM's CachedRequestState) less the tokens it
-    has produced, this step's included (``num_tokens_no_spec - num_prompt_tokens``: the runner
-    drafts after bookkeeping), and the model's length less all its tokens. A request without
-    sampling params (pooling) is bounded by the model's length alone."""
+    may produce at most `near` more (the others' drafts are not cut, policy.fit_to_room):
+    :func:`row_tokens_left` of each."""
     out: dict[int, int] = {}
-    for row, (req_id, acc) in enumerate(zip(input_batch.req_ids, sampled_token_ids)):
-        if not acc:
-            continue
-        n_tok = int(input_batch.num_tokens_no_spec[row])
-        left = max_model_len - n_tok if max_model_len else None
-        state = requests.get(req_id)
-        max_tokens = getattr(getattr(state, "sampling_params", None), "max_tokens", None)
-        if max_tokens is not None:
-            produced = n_tok - int(input_batch.num_prompt_tokens[row])
-            left = max_tokens - produced if left is None else min(left, max_tokens - produced)
+    for row, acc in enumerate(sampled_token_ids):
+        left = row_tokens_left(input_batch, row, requests, max_model_len) if acc else None
         if left is not None and left <= near:
-            out[row] = max(left, 0)
+            out[row] = left
     return out
+
+
+def row_tokens_left(input_batch: Any, row: int, requests: Mapping[str, Any], max_model_len: int | None) -> int | None:
+    """The tokens the row's request may still produce after this step (None: unbounded): its max_tokens
+    (``requests[req_id].sampling_params``, vLLM's CachedRequestState) less the tokens it has produced,
+    this step's included (``num_tokens_no_spec - num_prompt_tokens``: the runner drafts after
+    bookkeeping), and the model's length less all its tokens. A request without sampling params
+    (pooling) is bounded by the model's length alone."""
+    n_tok = int(input_batch.num_tokens_no_spec[row])
+    left = max_model_len - n_tok if max_model_len else None
+    max_tokens = getattr(getattr(requests.get(input_batch.req_ids[row]), "sampling_params", None), "max_tokens", None)
+    if max_tokens is not None:
+        produced = n_tok - int(input_batch.num_prompt_tokens[row])
+        left = max_tokens - produced if left is None else min(left, max_tokens - produced)
+    return None if left is None else max(left, 0)
 
 
 class SDSATProposer:
@@ -542,9 +546,11 @@ class SDSATProposer:
                 if self.adaptive:
                     self._last_step_start = None
                 return [[] for _ in sampled_token_ids]
-        # rows near their max_tokens or the model's length: how many tokens each may still produce
-        room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, 2 * cap + 1) \
-            if requests is not None and cap > 0 and self.FIT_TO_ROOM else {}
+        # rows near their max_tokens or the model's length (within 2 cap + 1 tokens, where fit_to_room can
+        # cut): how many tokens each may still produce. The adaptive path asks only for the rows it decides
+        # for (under load most are in back-off, and skip on the idle shortcut).
+        fits = requests is not None and cap > 0 and self.FIT_TO_ROOM
+        near = 2 * cap + 1
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
@@ -559,12 +565,14 @@ class SDSATProposer:
                                     self.n)
             top, _, _ = self._gathered(plan, sample_hidden_states)
             self._last_hidden = self._last_argmax = None
+            room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, near) if fits else {}
             return fill_tree_drafts(plan, top, self.tail, cap, room)
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
         top, q, logprobs = self._gathered(plan, sample_hidden_states)
         self._last_hidden = self._last_argmax = self._last_q = self._last_lse = self._last_logits = None
         if self.adaptive:
-            out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap, room)
+            out = self._adaptive(plan, top, q, logprobs, input_batch, sampled_token_ids, num_draft, cap,
+                                 requests if fits else None, near)
             if scheduler_output is not None:
                 # this step: its tokens, its time, its path (a step with a prefill in it costs otherwise)
                 if self._last_step_start is not None and decode_only(scheduler_output.num_scheduled_tokens,
@@ -579,6 +587,7 @@ class SDSATProposer:
                                               requests=len(scheduler_output.num_scheduled_tokens))
                 self._last_step_start = step_start
             return out
+        room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, near) if fits else {}
         if cap < self.n or room:
             from .policy import fit_to_room
 
@@ -635,7 +644,11 @@ class SDSATProposer:
 
     def _adaptive(self, plan: DraftPlan, top: list[int], q: list[float], logprobs: Any, input_batch: Any,
                   sampled_token_ids: list[list[int]], num_draft: list[int] | None, cap: int,
-                  room: Mapping[int, int]) -> list[list[int]]:
+                  requests: Mapping[str, Any] | None, near: int) -> list[list[int]]:
+        """requests: the runner's request states, for the tokens a request within `near` of its end has
+        left (None: not cut)."""
+        from .policy import drafts_that_fit
+
         req_ids = list(input_batch.req_ids[: len(sampled_token_ids)])
         self.drafter.tick()
         self.drafter.keep_only(req_ids)
@@ -662,15 +675,19 @@ class SDSATProposer:
                 counts.append(None)
                 continue
             off, cnt = plan.fresh(row)
-            left = room.get(row)  # near its max_tokens: a lower cap for this row alone
-            row_cap = cap if left is None else max(0, min(cap, left - 1))
             if not cnt and (not may_lookup or not self.drafter.lookup_due(req_ids[row])):
-                if self.drafter.idle(req_ids[row], batch, row_cap):
+                # (at the full cap: an idle request sends nothing, whatever it has left)
+                if self.drafter.idle(req_ids[row], batch, cap):
                     counts.append((0, 0))  # in back-off, nothing to read, no probe due, no match can pay
                     continue
                 idle_checked = True  # not idle now; a lookup chain below cannot change that
             else:
                 idle_checked = False
+            # near its max_tokens: a lower cap for this row alone
+            left = row_tokens_left(input_batch, row, requests, self.max_model_len) if requests is not None else None
+            if left is not None and left > near:
+                left = None
+            row_cap = drafts_that_fit(cap, left)
             in_backoff = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
             consistent = num_draft is None or (row < len(num_draft) and num_draft[row] == len(prev))
@@ -719,5 +736,5 @@ class SDSATProposer:
         return plan.fill(top, self.tail, counts, chains)
 
 
-__all__ = ["SDSATProposer", "decode_only", "tokens_left", "plan_drafts", "DraftPlan", "count_trailing_sats",
-           "lookup_chains", "LookupOption", "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]
+__all__ = ["SDSATProposer", "decode_only", "tokens_left", "row_tokens_left", "plan_drafts", "DraftPlan",
+           "count_trailing_sats", "lookup_chains", "LookupOption", "LOOKUP_WINDOW", "PROPOSER_PATH", "sat_input_rows"]

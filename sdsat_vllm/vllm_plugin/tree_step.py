@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..decoding.tree import MAX_MASK_BITS, ancestor_mask_words, chain_layout, tree_step_tensors
+from .policy import drafts_that_fit
 from .proposer import DraftPlan, count_trailing_sats
 
 
@@ -188,7 +189,7 @@ def fill_tree_drafts(plan: DraftPlan, argmaxes: Sequence[int], block: Sequence[i
     out: list[list[int]] = []
     for row, d in enumerate(plan.drafts):
         left = None if room is None else room.get(row)
-        row_cap = cap if left is None else min(cap, left - 1)
+        row_cap = drafts_that_fit(cap, left)
         if d is not None and not d or row_cap <= 0:
             out.append([])
             continue
