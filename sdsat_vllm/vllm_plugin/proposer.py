@@ -229,14 +229,16 @@ def tokens_left(input_batch: Any, sampled_token_ids: Sequence[Sequence[int]], re
     :func:`row_tokens_left` of each."""
     out: dict[int, int] = {}
     for row, acc in enumerate(sampled_token_ids):
-        left = row_tokens_left(input_batch, row, requests, max_model_len) if acc else None
-        if left is not None and left <= near:
+        left = row_tokens_left(input_batch, row, requests, max_model_len, near) if acc else None
+        if left is not None:
             out[row] = left
     return out
 
 
-def row_tokens_left(input_batch: Any, row: int, requests: Mapping[str, Any], max_model_len: int | None) -> int | None:
-    """The tokens the row's request may still produce after this step (None: unbounded): its max_tokens
+def row_tokens_left(input_batch: Any, row: int, requests: Mapping[str, Any], max_model_len: int | None,
+                    near: int | None = None) -> int | None:
+    """The tokens the row's request may still produce after this step (None: unbounded, or more than
+    `near`, where no cut applies): its max_tokens
     (``requests[req_id].sampling_params``, vLLM's CachedRequestState) less the tokens it has produced,
     this step's included (``num_tokens_no_spec - num_prompt_tokens``: the runner drafts after
     bookkeeping), and the model's length less all its tokens. A request without sampling params
@@ -247,7 +249,9 @@ def row_tokens_left(input_batch: Any, row: int, requests: Mapping[str, Any], max
     if max_tokens is not None:
         produced = n_tok - int(input_batch.num_prompt_tokens[row])
         left = max_tokens - produced if left is None else min(left, max_tokens - produced)
-    return None if left is None else max(left, 0)
+    if left is None or near is not None and left > near:
+        return None
+    return max(left, 0)
 
 
 class SDSATProposer:
@@ -551,6 +555,8 @@ class SDSATProposer:
         # for (under load most are in back-off, and skip on the idle shortcut).
         fits = requests is not None and cap > 0 and self.FIT_TO_ROOM
         near = 2 * cap + 1
+        room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, near) \
+            if fits and (self.tree or not self.adaptive) else {}
         if spec_decode_metadata is not None:
             num_draft = list(spec_decode_metadata.num_draft_tokens)
             cu = spec_decode_metadata.cu_num_sampled_tokens.tolist()
@@ -565,7 +571,6 @@ class SDSATProposer:
                                     self.n)
             top, _, _ = self._gathered(plan, sample_hidden_states)
             self._last_hidden = self._last_argmax = None
-            room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, near) if fits else {}
             return fill_tree_drafts(plan, top, self.tail, cap, room)
         plan = plan_drafts(sampled_token_ids, input_batch.spec_token_ids, num_draft, cu, self.sat_ids, self.n)
         top, q, logprobs = self._gathered(plan, sample_hidden_states)
@@ -587,7 +592,6 @@ class SDSATProposer:
                                               requests=len(scheduler_output.num_scheduled_tokens))
                 self._last_step_start = step_start
             return out
-        room = tokens_left(input_batch, sampled_token_ids, requests, self.max_model_len, near) if fits else {}
         if cap < self.n or room:
             from .policy import fit_to_room
 
@@ -684,9 +688,8 @@ class SDSATProposer:
             else:
                 idle_checked = False
             # near its max_tokens: a lower cap for this row alone
-            left = row_tokens_left(input_batch, row, requests, self.max_model_len) if requests is not None else None
-            if left is not None and left > near:
-                left = None
+            left = row_tokens_left(input_batch, row, requests, self.max_model_len, near) if requests is not None \
+                else None
             row_cap = drafts_that_fit(cap, left)
             in_backoff = False
             prev = input_batch.spec_token_ids[row] if row < len(input_batch.spec_token_ids) else []
