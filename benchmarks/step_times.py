@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import chat_formatter, cpu_name, engine_kwargs, git_state, prompt_set, quiet_vllm, run_vllm
+    from sdsat_vllm.bench import (chat_formatter, cpu_name, engine_kwargs, git_state, observe_proposer, prompt_set,
+                                  quiet_vllm, run_vllm)
 
     git = git_state(Path(__file__).resolve().parent)  # the code that runs: taken now, not after the run
     quiet_vllm()
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
 
     from sdsat_vllm.adapters import DEFAULT_SDSAT_MODEL, resolve_model
     from sdsat_vllm.config import SDSATConfig
-    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer, decode_only
+    from sdsat_vllm.vllm_plugin.proposer import decode_only
 
     model_dir = resolve_model(args.model or DEFAULT_SDSAT_MODEL)
     k = SDSATConfig.from_pretrained(model_dir).num_sat
@@ -66,25 +67,20 @@ def main(argv=None) -> int:
 
     steps: list[dict] = []
     seen: dict = {}
-    hook = SDSATProposer.sdsat_propose_with_context
 
-    def timed(self, input_batch, sampled_token_ids, sample_hidden_states, spec_decode_metadata, scheduler_output=None):
-        now = time.perf_counter()
-        if seen.get("last") is not None and scheduler_output is not None:
-            steps.append({"tokens": int(scheduler_output.total_num_scheduled_tokens),
-                          "speculative": spec_decode_metadata is not None,
-                          "decode_only": decode_only(scheduler_output.num_scheduled_tokens,
-                                                     scheduler_output.scheduled_spec_decode_tokens),
+    def timed(proposer, a, call):
+        now, sched = time.perf_counter(), a["scheduler_output"]
+        if seen.get("last") is not None and sched is not None:
+            steps.append({"tokens": int(sched.total_num_scheduled_tokens),
+                          "speculative": a["spec_decode_metadata"] is not None,
+                          "decode_only": decode_only(sched.num_scheduled_tokens, sched.scheduled_spec_decode_tokens),
                           "seconds": now - seen["last"]})
-        seen["last"], seen["proposer"] = now, self
-        return hook(self, input_batch, sampled_token_ids, sample_hidden_states, spec_decode_metadata, scheduler_output)
+        seen["last"], seen["proposer"] = now, proposer
+        return call()
 
-    SDSATProposer.sdsat_propose_with_context = timed
-    try:
+    with observe_proposer(timed):
         run = run_vllm(model_dir, spec, prompts, sampling, batch_sizes=[args.batch_size],
                        engine_kw={**engine_kwargs(max_model_len=2048), "max_num_seqs": max(args.batch_size, 4)})
-    finally:
-        SDSATProposer.sdsat_propose_with_context = hook
     timed_run = run.runs[0]
     cost = seen["proposer"].drafter.cost()
     a = cost.time(0)

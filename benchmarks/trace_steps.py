@@ -98,8 +98,8 @@ def main(argv=None) -> int:
         p.error(f"--length-spread must be in [0, 1), got {args.length_spread}")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_batched, git_state, one_set_workload, quiet_vllm,
-                                  spread_lengths)
+    from sdsat_vllm.bench import (cpu_name, engine_kwargs, generate_batched, git_state, observe_proposer,
+                                  one_set_workload, quiet_vllm, spread_lengths)
 
     git = git_state(Path(__file__).resolve().parent)
     quiet_vllm()
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     from sdsat_vllm import vllm_plugin
     from sdsat_vllm.vllm_plugin import shutdown_llm
-    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer, decode_only
+    from sdsat_vllm.vllm_plugin.proposer import decode_only
 
     work = one_set_workload(args.model, args.prompt_set, args.num_prompts, args.max_tokens, args.temperature,
                             args.num_speculative_tokens)
@@ -118,62 +118,59 @@ def main(argv=None) -> int:
     vllm_plugin.register()  # the patches first: the tracer wraps the proposer they call
     trace: list[dict] = []
     proposers: list = []  # the engine's proposer, to read its drafter's fitted cost model
-    inner = SDSATProposer.sdsat_propose_with_context
+    runs = []
 
-    def traced(self, input_batch, sampled_token_ids, sample_hidden_states, spec_decode_metadata,
-               scheduler_output=None):
-        proposers[:] = [self]
+    def traced(proposer, a, call):
+        proposers[:] = [proposer]
+        sched = a["scheduler_output"]
         t0 = time.perf_counter()
-        out = inner(self, input_batch, sampled_token_ids, sample_hidden_states, spec_decode_metadata,
-                    scheduler_output)
+        out = call()
         t1 = time.perf_counter()
         # the step's time: from the previous proposer call to this one, the forward of the tokens
         # scheduled in this record among it
         step_ms = (t0 - trace[-1]["_t0"]) * 1e3 if trace else None
-        trace.append({"_t0": t0, "requests": len(sampled_token_ids),
-                      "scheduled": int(scheduler_output.total_num_scheduled_tokens) if scheduler_output else -1,
-                      "decode_only": scheduler_output is not None and decode_only(
-                          scheduler_output.num_scheduled_tokens, scheduler_output.scheduled_spec_decode_tokens),
+        trace.append({"_t0": t0, "requests": len(a["sampled_token_ids"]),
+                      "scheduled": int(sched.total_num_scheduled_tokens) if sched else -1,
+                      "decode_only": sched is not None and decode_only(
+                          sched.num_scheduled_tokens, sched.scheduled_spec_decode_tokens),
                       "next_requests_speculating": sum(1 for o in out if o),
                       "next_speculative_tokens": sum(len(o) for o in out),
                       "proposer_ms": (t1 - t0) * 1e3, "step_ms": step_ms})
         return out
 
-    SDSATProposer.sdsat_propose_with_context = traced
-    runs = []
-    llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=args.batch_size,
-              **engine_kwargs(max_model_len=2048))
-    try:
-        # warm-up (and the policy's first steps)
-        llm.generate(prompts[:args.batch_size], sampling[:args.batch_size], use_tqdm=False)
-        for r in range(args.repeats):
-            trace.clear()
-            t0 = time.perf_counter()
-            outs = generate_batched(llm, prompts, sampling, args.batch_size, args.batching)
-            wall = time.perf_counter() - t0
-            steps = [{key: v for key, v in s.items() if key != "_t0"} for s in trace]
-            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-            run = {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, **summarize(steps),
-                   "cost_model": cost_model_of(proposers[0] if proposers else None, args.batch_size),
-                   "trace": steps}
-            runs.append(run)
-            print(f"run {r}: {tokens} tokens, {tokens / wall:.1f} tok/s, {run['steps']} steps, proposer "
-                  f"{run['proposer_s']:.3f} s, {run['steps_with_speculative_tokens']} steps with speculative tokens "
-                  f"({run['speculative_tokens']} tokens; {run['speculative_steps_ms']} ms against a median plain "
-                  f"step of {run['median_plain_step_ms'] or 0:.1f} ms); cost model {run['cost_model']}", flush=True)
-            print(f"  proposer: median {run['median_proposer_ms'] or 0:.2f} ms a step; costliest steps (ms, step, "
-                  f"requests): {run['proposer_top_ms']}")
-            print("  median step ms by scheduled tokens (steps):", {n: (run["steps_by_tokens"][n], ms) for n, ms in
-                                                                   run["median_step_ms_by_tokens"].items()})
-            if not args.quiet:
-                for i, s in enumerate(steps):
-                    print(f"  step {i:4d} requests {s['requests']:3d} scheduled {s['scheduled']:5d} next: "
-                          f"{s['next_requests_speculating']:3d} requests {s['next_speculative_tokens']:4d} tokens  "
-                          f"proposer {s['proposer_ms']:7.2f} ms  step {s['step_ms'] or float('nan'):8.1f} ms")
-    finally:
-        SDSATProposer.sdsat_propose_with_context = inner
-        shutdown_llm(llm)
-        del llm
+    with observe_proposer(traced):
+        llm = LLM(model=str(model_dir), speculative_config=spec, max_num_seqs=args.batch_size,
+                  **engine_kwargs(max_model_len=2048))
+        try:
+            # warm-up (and the policy's first steps)
+            llm.generate(prompts[:args.batch_size], sampling[:args.batch_size], use_tqdm=False)
+            for r in range(args.repeats):
+                trace.clear()
+                t0 = time.perf_counter()
+                outs = generate_batched(llm, prompts, sampling, args.batch_size, args.batching)
+                wall = time.perf_counter() - t0
+                steps = [{key: v for key, v in s.items() if key != "_t0"} for s in trace]
+                tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+                run = {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, **summarize(steps),
+                       "cost_model": cost_model_of(proposers[0] if proposers else None, args.batch_size),
+                       "trace": steps}
+                runs.append(run)
+                print(f"run {r}: {tokens} tokens, {tokens / wall:.1f} tok/s, {run['steps']} steps, proposer "
+                      f"{run['proposer_s']:.3f} s, {run['steps_with_speculative_tokens']} steps with speculative tokens "
+                      f"({run['speculative_tokens']} tokens; {run['speculative_steps_ms']} ms against a median plain "
+                      f"step of {run['median_plain_step_ms'] or 0:.1f} ms); cost model {run['cost_model']}", flush=True)
+                print(f"  proposer: median {run['median_proposer_ms'] or 0:.2f} ms a step; costliest steps (ms, step, "
+                      f"requests): {run['proposer_top_ms']}")
+                print("  median step ms by scheduled tokens (steps):", {n: (run["steps_by_tokens"][n], ms) for n, ms in
+                                                                       run["median_step_ms_by_tokens"].items()})
+                if not args.quiet:
+                    for i, s in enumerate(steps):
+                        print(f"  step {i:4d} requests {s['requests']:3d} scheduled {s['scheduled']:5d} next: "
+                              f"{s['next_requests_speculating']:3d} requests {s['next_speculative_tokens']:4d} tokens  "
+                              f"proposer {s['proposer_ms']:7.2f} ms  step {s['step_ms'] or float('nan'):8.1f} ms")
+        finally:
+            shutdown_llm(llm)
+            del llm
     if args.out:
         meta = {"command": " ".join(sys.argv), "model": str(model_dir), "method": args.method,
                 "speculative_config": spec, "prompt_set": args.prompt_set, "num_prompts": args.num_prompts,

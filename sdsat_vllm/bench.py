@@ -9,9 +9,11 @@ import vLLM when they run, :func:`chat_formatter` transformers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import gzip
+import inspect
 import json
 import logging
 import os
@@ -32,7 +34,8 @@ from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "CPU_RUNTIME_VARS", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS",
            "EngineRun", "TimedRun", "chat_formatter", "cpu_name", "engine_kwargs", "generate_batched",
-           "generate_continuous", "git_state", "humaneval_prompts", "norepeat_prompts", "prompt_set", "quiet_vllm",
+           "generate_continuous", "git_state", "humaneval_prompts", "norepeat_prompts", "observe_proposer", "prompt_set",
+           "quiet_vllm",
            "repeated_share", "run_vllm", "run_vllm_workloads", "runtime_env", "sdsat_draft_len", "spread_lengths",
            "worst_case_prompts"]
 
@@ -301,6 +304,32 @@ def sdsat_draft_len(speculative_config: dict | None) -> int | None:
             or speculative_config.get("sdsat_mode") == "tree"):
         return int(speculative_config["num_speculative_tokens"])
     return None
+
+
+@contextlib.contextmanager
+def observe_proposer(observer: Callable[[Any, dict[str, Any], Callable[[], list[list[int]]]], list[list[int]]]):
+    """Every call of the SDSAT proposer's step hook (`SDSATProposer.sdsat_propose_with_context`) in this
+    process, for the with block, goes through ``observer(proposer, arguments, call)``: ``arguments`` the
+    hook's arguments by name (defaults filled in), ``call()`` runs the hook as it was called and returns
+    its drafts; what the observer returns is the step's drafts. The arguments pass through as given, so
+    an observer keeps working when the hook gains a parameter (the step tools' own wrappers spelled the
+    parameters out and broke when ``requests`` was added). For the tools that time or trace an
+    in-process engine's steps (benchmarks/step_times.py, trace_steps.py)."""
+    from .vllm_plugin.proposer import SDSATProposer
+
+    hook = SDSATProposer.sdsat_propose_with_context
+    signature = inspect.signature(hook)
+
+    def observed(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        return observer(self, dict(bound.arguments), lambda: hook(self, *args, **kwargs))
+
+    SDSATProposer.sdsat_propose_with_context = observed
+    try:
+        yield
+    finally:
+        SDSATProposer.sdsat_propose_with_context = hook
 
 
 @dataclass

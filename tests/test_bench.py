@@ -231,3 +231,50 @@ def test_a_timed_runs_summary_row_by_hand():
                    "tokens_per_forward": 1.5, "accepted": 2, "draft_tokens": 6, "tok_per_s": 4.0}
     plain = bench.TimedRun(1, 2.0, [[1]], [""], SpecDecodeSummary(num_decoded_tokens=0)).summary_row()
     assert plain["decode_forwards"] == 1 and plain["tok_per_s"] == 0.5  # a forward commits at least one token
+
+
+def test_observe_proposer_passes_every_argument_through_and_restores_the_hook(monkeypatch):
+    """The step tools (step_times.py, trace_steps.py) observe the proposer's hook through
+    bench.observe_proposer; their own wrappers had spelled its parameters out and broke when the patch
+    began to pass `requests`. Called as the runner's patch calls it, the observer sees every argument
+    by name, the hook gets them as given, the observer's return is the drafts, and the hook is back
+    after the block (also when the block raises)."""
+    import functools
+
+    from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
+
+    real = SDSATProposer.sdsat_propose_with_context
+    calls = []
+
+    @functools.wraps(real)  # the real signature, without running a proposer
+    def stub(self, *args, **kwargs):
+        calls.append((self, args, kwargs))
+        return [[7], []]
+
+    monkeypatch.setattr(SDSATProposer, "sdsat_propose_with_context", stub)
+    seen = []
+
+    def observer(proposer, arguments, call):
+        seen.append((proposer, arguments))
+        return [d + [1] for d in call()]
+
+    with bench.observe_proposer(observer):
+        out = SDSATProposer.sdsat_propose_with_context("P", "batch", [[1], [2]], None, "meta",
+                                                       scheduler_output="S", requests={"r": 1})
+    assert out == [[7, 1], [1]]
+    assert calls == [("P", ("batch", [[1], [2]], None, "meta"), {"scheduler_output": "S", "requests": {"r": 1}})]
+    (proposer, arguments), = seen
+    assert proposer == "P"
+    assert {k: arguments[k] for k in ("input_batch", "sampled_token_ids", "spec_decode_metadata",
+                                      "scheduler_output", "requests")} == {
+        "input_batch": "batch", "sampled_token_ids": [[1], [2]], "spec_decode_metadata": "meta",
+        "scheduler_output": "S", "requests": {"r": 1}}
+    assert SDSATProposer.sdsat_propose_with_context is stub
+
+    with pytest.raises(RuntimeError), bench.observe_proposer(observer):
+        raise RuntimeError("the engine failed")
+    assert SDSATProposer.sdsat_propose_with_context is stub
+
+    with bench.observe_proposer(observer):  # defaults filled in: called without the keywords
+        SDSATProposer.sdsat_propose_with_context("P", "batch", [[1]], None, None)
+    assert seen[-1][1]["scheduler_output"] is None and seen[-1][1]["requests"] is None
