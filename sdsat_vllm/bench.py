@@ -34,10 +34,9 @@ from .vllm_plugin.policy import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "CPU_RUNTIME_VARS", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS",
            "EngineRun", "TimedRun", "chat_formatter", "cpu_name", "engine_kwargs", "generate_batched",
-           "generate_continuous", "git_state", "humaneval_prompts", "norepeat_prompts", "observe_proposer", "prompt_set",
-           "quiet_vllm",
-           "repeated_share", "run_vllm", "run_vllm_workloads", "runtime_env", "sdsat_draft_len", "spread_lengths",
-           "worst_case_prompts"]
+           "generate_continuous", "git_state", "humaneval_prompts", "norepeat_prompts", "observe_proposer",
+           "prompt_set", "quiet_vllm", "repeated_share", "run_vllm", "run_vllm_workloads", "runtime_env",
+           "sdsat_draft_len", "spread_lengths", "worst_case_prompts"]
 
 #: The usual HumanEval stop strings: a completion ends where the next top-level statement starts.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
