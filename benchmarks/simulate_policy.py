@@ -155,7 +155,7 @@ def v1_chain(text: list[int], fresh: int, row: dict, n: int, sat_ids: frozenset[
     """The lookup rule before lookup_chains (session 7, results 9.5): the continuation of a suffix
     match of 2+ tokens only, each token scored by its fresh SAT row's probability (0 outside the top
     kept here), else a flat V1_PRIOR_Q."""
-    from sdsat_vllm.vllm_plugin.policy import suffix_match
+    from sdsat_vllm.vllm_plugin.lookup import suffix_match
     from sdsat_vllm.vllm_plugin.proposer import LookupOption
 
     m = suffix_match(text, n, min_ngram=2, stop=sat_ids)
@@ -176,7 +176,8 @@ def replay(data: list[dict], r: float, lookup: str | None, backoff: int | None, 
     SAT block sits. rows[j] is the block after out[:j] (its SAT k drafts out[j + k]): the tail after a
     step's drafts, all accepted, is rows[i + a]; a block at x (the step's first token, out[i - 1]) is
     rows[i], whose SATs a + 1.. draft what follows a accepted drafts and the recovered token."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter
     from sdsat_vllm.vllm_plugin.proposer import lookup_chains
 
     if block not in BLOCKS:

@@ -3,7 +3,7 @@
     python benchmarks/step_times.py [MODEL] --prompt-set worst --num-prompts 8 --batch-size 1 \
         --max-tokens 64 [--lookup] [--out benchmarks/results/X.json]
 
-What the adaptive policy's cost model (policy.OnlineCost) sees, laid out for a person: one
+What the adaptive policy's cost model (cost_model.OnlineCost) sees, laid out for a person: one
 in-process vLLM engine (VLLM_ENABLE_V1_MULTIPROCESSING=0), the SDSAT proposer's hook wrapped so
 that each step records its total scheduled tokens N, whether it went through vLLM's speculative
 path (spec-decode metadata present: a draft or a SAT in it) and the wall time from the previous

@@ -30,7 +30,7 @@ from typing import Any
 from .training.questions import QUESTION_FRAME
 from .vllm_plugin import shutdown_llm
 from .vllm_plugin.metrics import SpecDecodeSummary, from_llm_metrics
-from .vllm_plugin.policy import DEFAULT_OPTIONS
+from .vllm_plugin.options import DEFAULT_OPTIONS
 
 __all__ = ["BATCHING", "CPU_RUNTIME_VARS", "HUMANEVAL_STOP", "NOREPEAT_FRAME", "NOREPEAT_STOP", "PROMPT_SETS",
            "EngineRun", "TimedRun", "chat_formatter", "cpu_name", "engine_kwargs", "generate_batched",

@@ -9,7 +9,7 @@ Glossary
   in the datastore, and the continuation its occurrences agree on most: at each next position the
   token most of the still-matching occurrences continue with (`share`: their fraction).
 
-Why: a prompt lookup (policy.suffix_match) drafts only what the request's own text already holds. On
+Why: a prompt lookup (lookup.suffix_match) drafts only what the request's own text already holds. On
 prose that does not repeat its prompt, a small model still repeats itself across answers ("Here are
 some ...", "In conclusion, ..."): on the norepeat questions, the model's own answers to other
 questions predict a continuation at 65% of the positions (benchmarks/results, section 24). The

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 

@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import time

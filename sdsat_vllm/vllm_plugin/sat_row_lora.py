@@ -39,9 +39,9 @@ def gate_path(option: str, tensor_parallel_size: int, pipeline_parallel_size: in
               lora_enabled: bool = False) -> str:
     """"rows" or "lora": how a gated model's SAT tokens get their adapter on this engine. lora_enabled: the
     user turned vLLM's LoRA on (its layers then wrap the model's, and the gate goes through them)."""
-    from .policy import check_gate
+    from .options import check_gate
 
-    check_gate(option)  # policy.validate_options says so first, with the other options
+    check_gate(option)  # options.validate_options says so first, with the other options
     if on_cpu is None:
         from vllm.platforms import current_platform
 

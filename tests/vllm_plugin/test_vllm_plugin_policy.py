@@ -1,190 +1,24 @@
-"""Fast tests: the adaptive drafting policy as pure functions (hand-built probabilities and costs),
-its state machine on simulated requests, the option plumbing (no vLLM engine, no torch model)."""
+"""Fast tests: the adaptive drafting policy as pure functions (hand-built probabilities and costs) and
+its state machine on simulated requests (no vLLM engine, no torch model). The cost model, the lookups
+and the options have their own files (test_vllm_plugin_cost_model.py, _lookup.py, _options.py)."""
 
 import random
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
-from sdsat_vllm.vllm_plugin import policy
-from sdsat_vllm.vllm_plugin.patches import split_sdsat_options
-from sdsat_vllm.vllm_plugin.policy import fit_to_room
-from sdsat_vllm.vllm_plugin.policy import (DEFAULT_OPTIONS, AcceptanceCalibration, AdaptiveDrafter, CostModel, OnlineCost,
-                                           Decision, LookupLedger, LookupMatch, best_steady_state, chain_gains, choose_draft_length,
-                                           device_default, expected_accepted, fit_local_linear, lookup_prior_q,
-                                           decision_batch, probe_due, probe_interval, sampling_overhead, StaleSteps, StepTimes, score_lookup, steady_state, suffix_candidate, suffix_match,
-                                           validate_options)
+from sdsat_vllm.vllm_plugin import lookup, policy
+from sdsat_vllm.vllm_plugin.cost_model import CostModel, StepTimes, decision_batch
+from sdsat_vllm.vllm_plugin.lookup import LookupLedger, lookup_prior_q, score_lookup, suffix_match
+from sdsat_vllm.vllm_plugin.policy import (AcceptanceCalibration, AdaptiveDrafter, Decision, StaleSteps,
+                                           best_steady_state, chain_gains, choose_draft_length, expected_accepted,
+                                           fit_to_room, probe_due, probe_interval, steady_state)
 
 CPU = CostModel.linear(0.075)      # the 2-core VM of issue 13: an 11-token forward costs 1.7x a 1-token one
 CHEAP = CostModel.linear(0.001)    # a GPU at small N: extra tokens nearly free
 # seeded sampled requests on this CPU (results 11.1): a step on the speculative path costs 20% more
 SAMPLED = CostModel.linear(0.06, step_overhead=0.2)
 HIGH, LOW = [0.95] * 4, [0.05] * 4
-
-
-# ---------------------------------------------------------------- cost model
-
-
-def test_cost_model_linear_and_piecewise():
-    c = CostModel.linear(0.5, fixed=2.0)
-    assert c.time(0) == 2.0 and c.time(4) == 4.0 and c.marginal(10) == 0.5
-    k = CostModel(((0, 1.0), (10, 1.1), (20, 3.1)))
-    assert k.time(5) == pytest.approx(1.05) and k.marginal(5) == pytest.approx(0.01)
-    assert k.time(30) == pytest.approx(5.1) and k.marginal(100) == pytest.approx(0.2)  # last slope extends
-    assert device_default("cpu") is not device_default("cuda")
-    assert device_default("cpu").marginal(1) > device_default("cuda").marginal(1)
-
-
-def test_cost_model_refuses_nonsense():
-    with pytest.raises(ValueError):
-        CostModel(((0, 1.0),))
-    with pytest.raises(ValueError):
-        CostModel(((2, 1.0), (1, 2.0)))
-    with pytest.raises(ValueError):
-        CostModel.linear(-0.1)
-    with pytest.raises(ValueError, match="sdsat cost"):
-        CostModel.from_option("fast")
-    assert CostModel.from_option(0.2).marginal(3) == pytest.approx(0.2)
-    assert CostModel.from_option([[1, 1.0], [11, 1.7]]).time(11) == pytest.approx(1.7)
-
-
-def test_online_fit_recovers_the_slope_and_drops_idle_gaps():
-    rng = random.Random(0)
-    pts = [(n, 2.0 + 0.3 * n + rng.gauss(0, 0.02)) for n in [1, 5, 9, 13, 20] * 12]
-    pts += [(5, 500.0), (1, 900.0)]  # the engine idled between requests
-    m = fit_local_linear(pts, prior=CostModel.linear(0.01))
-    assert m.marginal(5) / m.time(0) == pytest.approx(0.15, rel=0.1)
-    # N never varies: nothing to fit a slope from, the prior's shape stays
-    flat = fit_local_linear([(6, 1.3 + rng.gauss(0, 0.01)) for _ in range(50)], prior=CPU)
-    assert flat.marginal(6) / flat.time(6) == pytest.approx(CPU.marginal(6) / CPU.time(6), rel=0.05)
-    assert fit_local_linear(pts[:3], prior=CPU) is CPU  # too few samples
-
-
-#: (N, ms) of 41 plain steps at batch 61-65 in vLLM's three-process engine (benchmarks/results 17.1):
-#: N moves by a few percent as requests finish while the step time drifts
-MP_BATCH_64_STEPS = [(65, 280), (64, 247), (64, 268), (64, 261), (64, 255), (64, 257), (64, 258), (64, 247),
-                     (64, 243), (64, 262), (64, 264), (64, 263), (64, 255), (64, 255), (64, 258), (64, 261),
-                     (64, 258), (64, 245), (64, 246), (64, 249), (64, 242), (64, 250), (64, 256), (64, 267),
-                     (64, 236), (64, 244), (64, 241), (64, 251), (64, 254), (63, 254), (63, 242), (62, 255),
-                     (62, 252), (62, 250), (62, 236), (62, 252), (62, 272), (62, 254), (62, 265), (61, 260), (61, 260)]
-
-
-def test_online_fit_takes_no_slope_from_a_narrow_window(monkeypatch):
-    pts = [(n, ms / 1000, False) for n, ms in MP_BATCH_64_STEPS]
-    prior_rel = CPU.marginal(62) / CPU.time(62)
-    m = fit_local_linear(pts, prior=CPU)
-    # the prior's shape at the measured level: a probe of every request costs what the prior says
-    assert m.marginal(62) / m.time(62) == pytest.approx(prior_rel, rel=0.02)
-    assert m.time(62) == pytest.approx(0.254, rel=0.03)
-    assert probe_interval(5, m, 61) >= 100
-    # negative control: fitted as if the window's spread meant something, the slope falls to a
-    # fraction of the prior's and every request of the batch probes within 40 steps
-    monkeypatch.setattr(policy, "MIN_N_SPREAD", 0.0)
-    loose = fit_local_linear(pts, prior=CPU)
-    assert loose.marginal(62) / loose.time(62) < 0.5 * prior_rel
-    assert probe_interval(5, loose, 61) < 50
-
-
-def test_online_fit_separates_the_speculative_path():
-    # batch 1 as in an engine: plain steps all N = 1, speculative ones N = 2..11; a step on the
-    # speculative path costs 0.8 more (the rejection sampler) besides its tokens
-    rng = random.Random(1)
-    plain = [(1, 2.0 + 0.3 + rng.gauss(0, 0.02), False) for _ in range(40)]
-    spec = [(n, 2.0 + 0.3 * n + 0.8 + rng.gauss(0, 0.02), True) for n in [2, 3, 6, 11] * 10]
-    m = fit_local_linear(plain + spec, prior=CPU)
-    assert m.step_overhead == pytest.approx(0.8, abs=0.05)
-    assert m.marginal(5) == pytest.approx(0.3, rel=0.1) and m.time(1) == pytest.approx(2.3, rel=0.02)
-    assert m.time(6, speculative=True) == pytest.approx(2.0 + 1.8 + 0.8, rel=0.02)
-    # a single kind (or pairs without it) says nothing about c: the prior's stays
-    assert fit_local_linear(spec, prior=SAMPLED).step_overhead == SAMPLED.step_overhead
-    assert fit_local_linear([(n, y) for n, y, _ in spec], prior=CPU).step_overhead == 0.0
-    assert fit_local_linear(plain[:5] + spec, prior=CPU).step_overhead == 0.0  # too few plain steps
-    with pytest.raises(ValueError):
-        CostModel.linear(0.1, step_overhead=-1.0)
-
-
-def test_online_cost_keeps_the_last_measured_c_when_nothing_drafts():
-    """A window with both kinds of step measures c; when later steps are all plain (a large batch in
-    back-off sends no probe) c stays the last measured, not the prior's (0 on the CPU model), so that
-    lookup chains do not look cheap again once the speculative steps have left the window. Control:
-    a cost model that has never seen a speculative step keeps the prior's c."""
-    rng = random.Random(3)
-    online = OnlineCost(CPU, window=64, refit_every=8)
-    for i in range(64):
-        spec = i % 4 == 0
-        online.add(64 + (5 if spec else 0), 6.0 + 0.3 * (5 if spec else 0) + (1.5 if spec else 0.0) + rng.gauss(0, 0.01),
-                   speculative=spec)
-    measured = online.model().step_overhead
-    assert measured > 1.0  # the path's 1.5 (and part of the 5 tokens: N spreads too little for a slope)
-    for _ in range(200):  # nothing drafts any more: the window fills with plain steps
-        online.add(64, 6.0 + rng.gauss(0, 0.01), speculative=False)
-    assert all(not s[2] for s in online.samples)
-    assert online.model().step_overhead == pytest.approx(measured, rel=0.05)  # the last fit with both kinds
-    assert online.model().time(64) == pytest.approx(6.0, rel=0.01)
-    fresh = OnlineCost(CPU, window=64, refit_every=8)
-    for _ in range(64):
-        fresh.add(64, 6.0 + rng.gauss(0, 0.01), speculative=False)
-    assert fresh.model().step_overhead == CPU.step_overhead == 0.0
-
-
-def test_online_fit_takes_the_speculative_paths_cost_from_the_sampling_half():
-    """At batch 64 on a 2-core CPU the whole steps drift by more than the speculative path costs
-    (results 21): fitted from whole steps, c came out at a fraction of what the rejection sampler cost.
-    The sampling half (logits to proposal) shows it with little noise: c is at least what it says
-    (its per-row cost taken out), and an OnlineCost fed both gets there."""
-    rng = random.Random(2)
-    # the machine ran 8 ms a step faster while the speculative steps ran (they come in bursts), more
-    # than the path's 3.3 ms; the sampling half does not drift with the forward
-    plain = [(64, 0.180 + rng.gauss(0.004, 0.002), False, 0.0035 + rng.gauss(0, 0.0002)) for _ in range(60)]
-    spec = [(n, 0.180 + 0.002 * (n - 64) + rng.gauss(-0.004, 0.002) + 0.00015 * (n - 64) + 0.0033, True,
-             0.0035 + 0.00015 * (n - 64) + 0.0033 + rng.gauss(0, 0.0002)) for n in [66, 70, 75, 90, 110] * 8]
-    assert sampling_overhead(plain + spec) == pytest.approx(0.0033, abs=0.0003)
-    whole = fit_local_linear([pt[:3] for pt in plain + spec], prior=CPU).step_overhead
-    assert whole < 0.001  # from whole steps: the path looks nearly free
-    both = fit_local_linear(plain + spec, prior=CPU).step_overhead
-    assert both == pytest.approx(sampling_overhead(plain + spec))
-    # untimed steps (None) and too few timed ones of a kind leave the whole-step fit alone
-    untimed = [(n, y, s, None) for n, y, s, _ in spec]
-    assert sampling_overhead(plain + untimed) is None
-    assert fit_local_linear(plain + untimed, prior=CPU).step_overhead == pytest.approx(whole)
-    assert sampling_overhead(plain[:5] + spec) is None
-    online = OnlineCost(CPU, window=256, refit_every=8)
-    for n, y, s, samp in plain + spec:
-        online.add(n, y, s, samp)
-    assert online.model().step_overhead >= 0.003
-    online.add(64, 0.18, False, 0.5)  # a sampling time longer than its step: not this step's, dropped
-    assert online.samples[-1][3] is None
-
-
-def test_online_cost_fits_the_slope_of_the_batch_the_step_joins():
-    """On a CPU T(N) bends upwards (the weights are streamed once for the first few tokens, every
-    token is computed after that). As measured in an engine at batch 16 (results 27): plain steps of a
-    draining batch (1-15 requests) cost ~38 ms + 0.9 ms a token, the full batch's ~52 ms at N = 16 and
-    2.1 ms a token more above. A window holding both is fitted at the newest step's batch from that
-    batch's steps: the slope they show, where a line through all of them reads ~40% less. Control: the
-    same steps without their batch sizes. A batch with too few steps of its own in the window is
-    fitted from all of them."""
-    rng = random.Random(5)
-
-    def t(n):  # seconds
-        return (0.038 + 0.0009 * n if n <= 16 else 0.0524 + 0.0021 * (n - 16)) + rng.gauss(0, 0.0005)
-
-    draining = [(r, t(r), False, None, r) for r in range(15, 0, -1) for _ in range(4)]
-    full = [(16, t(16), False, None, 16) for _ in range(60)] + \
-           [(n, t(n), True, None, 16) for n in [17, 21, 26, 31] * 10]
-
-    def slope(samples, with_requests=True):
-        online = OnlineCost(CPU, window=256, refit_every=1)
-        for n, y, s, samp, r in samples:
-            online.add(n, y, s, samp, r if with_requests else None)
-        return online.model().marginal(16)
-
-    assert slope(draining + full) == pytest.approx(0.0021, rel=0.1)
-    assert slope(draining + full, with_requests=False) < 0.7 * 0.0021
-    # the newest step is of a batch of 3, of which the window holds 4 steps: every step is fitted
-    dip = draining + full + [(3, t(3), False, None, 3)]
-    assert slope(dip) == pytest.approx(slope(dip, with_requests=False))
 
 
 # ---------------------------------------------------------------- the policy
@@ -344,20 +178,6 @@ def test_stale_steps_are_counted_from_what_the_drafter_verified():
     assert d.decide("w", []) == Decision(0, 0)
     d.decide("w", [], verified_real=0, accepted=0)
     assert d.stale == StaleSteps()
-
-
-def test_step_times_keep_a_median_per_size():
-    t = StepTimes()
-    for x in (0.030, 0.031, 0.029, 0.5, 0.030):  # an idle gap among them: the median ignores it
-        t.add(2, x)
-    assert t.time(2) == pytest.approx(0.030)
-    for x in (0.03,) * (StepTimes.MIN_SAMPLES - 1):
-        t.add(3, x)
-    assert t.time(3) is None and t.time(4) is None  # too few, none
-    t.add(StepTimes.MAX_TOKENS + 1, 0.03)
-    t.add(2.5, 0.03)
-    t.add(5, float("nan"))
-    assert set(t._times) == {2, 3}
 
 
 # a CPU's batch-1 steps as measured on the 2-core VM (results 26.1): 2 tokens cost more than 3 to 6
@@ -895,88 +715,6 @@ def test_the_chain_with_more_expected_accepted_tokens_is_sent():
     assert expected_accepted([0.5, 0.5]) == pytest.approx(0.75)
 
 
-def test_suffix_candidate():
-    toks = [1, 2, 3, 4, 9, 9, 1, 2, 3, 5, 7, 1, 2, 3]
-    assert suffix_candidate(toks, 3) == [5, 7, 1]                 # the latest earlier "1 2 3"
-    assert suffix_candidate(toks, 3, max_ngram=2) == [5, 7, 1]    # "2 3" last seen before 5 too
-    assert suffix_candidate([5, 6, 7, 8, 1, 2, 3, 4, 6, 7, 8], 2) == [1, 2]  # longest match "6 7 8" wins
-    assert suffix_candidate([1, 2, 3, 4, 5], 4) == []             # nothing repeats
-    assert suffix_candidate([1, 2, 900, 4, 1, 2], 4, stop={900}) == []  # never a SAT id
-    assert suffix_candidate([1, 2, 3, 900, 1, 2], 4, stop={900}) == [3]
-    assert suffix_candidate([1, 2, 3, 1, 2], 0) == []
-    assert suffix_candidate([7, 7, 7, 7], 2) == [7]                # overlapping occurrence, one token left
-
-
-def test_suffix_match_reports_the_matched_length():
-    toks = [1, 2, 3, 4, 9, 9, 1, 2, 3, 5, 7, 1, 2, 3]
-    assert suffix_match(toks, 3) == LookupMatch([5, 7, 1], 3)
-    assert suffix_match([4, 1, 8, 9, 1], 2) == LookupMatch([8, 9], 1)     # one token matches (min_ngram 1)
-    assert suffix_match([4, 1, 8, 9, 1], 2, min_ngram=2) is None
-    assert suffix_match([1, 2, 900, 4, 1, 2], 4, stop={900}) is None        # nothing left before the SAT id
-    assert suffix_match([5, 6, 7], 3) is None and suffix_match([5, 6, 5], 0) is None
-
-
-def _suffix_match_by_hand(toks, max_len, min_ngram, max_ngram, stop):
-    # every earlier end position, its match length counted token by token; longest, then latest
-    best, start = 0, None
-    for i in range(len(toks) - 1):
-        n = 0
-        while n < max_ngram and i - n >= 0 and toks[i - n] == toks[len(toks) - 1 - n]:
-            n += 1
-        if n and n >= best:
-            best, start = n, i + 1
-    if start is None or best < min_ngram:
-        return None
-    out = []
-    for t in toks[start: start + max_len]:
-        if t in stop:
-            break
-        out.append(t)
-    return LookupMatch(out, best) if out else None
-
-
-def test_suffix_match_equals_a_search_by_hand():
-    rng = random.Random(3)
-    for trial in range(400):
-        vocab = rng.choice([2, 3, 5, 40])
-        toks = [rng.randrange(vocab) for _ in range(rng.randrange(0, 70))]
-        args = (rng.randrange(0, 6), rng.choice([1, 2]), rng.choice([1, 2, 3, 8]), {1} if trial % 4 == 0 else set())
-        want = _suffix_match_by_hand(toks, *args)
-        assert suffix_match(toks, *args[:3], stop=args[3]) == want, (toks, args)
-        assert suffix_match(np.array(toks, dtype=np.int32), *args[:3], stop=args[3]) == want, (toks, args)
-    # ids whose bytes hold zeros: a byte pattern may also match across two tokens, which is no match
-    for trial in range(300):
-        toks = [rng.choice([0, 1, 256, 65536, 257, 1 << 24]) for _ in range(rng.randrange(0, 40))]
-        want = _suffix_match_by_hand(toks, 3, 1, 8, set())
-        for dtype in (np.int32, np.int64, np.uint16 if max(toks, default=0) < 65536 else np.int64):
-            assert suffix_match(np.array(toks, dtype=dtype), 3) == want, (toks, dtype)
-
-
-def test_suffix_match_is_not_fooled_by_bytes_across_tokens():
-    # int32 bytes of 256, 0, 7, 1: 00 01 00 00 | 00 00 00 00 | 07 00 00 00 | 01 00 00 00; the last token's
-    # bytes appear at offset 1, straddling 256 and 0: no earlier 1
-    assert suffix_match(np.array([256, 0, 7, 1], dtype=np.int32), 2) is None
-    # an earlier 1 before the straddling bytes is the match
-    assert suffix_match(np.array([1, 9, 256, 0, 7, 1], dtype=np.int32), 2) == LookupMatch([9, 256], 1)
-
-
-def test_suffix_match_searches_the_window_only():
-    toks = [3, 4, 5] + [9] * 10 + [3, 4]
-    assert suffix_match(toks, 1) == LookupMatch([5], 2)
-    assert suffix_match(toks, 1, window=14) == LookupMatch([5], 1)  # the earlier 3 is outside, its 4 inside
-    assert suffix_match(toks, 1, window=12) is None                  # both outside
-
-
-def test_lookup_scores_combine_the_sat_rows_with_the_match_length():
-    assert lookup_prior_q(0) == 0.0 and lookup_prior_q(1) < lookup_prior_q(2) <= lookup_prior_q(6)
-    assert lookup_prior_q(50) == lookup_prior_q(6)
-    p1 = lookup_prior_q(1)
-    # row 0 scores token 0 with 0.5, row 1 token 1 with 0; token 2 has no fresh row: the prior alone
-    assert score_lookup(1, [0.5, 0.0], 3) == pytest.approx([1 - 0.5 * (1 - p1), p1, p1])
-    assert score_lookup(3, [], 2) == [lookup_prior_q(3)] * 2
-    assert score_lookup(3, [1.0, 0.9], 1) == [1.0]
-
-
 def test_pick_lookup_takes_the_candidate_with_the_larger_calibrated_expectation():
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     assert dr.pick_lookup([]) is None
@@ -1036,62 +774,6 @@ def test_drafter_forgets_finished_requests_and_new_ones_probe():
 # ---------------------------------------------------------------- options
 
 
-def test_validate_options():
-    assert validate_options(None) == {**DEFAULT_OPTIONS, "lookup": True} and DEFAULT_OPTIONS["policy"] == "adaptive"
-    # lookup: on with the adaptive policy unless turned off, off with the fixed policy and in tree mode
-    assert validate_options({"lookup": False})["lookup"] is False
-    assert validate_options({"policy": "fixed"})["lookup"] is False
-    assert validate_options({"mode": "tree"}) == {**DEFAULT_OPTIONS, "mode": "tree", "policy": "fixed", "lookup": False}
-    with pytest.raises(ValueError, match="mode 'tree'.*lookup"):
-        validate_options({"mode": "tree", "lookup": True})
-    with pytest.raises(ValueError, match="lookup must be true or false"):
-        validate_options({"lookup": "yes"})
-    assert validate_options({"policy": "adaptive", "cost": 0.02})["cost"] == 0.02
-    with pytest.raises(ValueError, match="unknown SDSAT option"):
-        validate_options({"polcy": "adaptive"})
-    with pytest.raises(ValueError, match="policy must be one of"):
-        validate_options({"policy": "greedy"})
-    with pytest.raises(ValueError, match="sdsat cost"):
-        validate_options({"cost": "cheap"})
-    with pytest.raises(ValueError, match="probe_budget"):
-        validate_options({"probe_budget": 2})
-    with pytest.raises(ValueError, match="lookup needs policy 'adaptive'"):
-        validate_options({"policy": "fixed", "lookup": True})
-    assert validate_options({"lookup": True})["policy"] == "adaptive"  # the default policy takes lookup
-    assert validate_options({"policy": "adaptive", "lookup": True})["lookup"] is True
-
-
-def test_validate_datastore_option(tmp_path):
-    from sdsat_vllm.datastore import save_datastore
-
-    assert DEFAULT_OPTIONS["datastore"] == "auto"
-    assert validate_options({"datastore": "none"})["datastore"] == "none"
-    assert validate_options({"lookup": False})["datastore"] == "auto"  # no lookup: the proposer loads none
-    good = save_datastore(tmp_path / "ds.safetensors", [[1, 2, 3]], {})
-    assert validate_options({"datastore": str(good)})["datastore"] == str(good)
-    for bad, why in ((None, "datastore must be"), (3, "datastore must be"), ("", "datastore must be"),
-                     (str(tmp_path / "missing.safetensors"), "does not exist")):
-        with pytest.raises(ValueError, match=why):
-            validate_options({"datastore": bad})
-    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
-        validate_options({"datastore": str(tmp_path / "junk.safetensors")})
-    with pytest.raises(ValueError, match="needs lookup drafts"):
-        validate_options({"datastore": str(good), "lookup": False})
-
-
-def test_validate_response_tokens_option():
-    assert DEFAULT_OPTIONS["response_tokens"] == 0  # off unless asked for (results 25)
-    assert validate_options({"response_tokens": 65536})["response_tokens"] == 65536
-    for bad in (-1, 2.5, True, "64k", None):
-        with pytest.raises(ValueError, match="response_tokens must be a whole number"):
-            validate_options({"response_tokens": bad})
-    with pytest.raises(ValueError, match="response_tokens needs lookup"):
-        validate_options({"response_tokens": 100, "lookup": False})
-    with pytest.raises(ValueError, match="response_tokens needs lookup"):
-        validate_options({"response_tokens": 100, "policy": "fixed"})
-
-
 def test_datastore_chains_have_their_own_calibration():
     """A datastore chain's outcome is recorded in the datastore calibration, a text match's in the
     lookup calibration: once datastore chains at q .55 are seen rejected, a datastore candidate at .55
@@ -1116,74 +798,11 @@ def test_datastore_chains_have_their_own_calibration():
             cpu.lookup_calibration.record(0, (b + 0.5) / 10, False)
     assert not cpu.lookup_may_pay(16)
     cpu.has_datastore = True
-    assert cpu.lookup_may_pay(16) == (max(policy.DATASTORE_PRIOR_BY_NGRAM) > cpu._lookup_bar(16, 4))
+    assert cpu.lookup_may_pay(16) == (max(lookup.DATASTORE_PRIOR_BY_NGRAM) > cpu._lookup_bar(16, 4))
     assert cpu.lookup_may_pay(1)
 
 
-def test_score_datastore():
-    """A datastore token's q: the prior of its match length times its share, combined with a fresh SAT
-    row's probability like a prompt-lookup token's; below a prompt-lookup match of the same length
-    (note_lookup_miss's skip relies on that order)."""
-    from sdsat_vllm.vllm_plugin.policy import DATASTORE_PRIOR_BY_NGRAM, score_datastore
-
-    assert all(d <= p for d, p in zip(DATASTORE_PRIOR_BY_NGRAM, policy.LOOKUP_PRIOR_BY_NGRAM))
-    assert len(DATASTORE_PRIOR_BY_NGRAM) == len(policy.LOOKUP_PRIOR_BY_NGRAM)
-    p2, p9 = DATASTORE_PRIOR_BY_NGRAM[2], DATASTORE_PRIOR_BY_NGRAM[-1]
-    assert score_datastore(2, [1.0, 0.5], []) == pytest.approx([p2, p2 * 0.5])
-    assert score_datastore(9, [0.5], []) == pytest.approx([p9 * 0.5])  # longer matches: the last entry
-    assert score_datastore(2, [1.0, 0.5], [0.6]) == pytest.approx([1 - 0.4 * (1 - p2), p2 * 0.5])
-    p1 = DATASTORE_PRIOR_BY_NGRAM[1]  # a 1-token match: the weakest prior
-    assert 0 < p1 < p2 and score_datastore(1, [0.5], [0.3]) == pytest.approx([1 - 0.7 * (1 - p1 * 0.5)])
-    assert score_datastore(0, [1.0], [0.3]) == pytest.approx([0.3])  # no match: the SAT row alone
-    assert score_datastore(3, [], [0.9]) == []
-
-
-def test_tree_mode_options():
-    assert DEFAULT_OPTIONS["mode"] == "fused"
-    # tree mode drafts n every step: the fixed policy is implied, the adaptive one refused
-    assert validate_options({"mode": "tree"})["policy"] == "fixed"
-    assert validate_options({"mode": "tree", "policy": "fixed"})["mode"] == "tree"
-    with pytest.raises(ValueError, match="mode 'tree' drafts n tokens every step"):
-        validate_options({"mode": "tree", "policy": "adaptive"})
-    with pytest.raises(ValueError, match="mode 'tree' drafts n tokens every step"):
-        validate_options({"mode": "tree", "lookup": True})
-    with pytest.raises(ValueError, match="mode must be one of"):
-        validate_options({"mode": "topk_tree"})
-
-
-def test_speculative_config_options_move_to_additional_config():
-    spec = {"model": "sdsat", "num_speculative_tokens": 4, "sdsat_policy": "adaptive", "sdsat-cost": 0.05}
-    rest, extra = split_sdsat_options(spec, {"other": 1, "sdsat": {"probe_budget": 0.01, "policy": "fixed"}})
-    assert rest == {"model": "sdsat", "num_speculative_tokens": 4}
-    assert extra == {"other": 1, "sdsat": {"probe_budget": 0.01, "policy": "adaptive", "cost": 0.05}}
-    plain = {"model": "sdsat"}
-    assert split_sdsat_options(plain, {}) == (plain, {})
-    assert split_sdsat_options(None, {}) == (None, {})
-    with pytest.raises(ValueError, match="need model='sdsat'"):
-        split_sdsat_options({"model": "ngram", "sdsat_policy": "adaptive"}, {})
-    with pytest.raises(ValueError, match="unknown SDSAT option"):
-        split_sdsat_options({"model": "sdsat", "sdsat_polcy": "adaptive"}, {})
-
-
 # ---------------------------------------------------------------- lookups skipped in back-off
-
-
-def _match_len(text) -> int:
-    m = suffix_match(text, 4)
-    return m.ngram if m is not None else 0
-
-
-def test_the_longest_earlier_suffix_grows_by_at_most_one_token_a_token():
-    """What note_lookup_miss's skip rests on: a match of length L now is at most L + 1 long after one
-    more token (its last L' - 1 tokens were a match before), on texts full of repeats."""
-    rng = random.Random(0)
-    for _ in range(20):
-        text = []
-        for _ in range(300):
-            text.append(rng.choice(text[-40:-30]) if len(text) > 40 and rng.random() < 0.5 else rng.randrange(6))
-        lens = [_match_len(text[:t]) for t in range(2, len(text) + 1)]
-        assert max(b - a for a, b in zip(lens, lens[1:])) == 1  # it does grow by one, never by more
-        assert max(lens) >= 5
 
 
 def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
@@ -1208,34 +827,6 @@ def test_a_request_in_back_off_skips_suffix_matches_that_cannot_pay():
         assert due.index(True) + 1 == waits, (longest, batch, due)
         assert dr.clock - start == 8
     assert dr.lookup_due("new request")
-
-
-def test_lookup_ledger_verdicts():
-    """Lookups whose chains were worth less than OFF_BELOW of their cost make later ones STRIDE_OFF times
-    rarer; worth more than their cost, back to 1; in between the verdict holds; no verdict before a
-    window of lookups (the first one shorter), nor without a token's time."""
-    led = LookupLedger()
-    w, first = LookupLedger.WINDOW, LookupLedger.FIRST_WINDOW
-    assert first < w
-    led.add_lookups(first - 1, 0.1, 1.0, 0.01)   # spent 10 tokens, worth 1: but the first window is not full
-    assert led.stride == 1
-    led.add_lookups(1, 0.0, 0.0, None)       # full, but no token time measured yet
-    assert led.stride == 1 and led.lookups == first
-    led.add_lookups(1, 0.0, 0.0, 0.01)
-    assert led.stride == LookupLedger.STRIDE_OFF and (led.lookups, led.seconds, led.worth) == (0, 0.0, 0.0)
-    led.add_lookups(first, 0.01, 5.0, 0.01)  # worth 5 against 1 spent, but the next windows are longer
-    assert led.stride == LookupLedger.STRIDE_OFF and led.lookups == first
-    led.add_lookups(w - first, 0.01, -4.0, 0.01)  # the window whole: worth 1 against 2 spent, the verdict holds
-    assert led.stride == LookupLedger.STRIDE_OFF and led.lookups == 0
-    led.add_lookups(w, 0.02, 1.9, 0.01)      # spent 2 tokens, worth 1.9: between, the verdict holds
-    assert led.stride == LookupLedger.STRIDE_OFF
-    led.add_lookups(w // 2, 0.01, 2.5, 0.01)
-    led.add_lookups(w // 2, 0.01, -0.4, 0.01)  # worth 2.1 > 2
-    assert led.stride == 1
-    led.add_lookups(w, 0.02, 1.1, 0.01)      # worth 1.1, over half of 2: holds
-    assert led.stride == 1
-    led.add_lookups(w, 0.02, 0.9, 0.01)      # under half
-    assert led.stride == LookupLedger.STRIDE_OFF
 
 
 def test_decision_gain_is_the_chains_expected_net():
@@ -1345,7 +936,7 @@ def test_the_back_off_skip_counts_datastore_matches_where_there_is_a_datastore()
     dr = AdaptiveDrafter(4, 4, CPU, online=False)
     dr.states["r"] = policy.RequestState(alpha=[0.1] * 4)
     for _ in range(100):
-        dr.datastore_calibration.record(0, policy.DATASTORE_PRIOR_BY_NGRAM[2], True)
+        dr.datastore_calibration.record(0, lookup.DATASTORE_PRIOR_BY_NGRAM[2], True)
 
     def waits() -> int:
         dr.note_lookup_miss("r", 0, 16)

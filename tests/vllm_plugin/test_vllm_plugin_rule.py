@@ -10,7 +10,7 @@ import pytest
 from sdsat_vllm.vllm_plugin import PROPOSER_PATH
 from sdsat_vllm.vllm_plugin.metrics import SpecDecodeSummary, from_prometheus
 from sdsat_vllm.vllm_plugin.patches import resolve_short_form
-from sdsat_vllm.vllm_plugin.policy import lookup_prior_q
+from sdsat_vllm.vllm_plugin.lookup import lookup_prior_q
 from sdsat_vllm.vllm_plugin.proposer import (count_trailing_sats, decode_only, lookup_chains, plan_drafts,
                                              sat_input_rows, tokens_left)
 
@@ -159,7 +159,8 @@ def test_a_draft_rejected_without_tail():
 
 def _adaptive_proposer(n=3, lookup=True):
     """An SDSATProposer with just what its adaptive path reads (no vLLM engine)."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, RecentBatch
     from sdsat_vllm.vllm_plugin.proposer import SDSATProposer
 
     p = SDSATProposer.__new__(SDSATProposer)
@@ -404,7 +405,9 @@ def test_proposer_reports_lookups_in_back_off_and_the_ledger_spaces_them_out(mon
     long that took (the LookupLedger's input): the 64 lookups of the test above, 0 on the
     steps they are skipped. With the ledger's verdict that lookups at this batch size do not pay
     (stride STRIDE_OFF), a request that found nothing waits STRIDE_OFF times longer."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.lookup import LookupLedger
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, RecentBatch
 
     def run(stride: int) -> list[int]:
         p = _adaptive_proposer()
@@ -436,7 +439,9 @@ def test_a_request_in_back_off_whose_chain_is_turned_down_waits_as_after_a_miss(
     every step whatever the ledger said: up to ~1.4 lookups and decisions a step at batch 16 on norepeat,
     results 30.3)."""
     from sdsat_vllm.vllm_plugin import proposer as P
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, LookupLedger, RecentBatch
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.lookup import LookupLedger
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, RecentBatch
 
     def run(stride: int) -> list[tuple[int, int, int]]:
         p = _adaptive_proposer()
@@ -472,7 +477,8 @@ def test_proposer_counts_what_the_chains_it_sends_to_requests_in_back_off_are_wo
     and the step's report to the ledger carries that decision's expected net gain (Decision.gain), the
     SAT tail that measured step sizes add to it at batch 1 notwithstanding (every size costs the same
     here: StepTimes fills the step)."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, RecentBatch
 
     p = _adaptive_proposer()
     p.drafter = AdaptiveDrafter(3, 3, CostModel.linear(0.075), online=True)
@@ -527,7 +533,8 @@ def test_proposer_cuts_drafts_and_tail_to_what_max_tokens_leaves(monkeypatch):
     drafts + 1) and no tail draft could be used; with 1 left nothing is sent, though the policy still hears
     the step. Without the runner's request states (or far from max_tokens) nothing is cut. The fixed
     policy's SAT-only step after a prefill: its tail is cut alike."""
-    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, CostModel, RecentBatch
+    from sdsat_vllm.vllm_plugin.cost_model import CostModel
+    from sdsat_vllm.vllm_plugin.policy import AdaptiveDrafter, RecentBatch
 
     text = [5, 6, 7, 8, 9, 10, 11] * 6 + [5, 6, 7]  # "8 9 10 11 5" follows: a long match
     sched = SimpleNamespace(num_spec_tokens_to_schedule=3, num_scheduled_tokens={}, scheduled_spec_decode_tokens={},
@@ -639,7 +646,7 @@ def test_lookup_chains_from_a_datastore_too():
     import torch
 
     from sdsat_vllm.datastore import Datastore
-    from sdsat_vllm.vllm_plugin.policy import score_datastore
+    from sdsat_vllm.vllm_plugin.lookup import score_datastore
 
     store = Datastore.from_documents([[4, 5, 8, 8], [4, 5, 8, 2], [0, 3, 7, 7]])
     text = np.array([1, 2, 4, 5])  # "4 5" is not earlier in the text; the datastore has it twice
