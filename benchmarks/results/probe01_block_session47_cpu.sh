@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Session 47: the default policy against the same with probes on a third of the budget (sdsat_probe_budget 0.01), A B B A per prompt
+# set, in-process engines, batch 1, 16 prompts of 64 tokens; fast runtime of results 38.1, the machine otherwise quiet.
+set -u
+cd /work/main
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
+export VLLM_CPU_NUM_OF_RESERVED_CPU=0 LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4:/work/main/.venv/lib/libiomp5.so
+date; git log --oneline -1
+for s in norepeat humaneval; do
+  i=0
+  for v in default probe01 probe01 default; do
+    i=$((i+1))
+    PYTHONPATH=. .venv/bin/python /work/runs/s47/no_probes.py $s $v p01_${s}_${i}_$v 2>&1 | grep '^{"tag"'
+  done
+done
+date
