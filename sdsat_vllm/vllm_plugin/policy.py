@@ -27,7 +27,9 @@ docs/design.md, section 4.5 has the derivation; in short:
   alpha stays current at every position (a request in back-off gets its only SAT rows from probes);
   k is chosen so that probing costs at most ``probe_budget`` (3%) of the forward, and doubles
   (up to 8 times) after each probe that left m* where it was: a request whose plan the probes keep
-  confirming pays for them less and less. A probe comes only after k steps since the last one, a
+  confirming pays for them less and less. The doubling is engine-wide too: the engine's probe steps
+  are those of its own back-off, which new requests inherit (and then do not probe first), and which
+  starts afresh when a request's SAT rows move its plan. A probe comes only after k steps since the last one, a
   new request's first included (:func:`probe_due`): a request shorter than k never pays for one.
   No probes at a batch size where SAT drafts could not pay even if every one were accepted (there
   no alpha could change the plan; :meth:`AdaptiveDrafter._batch_level`).
@@ -210,16 +212,17 @@ def probe_interval(extra: int, cost: CostModel, batch_size: int = 1, budget: flo
     return max(1, min(1 << 30, math.ceil(rel / budget)))
 
 
-def probe_due(k: int, steps_since_probe: int, probe_clock: int | None = None) -> bool:
+def probe_due(k: int, steps_since_probe: int, probe_clock: int | None = None, period: int | None = None) -> bool:
     """Whether a request probes now, k steps being its probe interval: once k steps have passed since
     its last full tail was read and, with the engine's clock, on the engine's probe steps ((clock + 1)
-    divisible by k). Both, not either: a request that starts in back-off pays for its first probe
+    divisible by `period`, k unless given: the engine-wide probe back-off makes it a multiple of k).
+    Both, not either: a request that starts in back-off pays for its first probe
     with k steps of its own life, like every later one (one that arrives just before an engine probe
     step and ends before it has lived k steps would otherwise pay a whole probe for a plan it never
     uses; at batch 64 on this CPU a probe of every request cost ~9 plain steps, results 14.3)."""
     if steps_since_probe + 1 < k:
         return False
-    return probe_clock is None or (probe_clock + 1) % k == 0
+    return probe_clock is None or (probe_clock + 1) % max(int(period or k), 1) == 0
 
 
 class RecentBatch:
@@ -306,6 +309,7 @@ def choose_draft_length(
     probe_budget: float = 0.03,
     min_gain: float = 0.02,
     probe_backoff: int = 1,
+    engine_backoff: int = 1,
     steady: SteadyState | None = None,
     stale: StaleSteps | None = None,
     step_times: Callable[[int], float | None] | None = None,
@@ -327,6 +331,9 @@ def choose_draft_length(
     at all (the patch no_draft_step_plain_sampler then lets vLLM sample them on its plain path,
     which costs less than its rejection sampler, most of all for sampled requests). probe_backoff:
     k is multiplied by it (a power of two keeps the probe steps of requests a subset of each other's).
+    engine_backoff: the engine's probe back-off (AdaptiveDrafter.engine_probe_backoff): with the clock,
+    the probe steps are those of the interval k * max(probe_backoff, engine_backoff), while the
+    request's own life counts in k * probe_backoff.
     steady: best_steady_state(alpha, limit, cost, batch_size, min_gain) when the caller has it already.
     """
     n = max(int(n), 0)
@@ -343,9 +350,9 @@ def choose_draft_length(
     tail = ss.m
     probe = False
     if tail < limit:
-        k = probe_interval(limit - tail, cost, b, probe_budget, ss.batch_tokens, plain=tail == 0) * max(
-            int(probe_backoff), 1)
-        if probe_due(k, steps_since_probe, probe_clock):
+        k = probe_interval(limit - tail, cost, b, probe_budget, ss.batch_tokens, plain=tail == 0)
+        own = max(int(probe_backoff), 1)
+        if probe_due(k * own, steps_since_probe, probe_clock, k * max(own, int(engine_backoff))):
             tail, probe = limit, True
 
     # kappa: one more token in this forward, in tokens (Dinkelbach: the batch's rate times T'(N));
@@ -463,9 +470,16 @@ class AdaptiveDrafter:
 
     ALPHA_STEP = 0.3          # weight of one observation in a request's running acceptance
     ALPHA_STEP_GLOBAL = 0.05  # ... in the engine-wide one new requests start from
-    #: at most this factor on a request's probe interval (probe_backoff): a request in back-off whose
-    #: drafts turn good is noticed within PROBE_BACKOFF_MAX * k steps
+    #: at most this factor on a request's probe interval (probe_backoff) and on the engine's
+    #: (engine_probe_backoff): a request in back-off whose drafts turn good is noticed within
+    #: PROBE_BACKOFF_MAX * k steps of its own life, an engine's within PROBE_BACKOFF_MAX * k engine steps
     PROBE_BACKOFF_MAX = 8
+    #: the probe back-off is engine-wide too: a probe that confirms its request's plan doubles the
+    #: engine's probe period (once a step), any request's change of m* puts it back to k; each new
+    #: request starts with its own factor at 1 but probes only on the engine's probe steps. Requests
+    #: shorter than a few k (at batch 1 on this CPU ~43 steps against k ~ 13) never grew a back-off of
+    #: their own and paid the full budget for probes that changed nothing (results 47.5, 48)
+    ENGINE_PROBE_BACKOFF = True
     #: a step that sends drafts goes without its tail where their all being accepted does not pay for it
     #: (choose_draft_length's drop_tail; results 39.1: +2-6% replayed with the datastore's chains)
     DROP_TAIL = True
@@ -506,6 +520,9 @@ class AdaptiveDrafter:
         self.token_seconds: dict[int, float] = {}
         self.states: dict[str, RequestState] = {}
         self.clock = 0  # engine steps (tick): requests past their first probe probe on the same steps
+        # multiplies every request's probe period (not its own life's count): ENGINE_PROBE_BACKOFF
+        self.engine_probe_backoff = 1
+        self._engine_backoff_grown_at = -1  # the clock of its last doubling: once a step, whatever the batch
         self._cached_for: CostModel | None = None  # _cost_cache's figures and the cost model they hold for
         self._cached: dict[tuple, Any] = {}
 
@@ -619,8 +636,8 @@ class AdaptiveDrafter:
         if st.steady_memo[0][1:] != (limit, b) and self._steady(st, limit, b, cost).m != 0:
             return False
         # decide would count this step (since_probe + 1) and then ask probe_due
-        if probe_due(self._probe_k(limit, b, cost) * max(int(st.probe_backoff), 1), st.since_probe + 1,
-                     self.clock):
+        k, own = self._probe_k(limit, b, cost), max(int(st.probe_backoff), 1)
+        if probe_due(k * own, st.since_probe + 1, self.clock, k * max(own, self.engine_probe_backoff)):
             return False
         st.since_probe += 1
         return True
@@ -788,11 +805,14 @@ class AdaptiveDrafter:
         st = self.states.get(req_id)
         if st is None:
             st = self.states[req_id] = RequestState(alpha=list(self.alpha_global))
-            if self._steady(st, limit, batch_size, self.cost()).m == 0:
+            if self.engine_probe_backoff > 1 or self._steady(st, limit, batch_size, self.cost()).m == 0:
                 # by the engine-wide acceptance drafting does not pay at this batch size: the request
                 # starts in back-off and first probes after k steps of its life, on the engine's probe
                 # steps (probe_due), instead of at once (under load every new request's probe would
-                # lengthen the forward for nothing)
+                # lengthen the forward for nothing). The same where the engine's probes have kept
+                # confirming their requests' plans (its back-off has grown): the new request drafts by
+                # the engine-wide acceptance and first probes as any request does (at batch 1 on this
+                # CPU a first probe per request was half of all probes, session 48)
                 st.since_probe = 0
         if st.sent_q and verified_real and verified_real <= len(st.sent_q):
             cal = self.lookup_calibration_of(st.sent_source) if st.sent_lookup else self.calibration
@@ -813,13 +833,22 @@ class AdaptiveDrafter:
         probe_read = bool(fresh_q) and len(fresh_q) >= limit
         st.since_probe = 0 if probe_read else st.since_probe + 1
         cost = self.cost()
+        last_for = st.steady_memo[0][1:] if st.steady_memo is not None else None  # its (limit, batch) then
         steady = self._steady(st, limit, batch_size, cost)
         steady_m = steady.m
         if steady_m != st.steady_m:
             st.probe_backoff = 1
+            # the engine's back-off starts afresh only where SAT rows moved a plan: not for a new request's
+            # first one, nor where a request's room or batch rung (or a refit) moved it (near its end, room
+            # shrinks the limit and m* with it: every request of a run at batch 1 did that, session 48)
+            if fresh_q and st.steady_m >= 0 and last_for == (limit, batch_size):
+                self.engine_probe_backoff = 1
         elif probe_read and st.probe_pending:
             # the probe told nothing that changes the plan: probe half as often (up to PROBE_BACKOFF_MAX * k)
             st.probe_backoff = min(2 * st.probe_backoff, self.PROBE_BACKOFF_MAX)
+            if self.ENGINE_PROBE_BACKOFF and self._engine_backoff_grown_at != self.clock:
+                self.engine_probe_backoff = min(2 * self.engine_probe_backoff, self.PROBE_BACKOFF_MAX)
+                self._engine_backoff_grown_at = self.clock
         st.steady_m = steady_m
         if probe_read:
             st.probe_pending = False
@@ -832,7 +861,8 @@ class AdaptiveDrafter:
                                 steps_since_probe=st.since_probe,
                                 probe_budget=self._batch_level(limit, batch_size, cost)[0] if limit else 0.0,
                                 probe_clock=self.clock if st.since_probe < NEVER_PROBED else None,
-                                min_gain=self.min_gain, probe_backoff=st.probe_backoff, steady=steady,
+                                min_gain=self.min_gain, probe_backoff=st.probe_backoff,
+                                engine_backoff=self.engine_probe_backoff, steady=steady,
                                 stale=self.stale, step_times=self.step_times.time if self.step_times else None,
                                 drop_tail=self.DROP_TAIL)
         if room is not None:  # the tail the request has no room left to use (its drafts are within cap)

@@ -291,6 +291,11 @@ def test_back_off_probes_every_k_steps_within_budget():
             for s, c in ((0, k - 1), (k - 2, 2 * k - 1))] == [False, False]
     assert [probe_due(k, s, c) for s, c in ((k - 1, None), (k - 2, None), (k - 1, k - 1), (k - 1, k))] == \
         [True, False, True, False]
+    # an engine period of 2k (the engine's back-off): the request's own life still counts in k
+    assert [probe_due(k, s, c, 2 * k) for s, c in ((k - 1, k - 1), (k - 1, 2 * k - 1), (k - 2, 2 * k - 1))] == \
+        [False, True, False]
+    assert [choose_draft_length(LOW, 4, CPU, steps_since_probe=k - 1, probe_clock=c, engine_backoff=2).probe
+            for c in (k - 1, 2 * k - 1)] == [False, True]
 
 
 def test_requests_in_back_off_probe_on_the_same_steps():
@@ -314,6 +319,83 @@ def test_requests_in_back_off_probe_on_the_same_steps():
     assert later["a"] and later["b"] and all((s + 2) % k == 0 for r in later for s in later[r])
     rare, often = sorted(later.values(), key=len)
     assert set(rare) <= set(often)
+
+
+def _short_requests(dr: AdaptiveDrafter, life: int, count: int, q: float = 0.05) -> list[tuple[int, str]]:
+    """Requests one after another at batch 1, each `life` steps long, every SAT row scoring q: the
+    (clock, request) of every probe sent."""
+    probes = []
+    for i in range(count):
+        tail = 0
+        for _ in range(life):
+            dr.tick()
+            d = dr.decide(f"r{i}", [q] * tail)
+            tail = d.tail
+            if d.probe:
+                probes.append((dr.clock, f"r{i}"))
+        dr.states.pop(f"r{i}")
+    return probes
+
+
+def test_probe_back_off_is_engine_wide():
+    """Requests too short for a back-off of their own (at batch 1 on this CPU ~43 steps against k ~
+    13) inherit the engine's: probes that keep confirming plans make every later request's probes
+    rarer, up to PROBE_BACKOFF_MAX times; per request, each would start afresh and pay the full
+    budget (session 47's policy, the flag off)."""
+    k = probe_interval(4, CPU, 1, budget=0.03)
+    life, count = 3 * k, 40
+
+    def run(engine_wide: bool) -> tuple[AdaptiveDrafter, list[tuple[int, str]]]:
+        dr = AdaptiveDrafter(4, 4, CPU, online=False)
+        dr.ENGINE_PROBE_BACKOFF = engine_wide
+        return dr, _short_requests(dr, life, count)
+
+    per_request, per_probes = run(False)
+    engine, engine_probes = run(True)
+    top = engine.PROBE_BACKOFF_MAX
+    assert per_request.engine_probe_backoff == 1 and len(per_probes) >= 1.5 * count  # ~life / k each
+    assert engine.engine_probe_backoff == top
+    # once grown, the engine probes on its own period's steps only, a request that has lived k steps
+    late = [c for c, _ in engine_probes if c > 10 * life]
+    assert late and all((c + 1) % (top * k) == 0 for c in late)  # the engine's probe steps (probe_due)
+    assert len(late) <= (count * life - 10 * life) // (top * k) + 1
+    per_late = [c for c, _ in per_probes if c > 10 * life]
+    assert len(late) < len(per_late) / 3 and len(engine_probes) < len(per_probes) / 2
+    # with the flag off every request probes, as before (each one's back-off starts at 1)
+    assert {r for _, r in per_probes} == {f"r{i}" for i in range(count)}
+
+
+def test_engine_probe_back_off_starts_afresh_when_rows_move_a_plan():
+    """A request whose SAT rows turn good moves its m*: the engine's back-off goes back to 1 and the
+    next new request probes first again. A plan moved by a request's room (its last steps) or by its
+    first decision does not count."""
+    k = probe_interval(4, CPU, 1, budget=0.03)
+    dr = AdaptiveDrafter(4, 4, CPU, online=False)
+    _short_requests(dr, 3 * k, 20)
+    top = dr.PROBE_BACKOFF_MAX
+    assert dr.engine_probe_backoff == top
+    # a new request starts without a first probe while the engine's back-off is grown, even where the
+    # engine-wide acceptance says one draft a step pays (with the back-off at 1 it would probe at once)
+    fresh = AdaptiveDrafter(4, 4, CPU, online=False)
+    for d in (dr, fresh):
+        d.alpha_global = [0.9, 0.2, 0.05, 0.05]
+        d.tick()
+    assert fresh.decide("new", []).probe
+    first = dr.decide("new", [])
+    assert (first.probe, 0 < first.tail < 4, dr.engine_probe_backoff) == (False, True, top)
+    # ... and one whose room runs out decides with a smaller limit, which moves nothing engine-wide
+    dr.states["new"].steady_m = 1  # as if its plan had been one draft a step
+    dr.tick()
+    dr.decide("new", [], room=1)
+    assert dr.engine_probe_backoff == top
+    dr.states.pop("new")
+    # its probe's rows say the SATs are right now: the plan moves, the engine probes every k steps again
+    probes = _short_requests(dr, 2 * top * k, 1, q=0.95)
+    assert dr.engine_probe_backoff == 1 and dr.states == {}
+    assert probes and probes[0][0] - dr.clock + 2 * top * k <= top * k + 1  # within the longest interval
+    assert dr.alpha_global[-1] > 0.5
+    dr.tick()
+    assert dr.decide("next", []).tail == 4  # the engine-wide acceptance: every SAT of the tail pays
 
 
 def test_calibration():
