@@ -475,8 +475,8 @@ class AdaptiveDrafter:
     #: PROBE_BACKOFF_MAX * k steps of its own life, an engine's within PROBE_BACKOFF_MAX * k engine steps
     PROBE_BACKOFF_MAX = 8
     #: the probe back-off is engine-wide too: a probe that confirms its request's plan doubles the
-    #: engine's probe period (once a step), any request's change of m* puts it back to k; each new
-    #: request starts with its own factor at 1 but probes only on the engine's probe steps. Requests
+    #: engine's probe period (once a step), a request's m* moved by its SAT rows puts it back to k; each
+    #: new request starts with its own factor at 1 but probes only on the engine's probe steps. Requests
     #: shorter than a few k (at batch 1 on this CPU ~43 steps against k ~ 13) never grew a back-off of
     #: their own and paid the full budget for probes that changed nothing (results 47.5, 48)
     ENGINE_PROBE_BACKOFF = True
@@ -839,8 +839,9 @@ class AdaptiveDrafter:
         if steady_m != st.steady_m:
             st.probe_backoff = 1
             # the engine's back-off starts afresh only where SAT rows moved a plan: not for a new request's
-            # first one, nor where a request's room or batch rung (or a refit) moved it (near its end, room
-            # shrinks the limit and m* with it: every request of a run at batch 1 did that, session 48)
+            # first one, nor on a step without rows (a refit moved it) or where the request's room or batch
+            # rung changed the limit (near its end room shrinks the limit and m* with it: every request of
+            # a run at batch 1 did that, session 48)
             if fresh_q and st.steady_m >= 0 and last_for == (limit, batch_size):
                 self.engine_probe_backoff = 1
         elif probe_read and st.probe_pending:
