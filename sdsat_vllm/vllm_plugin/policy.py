@@ -833,7 +833,7 @@ class AdaptiveDrafter:
         probe_read = bool(fresh_q) and len(fresh_q) >= limit
         st.since_probe = 0 if probe_read else st.since_probe + 1
         cost = self.cost()
-        last_for = st.steady_memo[0][1:] if st.steady_memo is not None else None  # its (limit, batch) then
+        last_memo = st.steady_memo  # what its last plan was computed for ((alpha, limit, batch), ...)
         steady = self._steady(st, limit, batch_size, cost)
         steady_m = steady.m
         if steady_m != st.steady_m:
@@ -842,7 +842,8 @@ class AdaptiveDrafter:
             # first one, nor on a step without rows (a refit moved it) or where the request's room or batch
             # rung changed the limit (near its end room shrinks the limit and m* with it: every request of
             # a run at batch 1 did that, session 48)
-            if fresh_q and st.steady_m >= 0 and last_for == (limit, batch_size):
+            if fresh_q and st.steady_m >= 0 and last_memo is not None and \
+                    last_memo[0][1:] == (limit, batch_size):
                 self.engine_probe_backoff = 1
         elif probe_read and st.probe_pending:
             # the probe told nothing that changes the plan: probe half as often (up to PROBE_BACKOFF_MAX * k)
